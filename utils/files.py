@@ -1,0 +1,53 @@
+"""Crash-safe file writing.
+
+Every output of this project (checkpoints, predictions, metrics) is written to a temporary file in the
+destination folder and renamed over the target only once it is complete and flushed to disk. A kill,
+a crash or a full disk at any moment leaves either the previous good file or none, never a truncated
+one. The rename is atomic because source and target are in the same folder (same file system).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Callable, Iterator
+
+from utils.errors import DataError
+
+
+def ensure_writable_dir(path: str, option: str) -> str:
+    """Create ``path`` if needed and check that files can be created in it; ``option`` names the flag."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create output folder {path} ({exc.strerror}); pass a writable {option}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataError(f"output folder {path} is not writable; pass a writable {option} or fix its permissions")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on success fsync it and rename it to ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise DataError(f"cannot write {path} ({exc.strerror}); check that {folder} exists and is writable") from None
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:
+    """Call ``write(handle)`` on a temporary file and publish it as ``path`` only when it succeeded."""
+    with atomic_open(path, mode) as handle:
+        write(handle)
