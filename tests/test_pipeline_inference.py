@@ -64,3 +64,36 @@ def test_patch_count_matches_the_grid():
     predictor = Predictor(model, PipelineConfig(508, 508, 3, 6))
     assert predictor.patches_per_image(2448, 2448, tta=False) == 36
     assert predictor.patches_per_image(2448, 2448, tta=True) == 36 * 8
+
+
+@pytest.mark.parametrize("mode", [1, 2, 4])
+def test_single_view_equals_a_direct_patch_loop(mode):
+    """No TTA: the grid's patches, each run once and summed into a full canvas, as the original does."""
+    from utils.contexts import crop_patches, global_view, medium_contexts
+    from utils.grid import make_grid
+
+    model = StandIn(mode).eval()
+    image = torch.randint(0, 256, (3, 157, 203), dtype=torch.uint8)
+    p = 64
+    reference = torch.zeros(7, 157, 203)
+    g_top = model.encode_global(global_view(image.float() / 255, 48)) if model.needs_global else None
+    with torch.no_grad():
+        for top, left in make_grid(157, 203, p).boxes():
+            x = crop_patches(image.float() / 255, [top], [left], p)
+            medium = medium_contexts(image.float() / 255, [top], [left], p, 3) if model.needs_medium else None
+            reference[:, top:top + p, left:left + p] += model(x, medium=medium, global_top=g_top)[0]
+    ours = Predictor(model, PipelineConfig(p, 48, 3, 7)).logits(image)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_bands_cover_the_image_once_and_stay_small():
+    model = StandIn(1).eval()
+    image = torch.randint(0, 256, (3, 700, 90), dtype=torch.uint8)
+    predictor = Predictor(model, PipelineConfig(64, 48, 3, 3))
+    bands = list(predictor.mask_bands(image, tta=True))
+    assert bands[0][0] == 0
+    for (y0, band), (y1, _) in zip(bands, bands[1:]):
+        assert y0 + band.shape[0] == y1
+    assert sum(band.shape[0] for _, band in bands) == 700
+    assert max(band.shape[0] for _, band in bands) <= 64
+    assert torch.equal(torch.cat([b for _, b in bands]), predictor.predict(image, tta=True))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from utils.grid import make_grid
-from utils.merge import BandMerger, add_patches
+from utils.merge import RollingCanvas, add_patches
 
 
 def integer_logits(n, c, p, seed):
@@ -41,36 +41,36 @@ def test_merge_order_does_not_matter():
 
 
 @pytest.mark.parametrize("height,width,p", [(150, 120, 64), (64, 100, 64), (200, 70, 60)])
-def test_band_merger_equals_whole_canvas(height, width, p):
+def test_rolling_canvas_equals_whole_canvas(height, width, p):
     grid = make_grid(height, width, p)
     boxes = grid.boxes()
     logits = integer_logits(len(boxes), 4, p, 1)
     reference = torch.zeros(4, height, width)
     add_patches(reference, logits, [t for t, _ in boxes], [l for _, l in boxes])
 
-    merger = BandMerger(4, height, width, p, "cpu")
-    bands = []
-    rng = random.Random(1)
-    per_row = len(grid.lefts)
-    for r, (top, lefts) in enumerate(grid.rows()):
-        order = list(range(per_row))
-        rng.shuffle(order)  # order inside a row does not matter
-        row_logits = logits[r * per_row : (r + 1) * per_row][order]
-        out = merger.add_row(top, [lefts[i] for i in order], row_logits)
-        for y0, band in out:
-            assert band.shape[0] == 4 and band.shape[2] == width and band.shape[1] <= p
-        bands.extend(out)
-    bands.extend(merger.finish())
-    assert [y0 for y0, _ in bands] == sorted(y0 for y0, _ in bands)
+    canvas = RollingCanvas(4, height, width, "cpu")
+    order = sorted(range(len(boxes)), key=lambda i: (boxes[i][0], random.Random(i).random()))
+    bands, peak = [], 0
+    for n, i in enumerate(order):
+        canvas.add(logits[i:i + 1], [boxes[i][0]], [boxes[i][1]])
+        peak = max(peak, canvas._buffer.shape[1])
+        upto = boxes[order[n + 1]][0] if n + 1 < len(order) else height
+        released = canvas.release(upto)
+        if released is not None:
+            bands.append(released)
+    assert canvas.release(height) is None
     assert bands[0][0] == 0
     for (y0, band), (y1, _) in zip(bands, bands[1:]):
         assert y0 + band.shape[1] == y1
     assert torch.equal(torch.cat([band for _, band in bands], dim=1), reference)
+    assert peak <= p  # never more than one patch height of pending rows in this order
 
 
-def test_band_merger_rejects_wrong_rows():
-    merger = BandMerger(2, 150, 100, 64)
+def test_rolling_canvas_rejects_patches_above_released_rows():
+    canvas = RollingCanvas(2, 150, 100)
+    canvas.add(torch.zeros(1, 2, 64, 64), [0], [0])
+    canvas.release(30)
     with pytest.raises(ValueError):
-        merger.add_row(43, [0], torch.zeros(1, 2, 64, 64))
+        canvas.add(torch.zeros(1, 2, 64, 64), [10], [0])
     with pytest.raises(ValueError):
-        merger.finish()
+        canvas.add(torch.zeros(1, 2, 64, 64), [100], [0])

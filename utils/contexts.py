@@ -149,11 +149,13 @@ def _to_unit_float(image: torch.Tensor) -> torch.Tensor:
 _STRIP_THRESHOLD = 1 << 26
 
 
-def _axis_weights(length: int, size: int, device: torch.device) -> torch.Tensor:
+def resize_weights(length: int, size: int, device: torch.device | str | None = None,
+                   antialias: bool = True) -> torch.Tensor:
     """(length, size) matrix W with resize(v) = v @ W for any 1-D signal v of ``length`` values.
 
-    Obtained by resizing unit vectors with the very same ``interpolate`` call (which is linear), a
-    block of rows at a time, so the strip-wise resize below gives the direct resize's numbers.
+    Obtained by resizing unit vectors with the very same ``interpolate`` call (bilinear, which is
+    linear and separable), a block of rows at a time, so resizing with these matrices strip by strip
+    gives the direct resize's numbers without ever holding the large side whole.
     """
     out = torch.empty(length, size, device=device)
     block = 1024
@@ -162,7 +164,7 @@ def _axis_weights(length: int, size: int, device: torch.device) -> torch.Tensor:
         eye = torch.zeros(1, 1, stop - start, length, device=device)
         rows = torch.arange(stop - start, device=device)
         eye[0, 0, rows, rows + start] = 1.0
-        out[start:stop] = F.interpolate(eye, size=(stop - start, size), mode="bilinear", antialias=True,
+        out[start:stop] = F.interpolate(eye, size=(stop - start, size), mode="bilinear", antialias=antialias,
                                         align_corners=False)[0, 0]
     return out
 
@@ -173,8 +175,8 @@ def _resize_in_strips(image: torch.Tensor, size: int) -> torch.Tensor:
     The resize is separable and linear: out = Wv^T . image . Wh, accumulated over horizontal strips.
     """
     channels, height, width = image.shape
-    w_h = _axis_weights(width, size, image.device)
-    w_v = _axis_weights(height, size, image.device)
+    w_h = resize_weights(width, size, image.device)
+    w_v = resize_weights(height, size, image.device)
     out = torch.zeros(channels, size, size, device=image.device)
     rows = max(1, (1 << 24) // (channels * width))
     for start in range(0, height, rows):

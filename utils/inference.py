@@ -6,7 +6,7 @@ image or a canvas per view: each view's patch grid is laid out in the view's fra
 mapped back to the original frame, the crop (and its medium-context window) is taken from the original
 image and turned into the view, and the logits are turned back and added to ONE canvas in the original
 frame. Because the whole image is never rotated, non-square images are not cropped (the original's
-defect) and memory is one image, one canvas and one sub-batch.
+defect), and memory is the image, one sub-batch and a band of the canvas (see ``Predictor``).
 
 Jobs (view, box) are independent, so sub-batches may mix views: that is batched TTA for free.
 """
@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
-from utils.contexts import crop_patches, global_view, medium_contexts
+from utils.contexts import crop_patches, global_view, medium_contexts, resize_weights
 from utils.grid import make_grid, pad_to_min
-from utils.merge import add_patches
+from utils.merge import RollingCanvas
 from utils.tta import VIEWS, from_view, to_view
 
 View = tuple[bool, int]
@@ -75,8 +74,13 @@ class Predictor:
     """Turns whole images into logits / masks with an ``FCtLNet`` (any mode, any backbone).
 
     ``image`` arguments are uint8 tensors (3, H, W) already on the model's device; the image stays
-    uint8 and only crops are converted to float, so a large scene costs 3 bytes per pixel.
+    uint8 and only crops and context windows are converted to float, so a large scene costs 3 bytes
+    per pixel. Results come as horizontal bands (``logit_bands``, ``mask_bands``): patches are run
+    sorted by their top row and each band is handed out as soon as no pending patch can touch it, so
+    the canvas in memory is about (patch + stride) rows high whatever the image height.
     """
+
+    band_rows = 512  # band height of the mode-0 path (resized whole image, upsampled band by band)
 
     def __init__(self, model: torch.nn.Module, cfg: PipelineConfig) -> None:
         self.model = model
@@ -91,26 +95,35 @@ class Predictor:
         return list(VIEWS) if tta else [VIEWS[0]]
 
     # --- global-image path (mode 0) -----------------------------------------------------------------
-    def _global_logits(self, image: torch.Tensor, views: list[View], canvas: torch.Tensor) -> None:
+    def _global_bands(self, image: torch.Tensor, views: list[View]) -> Iterator[tuple[int, torch.Tensor]]:
+        """Logits of the resized image, summed over views at the small scale, upsampled band by band.
+
+        Upsampling is linear and commutes with flips and quarter turns, so summing the views before
+        upsampling equals upsampling each view's logits and summing (the original's order).
+        """
         height, width = image.shape[-2:]
         small = global_view(image, self.cfg.size_g)
+        total = None
         for view in views:
             with _autocast(self.device, self.cfg):
-                logits = self.model(to_view(small, view))
-            vh, vw = view_shape(height, width, view)
-            logits = F.interpolate(logits.float(), size=(vh, vw), mode="bilinear", align_corners=False)
-            canvas += from_view(logits[0], view)
+                logits = self.model(to_view(small, view)).float()[0]
+            total = from_view(logits, view) if total is None else total + from_view(logits, view)
+        w_v = resize_weights(total.shape[-2], height, total.device, antialias=False)
+        w_h = resize_weights(total.shape[-1], width, total.device, antialias=False)
+        rows = torch.matmul(total, w_h)  # (C, g, W)
+        for y0 in range(0, height, self.band_rows):
+            y1 = min(y0 + self.band_rows, height)
+            yield y0, torch.matmul(w_v[:, y0:y1].T, rows)
 
     # --- patch path (modes 1-4) ---------------------------------------------------------------------
     def jobs(self, height: int, width: int, views: list[View]) -> list[tuple[int, int, int]]:
-        """(view index, top, left in the original frame) of every patch of every view, view by view."""
+        """(view index, top, left in the original frame) of every patch of every view, sorted by top."""
         out = []
         for vi, view in enumerate(views):
             vh, vw = view_shape(height, width, view)
-            grid = make_grid(vh, vw, self.cfg.size_p)
-            for top, left in grid.boxes():
+            for top, left in make_grid(vh, vw, self.cfg.size_p).boxes():
                 out.append((vi, *view_box_to_original(top, left, self.cfg.size_p, height, width, view)))
-        return out
+        return sorted(out, key=lambda job: job[1])
 
     def global_tops(self, image: torch.Tensor, views: list[View]) -> torch.Tensor | None:
         """Frozen global encoder features of every view's resized image: (V, C, hg, wg), or None."""
@@ -141,33 +154,44 @@ class Predictor:
             yield batch, torch.stack([from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, batch)])
 
     @torch.inference_mode()
-    def logits(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
-        """Summed logits (C, H, W) float32 of one image over the chosen views."""
+    def logit_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Summed logits of one image over the chosen views, as (first row, (C, h, W) float32) bands."""
         views = self.views(tta)
         height, width = image.shape[-2:]
-        n_class = self.net.n_class
-        canvas = torch.zeros(n_class, height, width, device=image.device, dtype=torch.float32)
         if self.net.mode == 0:
-            self._global_logits(image, views, canvas)
-            return canvas
-        image, (height, width) = pad_to_min(image, self.cfg.size_p)
-        if image.shape[-2:] != canvas.shape[-2:]:
-            canvas = torch.zeros(n_class, *image.shape[-2:], device=image.device, dtype=torch.float32)
-        jobs = self.jobs(*image.shape[-2:], views)
-        tops_g = self.global_tops(image, views)
-        for batch, logits in self.patch_logits(image, jobs, views, tops_g):
-            add_patches(canvas, logits, [t for _, t, _ in batch], [l for _, _, l in batch])
+            yield from self._global_bands(image, views)
+            return
+        padded, _ = pad_to_min(image, self.cfg.size_p)
+        p_height, p_width = padded.shape[-2:]
+        jobs = self.jobs(p_height, p_width, views)
+        tops_g = self.global_tops(padded, views)
+        canvas = RollingCanvas(self.net.n_class, p_height, p_width, padded.device)
+        done = 0
+        for batch, logits in self.patch_logits(padded, jobs, views, tops_g):
+            canvas.add(logits, [t for _, t, _ in batch], [l for _, _, l in batch])
+            done += len(batch)
             if progress is not None:
                 progress.update(len(batch))
-        return canvas[:, :height, :width]
+            band = canvas.release(jobs[done][1] if done < len(jobs) else p_height)
+            if band is not None and band[0] < height:
+                y0, rows = band
+                yield y0, rows[:, :height - y0, :width]
+
+    def mask_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Class map of one image as (first row, (h, W) uint8) bands."""
+        for y0, band in self.logit_bands(image, tta, progress):
+            yield y0, band.argmax(0).to(torch.uint8)
+
+    def logits(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
+        """Summed logits (C, H, W) float32 of one image (whole canvas: for images that fit)."""
+        return torch.cat([band for _, band in self.logit_bands(image, tta, progress)], dim=1)
 
     def predict(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
         """Class map (H, W) uint8 of one image."""
-        return self.logits(image, tta, progress).argmax(0).to(torch.uint8)
+        return torch.cat([band for _, band in self.mask_bands(image, tta, progress)], dim=0)
 
     def patches_per_image(self, height: int, width: int, tta: bool) -> int:
         if self.net.mode == 0:
             return 0
         h, w = max(height, self.cfg.size_p), max(width, self.cfg.size_p)
         return len(self.jobs(h, w, self.views(tta)))
-

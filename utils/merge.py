@@ -6,8 +6,8 @@ of the canvas is the prediction, so only the sums matter and the order of the ad
 (apart from float rounding).
 
 ``add_patches`` fills a whole canvas (C x H x W float32: about 168 MB for a 2448 px image with 7
-classes). For images whose canvas does not fit, ``BandMerger`` takes the patches one grid row at a
-time and hands back horizontal bands of the canvas as soon as no later row can add to them.
+classes). ``RollingCanvas`` takes patches sorted by row and hands back horizontal bands of the canvas
+as soon as no pending patch can add to them, so its memory does not grow with the image height.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import torch
 
-from utils.grid import patch_starts
 
 Positions = torch.Tensor | Sequence[int]
 
@@ -50,66 +49,51 @@ def add_patches(canvas: torch.Tensor, logits: torch.Tensor, tops: Positions, lef
         canvas[:, top : top + p, left : left + p].add_(logits[i])
 
 
-class BandMerger:
-    """Streaming canvas for tall images: patches come in one grid row at a time, bands go out.
+class RollingCanvas:
+    """A canvas that holds only the rows still being written, for images too tall to hold whole.
 
-    The grid rows are those of ``utils.grid.patch_starts(height, p)``, so the merger knows which
-    canvas rows a later grid row can still touch. After grid row i (top t_i) has been added, canvas
-    rows below t_{i+1} are final and are returned as a band ``(y0, logits (C, h, W))``; bands come out
-    in order and together cover rows 0..height-1 exactly once.
+    Patches may arrive in any order as long as no patch starts above the rows already released.
+    ``release(upto)`` declares that no later patch will touch rows above ``upto`` and returns those
+    rows as a band ``(y0, logits (C, h, W))``; bands come out in order and cover each row once.
 
-    Memory: the merger holds one p-row buffer (C x p x W float32) and returns each band as a copy of
-    at most step = t_{i+1} - t_i rows, so about (p + step) x W x C floats are alive per image while
-    the caller consumes each band before adding the next row (plus one transient copy of p - step rows
-    while the buffer shifts). For W = 20000, p = 508, step = 388 and 7 classes that is about 0.5 GB,
-    against 11 GB for a whole 20000 x 20000 canvas.
+    Feeding the patches sorted by their top and releasing up to the next pending top keeps about
+    (p + step) rows alive: for W = 20000, p = 508, step = 388 and 7 classes about 0.5 GB, against
+    11 GB for a whole 20000 x 20000 canvas.
     """
 
-    def __init__(self, n_class: int, height: int, width: int, p: int, device: torch.device | str | None = None):
-        if height < p or width < p:
-            raise ValueError(f"a {height}x{width} canvas is smaller than the patch size {p}; pad the image first")
-        self.n_class = n_class
-        self.height = height
-        self.width = width
-        self.p = p
-        self.tops = patch_starts(height, p)
-        self._next_row = 0
-        self._buffer = torch.zeros((n_class, p, width), dtype=torch.float32, device=device)
+    def __init__(self, n_class: int, height: int, width: int, device: torch.device | str | None = None) -> None:
+        self.n_class, self.height, self.width = n_class, height, width
+        self.y0 = 0  # first row not yet released
+        self._buffer = torch.zeros((n_class, 0, width), dtype=torch.float32, device=device)
 
-    @property
-    def done(self) -> bool:
-        """True once every grid row has been added (and so every band returned)."""
-        return self._next_row == len(self.tops)
+    def add(self, logits: torch.Tensor, tops: Positions, lefts: Positions) -> None:
+        """Add patches logits[i] (C, p, p) at (tops[i], lefts[i]) of the full canvas."""
+        top_list = _as_list(tops)
+        if not top_list:
+            return
+        if min(top_list) < self.y0:
+            raise ValueError(f"a patch at top {min(top_list)} arrived after rows up to {self.y0} were released")
+        bottom = max(top_list) + int(logits.shape[-1])
+        if bottom > self.height:
+            raise ValueError(f"a patch reaches row {bottom} of a {self.height}-row canvas")
+        held = self._buffer.shape[1]
+        if self.y0 + held < bottom:
+            extra = torch.zeros((self.n_class, bottom - self.y0 - held, self.width), dtype=torch.float32,
+                                device=self._buffer.device)
+            self._buffer = torch.cat([self._buffer, extra], dim=1)
+        add_patches(self._buffer, logits, [t - self.y0 for t in top_list], lefts)
 
-    def add_row(
-        self, top: int, lefts: Positions, logits: torch.Tensor
-    ) -> list[tuple[int, torch.Tensor]]:
-        """Add all patches of the next grid row; return the bands this row finished (0 or 1).
-
-        top: the row's top, which must be the next one of ``self.tops``. lefts: the patches' lefts, in
-        any order. logits: (N, C, p, p) matching lefts. Returns a list of (y0, band (C, h, W) float32).
-        """
-        if self.done:
-            raise ValueError(f"all {len(self.tops)} grid rows were already added")
-        expected = self.tops[self._next_row]
-        if int(top) != expected:
-            raise ValueError(f"expected grid row {self._next_row} at top {expected}, got top {top}")
-        left_list = _as_list(lefts)
-        add_patches(self._buffer, logits, [0] * len(left_list), left_list)
-        self._next_row += 1
-        end = self.tops[self._next_row] if not self.done else self.height
-        finished = end - expected
-        if finished == 0:
-            return []
-        band = self._buffer[:, :finished].clone()
-        if finished < self.p:
-            self._buffer[:, : self.p - finished] = self._buffer[:, finished:].clone()
-        self._buffer[:, self.p - finished :] = 0
-        return [(expected, band)]
-
-    def finish(self) -> list[tuple[int, torch.Tensor]]:
-        """Check that every grid row came in and return the bands still held (none: ``add_row``
-        returns the last band with the last row)."""
-        if not self.done:
-            raise ValueError(f"only {self._next_row} of {len(self.tops)} grid rows were added")
-        return []
+    def release(self, upto: int) -> tuple[int, torch.Tensor] | None:
+        """Hand out rows [y0, upto) as (y0, band (C, h, W)); None when there is nothing new."""
+        upto = min(upto, self.height)
+        if upto <= self.y0:
+            return None
+        rows = upto - self.y0
+        held = self._buffer.shape[1]
+        if rows <= held:
+            band, self._buffer = self._buffer[:, :rows], self._buffer[:, rows:].clone()
+        else:  # rows no patch touched are zero
+            band = torch.cat([self._buffer, self._buffer.new_zeros((self.n_class, rows - held, self.width))], dim=1)
+            self._buffer = self._buffer[:, :0]
+        start, self.y0 = self.y0, upto
+        return start, band
