@@ -1,0 +1,283 @@
+"""Reading images and label masks, and writing masks, with one-line errors for every bad input.
+
+Images. `read_image` returns uint8 (3, H, W) RGB. Anything Pillow reads works (JPEG, PNG, TIFF, ...).
+Inputs that are not 8-bit RGB are converted, and a warning naming the file says what was done:
+  - grayscale ('L', '1'): the one channel is copied to R, G and B;
+  - alpha ('RGBA', 'LA', 'PA'): the alpha channel is dropped (pixels are not blended with anything);
+  - palette ('P'): expanded to its RGB colours;
+  - 16-bit ('I;16*', and 'I' with values in 0..65535): the high byte is kept (value >> 8). A fixed shift,
+    not a stretch by each image's maximum, so that the same ground brightness gives the same 8-bit value in
+    every image of a data set;
+  - other colour spaces (CMYK, YCbCr, ...): Pillow's conversion to RGB.
+Truncated files are never padded: Pillow's LOAD_TRUNCATED_IMAGES stays off, so a half-copied JPEG is an
+error instead of an image with a grey bottom. Pillow's decompression-bomb limit stays on unless the user
+passes --allow_large_images (see `allow_large_images`).
+
+Masks. `read_mask` returns uint8 (H, W) class indices 0..6 and detects the format of each file:
+  - 'L', 'I', 'I;16*' (and 'LA', alpha ignored): class indices; a value above 6 is an error;
+  - 'RGB' (and 'RGBA', alpha ignored): the DeepGlobe colours, matched exactly. One exception, which cannot
+    be confused with a colour mask: an RGB image whose three channels are equal everywhere and whose values
+    are all <= 6 is an index mask saved as RGB (the palette's only grey is black = class 0 either way);
+  - 'P' (palette PNG): judged by the colours it actually uses. If every used palette entry is a DeepGlobe
+    colour, the colours decide the class (that is what every viewer shows). Otherwise, if every used index is
+    <= 6, the indices are the classes (an index mask saved with some decorative palette). Otherwise an error.
+
+Writing. `write_mask_png` writes the colour PNG (exact 0/255 colours), `write_index_png` the 'L'
+index PNG, `write_image_png` an RGB PNG; all go to a temporary file in the target folder and are renamed
+into place, so an interrupted run never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from dataset.classes import N_CLASSES, PALETTE, colour_to_index, index_to_colour, pack_rgb
+from utils.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
+
+
+def allow_large_images(flag: bool) -> None:
+    """Switch Pillow's decompression-bomb guard off (True) or back to Pillow's default limit (False).
+
+    The setting is process-wide. DataLoader workers started by fork inherit it; with the spawn or
+    forkserver start methods call this again in the worker_init_fn.
+    """
+    Image.MAX_IMAGE_PIXELS = None if flag else _DEFAULT_MAX_PIXELS
+
+
+def _check_file(path: str, what: str) -> None:
+    if not os.path.exists(path):
+        raise DataError(f"{what} not found: {path}; check the path (or re-run tools/prepare_deepglobe.py)")
+    if os.path.isdir(path):
+        raise DataError(f"{what} {path} is a folder, not a file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{what} {path} is empty (0 bytes): the copy or download is incomplete; fetch it again")
+
+
+@contextmanager
+def _opened(path: str, what: str, load: bool = True) -> Iterator[Image.Image]:
+    """Open (and by default fully decode) an image, turning every Pillow failure into a DataError."""
+    _check_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            try:
+                if load:
+                    image.load()
+            except BaseException:
+                image.close()
+                raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"{what} {path} has more pixels than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} "
+            f"(decompression-bomb guard); pass --allow_large_images if you trust the file"
+        ) from None
+    except UnidentifiedImageError:
+        raise DataError(
+            f"{what} {path} is not a readable image (unknown format or corrupt); replace the file"
+        ) from None
+    except _DECODE_ERRORS as error:
+        if "truncated" in str(error).lower():
+            raise DataError(f"{what} {path} is truncated: the copy or download is incomplete; fetch it again") from None
+        raise DataError(f"{what} {path} cannot be decoded ({error}): the file is damaged; replace it") from None
+    try:
+        yield image
+    finally:
+        image.close()
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(H, W) of an image from its header only (cheap; a truncated body is not noticed here)."""
+    with _opened(path, "image", load=False) as image:
+        return image.height, image.width
+
+
+def _sixteen_to_eight(values: np.ndarray, path: str, mode: str) -> np.ndarray:
+    if int(values.min()) < 0 or int(values.max()) > 65535:
+        raise DataError(
+            f"image {path} (mode {mode}) holds values outside 0..65535; convert it to 8-bit RGB first"
+        )
+    log.warning("%s: %s image (16-bit) reduced to 8 bits by keeping the high byte (value >> 8)", path, mode)
+    return (values.astype(np.uint32) >> 8).astype(np.uint8)
+
+
+def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _to_rgb(image: Image.Image, path: str) -> np.ndarray:
+    """uint8 (H, W, 3) from any Pillow mode, warning about every conversion."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.array(image)
+    if mode in ("L", "1"):
+        log.warning("%s: grayscale image (mode %s); copied its channel to R, G and B", path, mode)
+        return _grey_to_rgb(np.array(image.convert("L")))
+    if mode.startswith("I;16") or mode == "I":
+        return _grey_to_rgb(_sixteen_to_eight(np.array(image), path, mode))
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        log.warning("%s: image with an alpha channel (mode %s); dropped the alpha channel", path, mode)
+        return np.array(image.convert("RGBA"))[:, :, :3].copy()
+    if mode == "P":
+        log.warning("%s: palette image (mode P); expanded its palette to RGB", path)
+        return np.array(image.convert("RGBA"))[:, :, :3].copy()
+    if mode == "F":
+        raise DataError(f"image {path} holds floating-point pixels (mode F); convert it to 8-bit RGB first")
+    try:
+        rgb = np.array(image.convert("RGB"))
+    except ValueError:
+        raise DataError(f"image {path} has pixel mode {mode}, which cannot be converted to RGB") from None
+    log.warning("%s: image in mode %s; converted to RGB", path, mode)
+    return rgb
+
+
+def read_image(path: str) -> torch.Tensor:
+    """Read an image file as uint8 RGB (3, H, W) (see the module docstring for conversions and errors)."""
+    with _opened(path, "image") as image:
+        rgb = _to_rgb(image, path)
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def _check_index(values: np.ndarray, path: str, mode: str) -> np.ndarray:
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= N_CLASSES:
+        bad = (values < 0) | (values >= N_CLASSES)
+        raise DataError(
+            f"label mask {path} (mode {mode}, read as class indices) holds values up to {high} (min {low}) at "
+            f"{int(bad.sum())} pixels; class indices must be 0..{N_CLASSES - 1} (a colour mask must be RGB)"
+        )
+    return values.astype(np.uint8, copy=False)
+
+
+def _palette_mask(image: Image.Image, path: str) -> np.ndarray:
+    indices = np.array(image)
+    raw = image.getpalette("RGB") or []
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(raw) // 3] = np.asarray(raw, dtype=np.uint8).reshape(-1, 3)[:256]
+    defined = np.zeros(256, dtype=bool)
+    defined[: len(raw) // 3] = True
+    used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
+    codes = pack_rgb(palette[used])
+    known = defined[used] & np.isin(codes, pack_rgb(PALETTE))
+    if known.all():
+        lookup = np.zeros(256, dtype=np.uint8)
+        lookup[used] = colour_to_index(palette[used][None], path)[0]
+        return lookup[indices]
+    if int(used.max()) < N_CLASSES:
+        return indices
+    first = tuple(int(c) for c in palette[used[~known][0]])
+    raise DataError(
+        f"label mask {path} (palette PNG) uses colours outside the DeepGlobe palette (first: RGB {first}) and "
+        f"indices up to {int(used.max())} (> {N_CLASSES - 1}); it is neither a colour nor a class-index mask"
+    )
+
+
+def _mask_to_index(image: Image.Image, path: str) -> np.ndarray:
+    mode = image.mode
+    if mode in ("L", "I") or mode.startswith("I;16"):
+        return _check_index(np.array(image), path, mode)
+    if mode == "LA":
+        log.warning("%s: mask with an alpha channel (mode LA); ignored the alpha channel", path)
+        return _check_index(np.array(image.getchannel("L")), path, mode)
+    if mode == "P":
+        return _palette_mask(image, path)
+    if mode in ("RGB", "RGBA"):
+        if mode == "RGBA":
+            log.warning("%s: mask with an alpha channel (mode RGBA); ignored the alpha channel", path)
+            rgb = np.array(image)[:, :, :3]
+        else:
+            rgb = np.array(image)
+        red = rgb[:, :, 0]
+        if int(red.max()) < N_CLASSES and (red == rgb[:, :, 1]).all() and (red == rgb[:, :, 2]).all():
+            return red.copy()
+        return colour_to_index(rgb, path)
+    raise DataError(
+        f"label mask {path} has pixel mode {mode}; use an RGB colour PNG or a grayscale class-index PNG"
+    )
+
+
+def read_mask(path: str, expected_hw: tuple[int, int] | None) -> torch.Tensor:
+    """Read a label mask as uint8 class indices (H, W), checking its size against its image's (H, W)."""
+    with _opened(path, "label mask") as image:
+        index = _mask_to_index(image, path)
+    if expected_hw is not None and tuple(index.shape) != tuple(expected_hw):
+        raise DataError(
+            f"label mask {path} is {index.shape[0]}x{index.shape[1]} (HxW) but its image is "
+            f"{expected_hw[0]}x{expected_hw[1]}: the mask belongs to another image or was resized"
+        )
+    return torch.from_numpy(np.ascontiguousarray(index))
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _save_png_atomic(image: Image.Image, path: str) -> None:
+    """Write a PNG to `<path>.tmp-<pid>` in the target folder, then rename it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create output folder {folder} ({error.strerror}); choose a writable folder") from None
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except OSError as error:
+        _remove_quietly(tmp)
+        reason = error.strerror or str(error)
+        raise DataError(
+            f"cannot write {os.path.basename(path)} into folder {folder} ({reason}); choose a writable folder "
+            f"with free space"
+        ) from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def write_mask_png(path: str, index: np.ndarray | torch.Tensor) -> None:
+    """Write class indices (H, W) (values 0..6, numpy or tensor on any device) as a DeepGlobe colour PNG."""
+    values = _as_numpy(index)
+    if values.ndim != 2:
+        raise ValueError(f"write_mask_png expects (H, W), got {values.shape}")
+    _save_png_atomic(Image.fromarray(index_to_colour(values)), path)
+
+
+def write_index_png(path: str, index: np.ndarray | torch.Tensor) -> None:
+    """Write class indices (H, W) (values 0..6) as a grayscale ('L') class-index PNG."""
+    values = _as_numpy(index)
+    if values.ndim != 2:
+        raise ValueError(f"write_index_png expects (H, W), got {values.shape}")
+    if values.size and (int(values.min()) < 0 or int(values.max()) >= N_CLASSES):
+        raise ValueError(f"class indices must be in 0..{N_CLASSES - 1}")
+    _save_png_atomic(Image.fromarray(values.astype(np.uint8)), path)
+
+
+def write_image_png(path: str, rgb: np.ndarray) -> None:
+    """Write a uint8 (H, W, 3) RGB array as a PNG (lossless, so synthetic textures stay exact)."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"write_image_png expects uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    _save_png_atomic(Image.fromarray(rgb), path)

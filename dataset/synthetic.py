@@ -1,0 +1,308 @@
+"""A seeded generator of small DeepGlobe-format scenes in which context decides some labels.
+
+Purpose: a data set that trains on a laptop CPU in minutes and on which the context-using FCtL modes
+(2: medium context, 4: medium + global) can be seen to beat the patch-only mode 1.
+
+Layout written (same as tools/prepare_deepglobe.py, so every tool reads it unchanged):
+  <out>/train/{Sat,Label}, <out>/crossvali/{Sat,Label}, <out>/offical_crossvali/{Sat,Label}
+with `<id>_sat.png` images (PNG: no JPEG noise, exact bytes) and `<id>_mask.png` class-index masks
+('L' mode). The test split also gets labels so that it can be evaluated. Ids are `train0000`,
+`crossvali0000`, `test0000`, ...; image i of a split depends only on (seed, split, i, size), so adding
+images never changes the existing ones.
+
+Scene design (sizes are quoted for 256 px images; land-cover shapes scale with the image, textures are in
+pixels):
+  - Land cover: for each of four region types (urban, forest, barren and one "field" type) a multi-scale
+    noise field (3-5 octaves of smoothly interpolated random grids, coarsest 1-2 cells per image side)
+    plus a per-type bias; each pixel takes the type with the largest value. This gives organic regions
+    of many sizes with ragged borders. The field type is biased to be the most common (about two thirds
+    of the pixels, like agriculture in DeepGlobe) and is the smoothest field, so its regions are usually
+    much larger than a 64 px patch.
+  - Textures: each type has its own colour and noise pattern: urban = grey blocks (random roof
+    brightness) separated by dark streets; forest = dark green blotches; barren = light tan speckle;
+    water = smooth dark blue; field = olive-yellow, mid-scale mottling plus faint parallel furrows whose
+    direction varies per image. A per-image brightness gain (0.9..1.1) stops colour look-ups from being
+    exact.
+  - Context decides: each scene is a "farm" or a "wild" scene (alternating within a split). A farm scene
+    has a river (a water band 5-8% of the image side wide that crosses the whole image, horizontally or
+    vertically; its mean position lies in the middle 40% of the image and it meanders by up to 13% of
+    the side); a wild scene has no water at all. Field texture is labelled agriculture (2) in farm
+    scenes and rangeland (3) in wild scenes. The field pixels of both classes come from the same texture
+    distribution, and nothing but the river depends on the scene type. A patch that shows no water
+    therefore carries no information about which of the two labels its field pixels have; the river is
+    visible in the global view and usually in a 3x medium window.
+  - Class 0 (unknown) is not used.
+
+`context_stats` measures this from the label masks (see the README section for the numbers): the share
+of patch windows that hold only field texture, and the accuracy on field pixels of three oracles: one
+that sees only the patch (water in the patch -> agriculture, otherwise the best constant answer, chosen
+with hindsight, so it is an upper bound for any patch-only model that does not know where its patch lies),
+one that sees the centred 3x window (water in it -> agriculture), and one that sees the whole image.
+Measured on 200 scenes of 256 px with 64 px patches (stride 32): 30% of windows hold only field texture;
+on field pixels the patch-only bound is 71% (66% in pure-field windows), the 3x-window rule 96% and the
+whole-image rule 100%.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import numpy as np
+
+from dataset.deepglobe import SPLIT_DIRS
+from dataset.io import write_image_png, write_index_png
+
+log = logging.getLogger(__name__)
+
+URBAN, AGRICULTURE, RANGELAND, FOREST, WATER, BARREN = 1, 2, 3, 4, 5, 6
+FIELD_LABELS = (AGRICULTURE, RANGELAND)
+SPLIT_CODES = {"train": 0, "crossvali": 1, "test": 2}
+Rgb = tuple[float, float, float]
+
+# Region types drawn by the noise competition: (label, coarsest cells per side, octaves, bias).
+# FIELD is resolved to agriculture or rangeland per scene.
+_FIELD = -1
+_REGIONS = (
+    (_FIELD, 1, 3, 1.4),
+    (URBAN, 2, 5, 0.0),
+    (FOREST, 2, 5, 0.1),
+    (BARREN, 2, 5, -0.05),
+)
+
+
+def _interpolation_weights(cells: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """For `size` output points resampling a (cells + 1)-point grid: the left grid index (int64) and the
+    smoothstep weight of the right neighbour (float32); smoothstep keeps the slope continuous at grid
+    points, so the noise shows no creases."""
+    position = (np.arange(size, dtype=np.float32) + 0.5) * (cells / size)
+    left = np.minimum(position.astype(np.int64), cells - 1)
+    t = position - left
+    return left, t * t * (3.0 - 2.0 * t)
+
+
+def smooth_noise(rng: np.random.Generator, count: int, size: int, cells: int) -> np.ndarray:
+    """(count, size, size) float32 noise with features about size / cells pixels wide, std about 0.6.
+
+    Separable interpolation by gathering the two neighbours (no matrix product: BLAS threads fight over
+    shared CPU cores and made this 50x slower)."""
+    cells = max(1, int(cells))
+    grid = rng.standard_normal((count, cells + 1, cells + 1), dtype=np.float32)
+    left, t = _interpolation_weights(cells, size)
+    rows = grid[:, left, :] * (1.0 - t)[None, :, None] + grid[:, left + 1, :] * t[None, :, None]
+    return rows[:, :, left] * (1.0 - t) + rows[:, :, left + 1] * t
+
+
+def fractal_noise(rng: np.random.Generator, count: int, size: int, cells: int, octaves: int) -> np.ndarray:
+    """(count, size, size) float32 sum of `octaves` smooth-noise layers, each twice as fine and half as
+    strong as the previous, starting at `cells` cells per side."""
+    total = np.zeros((count, size, size), dtype=np.float32)
+    for octave in range(octaves):
+        total += (0.5**octave) * smooth_noise(rng, count, size, cells * 2**octave)
+    return total
+
+
+def _land_cover(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size) int8 region labels (with _FIELD for field texture) from competing noise fields."""
+    scores = np.empty((len(_REGIONS), size, size), dtype=np.float32)
+    for k, (_, cells, octaves, bias) in enumerate(_REGIONS):
+        scores[k] = fractal_noise(rng, 1, size, cells, octaves)[0] + bias
+    labels = np.array([label for label, *_ in _REGIONS], dtype=np.int8)
+    return labels[scores.argmax(axis=0)]
+
+
+def _river(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size) bool: a meandering band crossing the image, horizontal or vertical."""
+    along = np.arange(size, dtype=np.float32)
+    centre = size * (0.5 + rng.uniform(-0.2, 0.2))
+    for amplitude, cycles in ((rng.uniform(0.05, 0.10), rng.uniform(0.5, 1.5)), (0.03, rng.uniform(2.0, 3.0))):
+        centre = centre + amplitude * size * np.sin(2 * np.pi * cycles * along / size + rng.uniform(0, 2 * np.pi))
+    slope = np.gradient(centre)
+    width = size * rng.uniform(0.05, 0.08) * (1.0 + 0.2 * smooth_noise(rng, 1, size, 4)[0, :, 0])
+    across = np.arange(size, dtype=np.float32)[:, None]
+    band = np.abs(across - centre[None, :]) <= 0.5 * width[None, :] * np.sqrt(1.0 + slope * slope)[None, :]
+    return band if rng.random() < 0.5 else band.T
+
+
+def _textures(rng: np.random.Generator, size: int, region: np.ndarray, river: np.ndarray) -> np.ndarray:
+    """(size, size, 3) uint8 image: each region type painted with its own texture."""
+    image = np.zeros((size, size, 3), dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+
+    def paint(mask: np.ndarray, colour: Rgb, shade: np.ndarray, tint: Rgb = (1.0, 1.0, 1.0)) -> None:
+        image[mask] = np.asarray(colour, np.float32) + shade[mask][:, None] * np.asarray(tint, np.float32)
+
+    def white(amplitude: float) -> np.ndarray:
+        return amplitude * rng.standard_normal((size, size), dtype=np.float32)
+
+    angle = rng.uniform(0, np.pi)
+    furrows = 7.0 * np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / 7.0)
+    field = 30.0 * smooth_noise(rng, 1, size, size / 12)[0] + furrows + white(6.0)
+    paint(region == _FIELD, (150, 148, 78), field, (1.0, 1.0, 0.7))
+
+    block = 10
+    roofs = rng.normal(0.0, 25.0, (size // block + 1, size // block + 1)).astype(np.float32)
+    rows, cols = (yy // block).astype(np.int64), (xx // block).astype(np.int64)
+    street = ((yy % block) < 2) | ((xx % block) < 2)
+    urban = np.where(street, -45.0, roofs[rows, cols]) + white(8.0)
+    paint(region == URBAN, (128, 122, 128), urban)
+
+    forest = 40.0 * smooth_noise(rng, 1, size, size / 5)[0] + white(6.0)
+    paint(region == FOREST, (42, 82, 40), forest, (0.6, 1.0, 0.6))
+
+    barren = 15.0 * smooth_noise(rng, 1, size, size / 40)[0] + white(12.0)
+    paint(region == BARREN, (188, 168, 136), barren)
+
+    water = 8.0 * smooth_noise(rng, 1, size, size / 30)[0] + white(3.0)
+    paint(river, (36, 62, 122), water, (0.5, 0.7, 1.0))
+
+    image *= rng.uniform(0.9, 1.1)
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_scene(rng: np.random.Generator, size: int, farm: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)). `farm` adds the river and
+    labels field texture agriculture; otherwise there is no water and field texture is rangeland."""
+    region = _land_cover(rng, size)
+    river = _river(rng, size) if farm else np.zeros((size, size), dtype=bool)
+    image = _textures(rng, size, region, river)
+    label = region.astype(np.uint8)
+    label[region == _FIELD] = AGRICULTURE if farm else RANGELAND
+    label[river] = WATER
+    return image, label
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The random stream of image `index` of `split`: independent of how many images are made."""
+    return np.random.default_rng([seed, SPLIT_CODES[split], index])
+
+
+def is_farm(seed: int, split: str, index: int) -> bool:
+    """Scene type: alternating within a split (balanced in any count), phase set by the seed."""
+    phase = int(np.random.default_rng([seed, SPLIT_CODES[split]]).integers(2))
+    return (index + phase) % 2 == 0
+
+
+def scene_id(split: str, index: int) -> str:
+    return f"{split}{index:04d}"
+
+
+def _remove_stale(folder: str, split: str, keep: set[str]) -> None:
+    """Delete synthetic files of an earlier, larger run so that they do not join the split."""
+    pattern = re.compile(rf"^({re.escape(split)}\d{{4,}})_(sat|mask)\.png$")
+    for name in os.listdir(folder):
+        match = pattern.match(name)
+        if match and match.group(1) not in keep:
+            os.remove(os.path.join(folder, name))
+            log.info("removed stale synthetic file %s", os.path.join(folder, name))
+
+
+def generate(out_dir: str, n_train: int, n_val: int, n_test: int, size: int, seed: int) -> dict[str, list[str]]:
+    """Write a synthetic data set in the DeepGlobe layout under `out_dir`; returns the ids per split.
+
+    Deterministic: the same arguments give byte-identical files. Re-running with fewer images removes
+    the surplus synthetic files of the earlier run.
+    """
+    if size < 32:
+        raise ValueError("synthetic images need size >= 32")
+    written: dict[str, list[str]] = {}
+    for split, count in (("train", n_train), ("crossvali", n_val), ("test", n_test)):
+        root = os.path.join(out_dir, SPLIT_DIRS[split])
+        ids = [scene_id(split, i) for i in range(count)]
+        for sub in ("Sat", "Label"):
+            os.makedirs(os.path.join(root, sub), exist_ok=True)
+            _remove_stale(os.path.join(root, sub), split, set(ids))
+        for i, name in enumerate(ids):
+            image, label = make_scene(scene_rng(seed, split, i), size, is_farm(seed, split, i))
+            write_image_png(os.path.join(root, "Sat", f"{name}_sat.png"), image)
+            write_index_png(os.path.join(root, "Label", f"{name}_mask.png"), label)
+        written[split] = ids
+    return written
+
+
+def _window_sums(integral: np.ndarray, tops: np.ndarray, lefts: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Sums over windows [top, top+height) x [left, left+width), clipped to the image, from an integral
+    image padded with a leading zero row and column. tops/lefts broadcast against each other."""
+    limit_y, limit_x = integral.shape[0] - 1, integral.shape[1] - 1
+    y0, y1 = np.clip(tops, 0, limit_y), np.clip(tops + height, 0, limit_y)
+    x0, x1 = np.clip(lefts, 0, limit_x), np.clip(lefts + width, 0, limit_x)
+    return integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+
+
+def _integral(mask: np.ndarray) -> np.ndarray:
+    out = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), dtype=np.int64)
+    out[1:, 1:] = mask.cumsum(0).cumsum(1)
+    return out
+
+
+def context_stats(
+    labels: list[np.ndarray],
+    patch: int,
+    context: int = 3,
+    images: list[np.ndarray] | None = None,
+) -> dict[str, float]:
+    """How much context the field labels need, measured on label masks (uint8 (H, W) each).
+
+    Windows: all patch x patch windows at stride patch // 2 (plus the last row/column). Returns
+      pure_field_windows: share of windows holding only field texture (agriculture or rangeland);
+      patch_oracle / window_oracle / global_oracle: accuracy on field pixels (summed over windows) of a
+        rule that sees the patch / the centred context*patch window / the whole image (see module doc);
+      patch_oracle_pure / window_oracle_pure: the same, only over windows of pure field texture;
+      colour_gap (when images are given): largest difference, over R, G, B and over mean and standard
+        deviation, between agriculture and rangeland pixels (0 = same colour statistics).
+    """
+    margin = (context - 1) * patch // 2
+    hit = {"patch_water": 0, "window": 0, "global": 0, "window_pure": 0}
+    free_agri = free_range = pure_agri = pure_range = 0
+    field_total = pure_total = windows = pure_windows = 0
+    for label in labels:
+        height, width = label.shape
+        tops = np.unique(np.r_[np.arange(0, max(height - patch, 0) + 1, patch // 2), max(height - patch, 0)])
+        lefts = np.unique(np.r_[np.arange(0, max(width - patch, 0) + 1, patch // 2), max(width - patch, 0)])
+        tops, lefts = tops[:, None], lefts[None, :]
+        field, agri, water = np.isin(label, FIELD_LABELS), label == AGRICULTURE, label == WATER
+        n_field = _window_sums(_integral(field), tops, lefts, patch, patch)
+        n_agri = _window_sums(_integral(agri), tops, lefts, patch, patch)
+        n_range = n_field - n_agri
+        water_integral = _integral(water)
+        in_patch = _window_sums(water_integral, tops, lefts, patch, patch) > 0
+        side = patch + 2 * margin
+        in_window = _window_sums(water_integral, tops - margin, lefts - margin, side, side) > 0
+        pure = n_field == min(patch, height) * min(patch, width)
+        windows += pure.size
+        pure_windows += int(pure.sum())
+        field_total += int(n_field.sum())
+        pure_total += int(n_field[pure].sum())
+        hit["patch_water"] += int(n_agri[in_patch].sum())
+        free_agri += int(n_agri[~in_patch].sum())
+        free_range += int(n_range[~in_patch].sum())
+        pure_agri += int(n_agri[pure].sum())
+        pure_range += int(n_range[pure].sum())
+        window_correct = np.where(in_window, n_agri, n_range)
+        hit["window"] += int(window_correct.sum())
+        hit["window_pure"] += int(window_correct[pure].sum())
+        hit["global"] += int((n_agri if water.any() else n_range).sum())
+    stats = {
+        "windows": float(windows),
+        "pure_field_windows": pure_windows / max(windows, 1),
+        "patch_oracle": (hit["patch_water"] + max(free_agri, free_range)) / max(field_total, 1),
+        "window_oracle": hit["window"] / max(field_total, 1),
+        "global_oracle": hit["global"] / max(field_total, 1),
+        "patch_oracle_pure": max(pure_agri, pure_range) / max(pure_total, 1),
+        "window_oracle_pure": hit["window_pure"] / max(pure_total, 1),
+    }
+    if images is not None:
+        stats["colour_gap"] = _colour_gap(images, labels)
+    return stats
+
+
+def _colour_gap(images: list[np.ndarray], labels: list[np.ndarray]) -> float:
+    pixels = {}
+    for cls in FIELD_LABELS:
+        chunks = [image[label == cls] for image, label in zip(images, labels)]
+        pixels[cls] = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 3), np.float32)
+    if any(len(p) == 0 for p in pixels.values()):
+        return float("nan")
+    a, b = pixels[AGRICULTURE], pixels[RANGELAND]
+    return float(max(np.abs(a.mean(0) - b.mean(0)).max(), np.abs(a.std(0) - b.std(0)).max()))

@@ -1,0 +1,128 @@
+"""The synthetic generator: layout, determinism, and that context (not the patch) decides field labels."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from dataset import synthetic as syn
+from dataset.deepglobe import DeepGlobe
+from tools import make_synthetic
+
+
+def files(root) -> dict[str, bytes]:
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, root)] = handle.read()
+    return out
+
+
+def test_layout_readable_by_deepglobe(tmp_path):
+    written = syn.generate(str(tmp_path), 2, 1, 1, 64, seed=0)
+    assert written == {"train": ["train0000", "train0001"], "crossvali": ["crossvali0000"], "test": ["test0000"]}
+    for split, count in (("train", 2), ("crossvali", 1), ("test", 1)):
+        data = DeepGlobe(str(tmp_path), split, labelled=True)
+        assert len(data) == count
+        item = data[0]
+        assert item["image"].shape == (3, 64, 64) and item["label"].shape == (64, 64)
+        assert int(item["label"].max()) <= 6 and item["path"].endswith("_sat.png")
+    assert os.path.isdir(tmp_path / "offical_crossvali" / "Label")
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    syn.generate(str(tmp_path / "a"), 2, 1, 1, 64, seed=3)
+    syn.generate(str(tmp_path / "b"), 2, 1, 1, 64, seed=3)
+    syn.generate(str(tmp_path / "c"), 2, 1, 1, 64, seed=4)
+    a, b, c = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
+    assert a == b and len(a) == 8
+    assert a.keys() == c.keys() and all(a[k] != c[k] for k in a if k.endswith("_sat.png"))
+
+
+def test_images_do_not_depend_on_count_and_rerun_removes_surplus(tmp_path):
+    syn.generate(str(tmp_path / "big"), 3, 0, 0, 48, seed=1)
+    syn.generate(str(tmp_path / "small"), 1, 0, 0, 48, seed=1)
+    big, small = files(tmp_path / "big"), files(tmp_path / "small")
+    assert all(big[k] == small[k] for k in small)
+    syn.generate(str(tmp_path / "big"), 1, 0, 0, 48, seed=1)
+    assert files(tmp_path / "big") == small
+
+
+def test_cli(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--train", "1", "--val", "1", "--test", "1", "--size", "96"]
+    assert make_synthetic.main(args) == 0
+    out = capsys.readouterr().out
+    assert "wrote train 1, crossvali 1, test 1 images of 96x96" in out and "3x-window oracle" in out
+    with pytest.raises(SystemExit):
+        make_synthetic.main(["--out", str(tmp_path), "--size", "8"])
+
+
+@pytest.fixture(scope="module")
+def scenes() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    pairs = [syn.make_scene(syn.scene_rng(0, "train", i), 256, syn.is_farm(0, "train", i)) for i in range(24)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def test_field_texture_identical_other_textures_distinct(scenes):
+    images, labels = scenes
+    stats = syn.context_stats(labels, 64, images=images)
+    assert stats["colour_gap"] < 8.0
+    field = np.concatenate([im[np.isin(lab, syn.FIELD_LABELS)] for im, lab in zip(images, labels)]).mean(0)
+    for cls in (syn.URBAN, syn.FOREST, syn.WATER, syn.BARREN):
+        other = np.concatenate([im[lab == cls] for im, lab in zip(images, labels)]).mean(0)
+        assert np.abs(other - field).max() > 30, cls
+
+
+def test_context_decides_field_labels(scenes):
+    images, labels = scenes
+    stats = syn.context_stats(labels, 64)
+    assert stats["pure_field_windows"] > 0.15
+    assert stats["patch_oracle"] < 0.8 and stats["patch_oracle_pure"] < 0.75
+    assert stats["window_oracle"] > 0.9 and stats["window_oracle_pure"] > 0.9
+    assert stats["global_oracle"] == 1.0
+
+
+def patch_windows(image: np.ndarray, label: np.ndarray, p: int = 64, step: int = 32):
+    """Pure-field windows: (colour features of the patch, watery pixels in the 3p window, label)."""
+    size = label.shape[0]
+    water_like = image[:, :, 2].astype(np.int32) - image[:, :, 0].astype(np.int32) > 40
+    for top in range(0, size - p + 1, step):
+        for left in range(0, size - p + 1, step):
+            window = label[top : top + p, left : left + p]
+            if not np.isin(window, syn.FIELD_LABELS).all():
+                continue
+            pixels = image[top : top + p, left : left + p].reshape(-1, 3).astype(np.float32)
+            feats = np.r_[pixels.mean(0), pixels.std(0)]
+            around = water_like[max(top - p, 0) : top + 2 * p, max(left - p, 0) : left + 2 * p].sum()
+            yield feats, around, int(window[0, 0])
+
+
+def test_patch_colours_do_not_predict_but_window_does(scenes):
+    """Independent of context_stats: a nearest-neighbour classifier on patch colour statistics, trained
+    on half the scenes (farm and wild), cannot tell agriculture from rangeland in pure-field patches of the other half,
+    while 'watery pixels in the 3x window, seen in the image' can."""
+    images, labels = scenes
+    rows = [list(patch_windows(im, lab)) for im, lab in zip(images, labels)]
+    # Scene types alternate, so split in pairs: both halves hold farm and wild scenes.
+    train = [r for i, scene in enumerate(rows) if i % 4 < 2 for r in scene]
+    test = [r for i, scene in enumerate(rows) if i % 4 >= 2 for r in scene]
+    assert 0.2 < np.mean([r[2] == syn.AGRICULTURE for r in test]) < 0.8
+    assert len(train) > 40 and len(test) > 40
+    x_train = np.array([r[0] for r in train])
+    y_train = np.array([r[2] for r in train])
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    x_train = (x_train - mean) / std
+    x_test = (np.array([r[0] for r in test]) - mean) / std
+    y_test = np.array([r[2] for r in test])
+    distances = ((x_test[:, None, :] - x_train[None, :, :]) ** 2).sum(-1)
+    nearest = y_train[np.argsort(distances, axis=1)[:, :5]]
+    knn = np.where((nearest == syn.AGRICULTURE).sum(1) >= 3, syn.AGRICULTURE, syn.RANGELAND)
+    knn_accuracy = (knn == y_test).mean()
+    window = np.where(np.array([r[1] for r in test]) > 20, syn.AGRICULTURE, syn.RANGELAND)
+    window_accuracy = (window == y_test).mean()
+    assert knn_accuracy < 0.75, knn_accuracy
+    assert window_accuracy > 0.9, window_accuracy
