@@ -33,6 +33,7 @@ import logging
 import os
 import struct
 import warnings
+import zlib
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -42,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dataset.classes import N_CLASSES, PALETTE, colour_to_index, index_to_colour, pack_rgb
 from utils.errors import DataError
+from utils.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -222,34 +224,80 @@ def read_mask(path: str, expected_hw: tuple[int, int] | None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(index))
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
 def _save_png_atomic(image: Image.Image, path: str) -> None:
-    """Write a PNG to `<path>.tmp-<pid>` in the target folder, then rename it over `path`."""
+    """Write a PNG through a temporary sibling file that is renamed over ``path`` once complete."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
+        with atomic_open(path) as handle:
+            image.save(handle, format="PNG")
     except OSError as error:
-        raise DataError(f"cannot create output folder {folder} ({error.strerror}); choose a writable folder") from None
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except OSError as error:
-        _remove_quietly(tmp)
-        reason = error.strerror or str(error)
         raise DataError(
-            f"cannot write {os.path.basename(path)} into folder {folder} ({reason}); choose a writable folder "
-            f"with free space"
+            f"cannot write {os.path.basename(path)} into folder {folder} ({error.strerror or error}); choose a "
+            f"writable folder with free space"
         ) from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+
+
+class PngBandWriter:
+    """Write a DeepGlobe colour PNG band by band, so a 20000 x 20000 mask never exists whole in memory.
+
+    A PNG keeps its rows in one zlib stream split over IDAT chunks, so rows can be compressed and
+    written as they are produced. Use as a context manager: the file appears (renamed from a
+    temporary sibling) only when every row was written; an error leaves no file behind.
+    """
+
+    def __init__(self, path: str, height: int, width: int) -> None:
+        self.path, self.height, self.width = path, height, width
+        self._rows = 0
+        self._zip = zlib.compressobj(6)
+        self._atomic = atomic_open(path, "wb")
+        self._file = None
+
+    def __enter__(self) -> "PngBandWriter":
+        folder = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise DataError(f"cannot create output folder {folder} ({error.strerror}); choose a writable folder") from None
+        self._file = self._atomic.__enter__()
+        self._file.write(b"\x89PNG\r\n\x1a\n")
+        # 8-bit RGB, deflate, no interlace.
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0))
+        return self
+
+    def _chunk(self, kind: bytes, data: bytes) -> None:
+        self._file.write(struct.pack(">I", len(data)) + kind + data)
+        self._file.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    def write(self, index_band: np.ndarray | torch.Tensor) -> None:
+        """Append rows given as class indices (h, W), values 0..6."""
+        rgb = index_to_colour(_as_numpy(index_band))
+        if rgb.ndim != 3 or rgb.shape[1] != self.width or self._rows + rgb.shape[0] > self.height:
+            raise ValueError(f"a band of shape {rgb.shape[:2]} does not fit the {self.height}x{self.width} mask "
+                             f"after {self._rows} rows")
+        # Each PNG row starts with its filter type; 0 = none (flat class colours compress well as is).
+        rows = np.concatenate([np.zeros((rgb.shape[0], 1), np.uint8), rgb.reshape(rgb.shape[0], -1)], axis=1)
+        data = self._zip.compress(rows.tobytes())
+        if data:
+            self._chunk(b"IDAT", data)
+        self._rows += rgb.shape[0]
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                if self._rows != self.height:
+                    raise ValueError(f"{self.path}: only {self._rows} of {self.height} rows were written")
+                self._chunk(b"IDAT", self._zip.flush())
+                self._chunk(b"IEND", b"")
+        except BaseException as error:
+            self._atomic.__exit__(type(error), error, error.__traceback__)
+            raise
+        try:
+            return bool(self._atomic.__exit__(exc_type, exc, tb))
+        except OSError as error:
+            folder = os.path.dirname(os.path.abspath(self.path))
+            raise DataError(f"cannot write {os.path.basename(self.path)} into folder {folder} "
+                            f"({error.strerror or error}); choose a writable folder with free space") from None
 
 
 def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -263,7 +311,8 @@ def write_mask_png(path: str, index: np.ndarray | torch.Tensor) -> None:
     values = _as_numpy(index)
     if values.ndim != 2:
         raise ValueError(f"write_mask_png expects (H, W), got {values.shape}")
-    _save_png_atomic(Image.fromarray(index_to_colour(values)), path)
+    with PngBandWriter(path, *values.shape) as writer:
+        writer.write(values)
 
 
 def write_index_png(path: str, index: np.ndarray | torch.Tensor) -> None:

@@ -224,12 +224,10 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     dio.write_mask_png(str(target), index)
     before = target.read_bytes()
 
-    def broken_save(self, fp, *args, **kwargs):
-        with open(fp, "wb") as handle:
-            handle.write(b"partial")
+    def disk_full(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(DataError, match=f"into folder {tmp_path}"):
         dio.write_mask_png(str(target), np.zeros_like(index))
     with pytest.raises(DataError):
@@ -244,3 +242,27 @@ def test_unwritable_folder_is_named(tmp_path):
     with pytest.raises(DataError) as err:
         dio.write_mask_png(str(blocker / "sub" / "a_mask.png"), random_index())
     assert str(blocker / "sub") in str(err.value)
+
+
+def test_band_writer_writes_the_same_png_as_a_whole_mask(tmp_path):
+    from dataset.io import PngBandWriter
+
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, 7, size=(75, 41)).astype(np.uint8)
+    path = str(tmp_path / "m_mask.png")
+    with PngBandWriter(path, 75, 41) as writer:
+        for y0 in range(0, 75, 20):
+            writer.write(index[y0:y0 + 20])
+    read = np.asarray(Image.open(path))
+    assert read.shape == (75, 41, 3)
+    assert np.array_equal(read, PALETTE[index])
+
+
+def test_band_writer_leaves_no_file_when_rows_are_missing(tmp_path):
+    from dataset.io import PngBandWriter
+
+    path = tmp_path / "m_mask.png"
+    with pytest.raises(ValueError):
+        with PngBandWriter(str(path), 10, 5) as writer:
+            writer.write(np.zeros((4, 5), np.uint8))
+    assert list(tmp_path.iterdir()) == []
