@@ -1,0 +1,35 @@
+"""FCtL networks: backbones, correlation and fusion blocks, the mode-dispatching FCtLNet, checkpoint I/O."""
+
+from models.backbones import BACKBONES, build_backbone
+from models.checkpoint import (
+    LoadReport,
+    atomic_save,
+    export_weights,
+    load_state_into,
+    load_weights,
+    read_checkpoint,
+    released_name,
+    save_weights,
+)
+from models.correlation import FCtLCorrelation
+from models.fctl import FCtLNet, build_model
+from models.fusion import AdaptiveFusion
+from models.setup import create_model
+
+__all__ = [
+    "BACKBONES",
+    "AdaptiveFusion",
+    "FCtLCorrelation",
+    "FCtLNet",
+    "LoadReport",
+    "atomic_save",
+    "build_backbone",
+    "build_model",
+    "create_model",
+    "export_weights",
+    "load_state_into",
+    "load_weights",
+    "read_checkpoint",
+    "released_name",
+    "save_weights",
+]

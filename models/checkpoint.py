@@ -1,0 +1,410 @@
+"""Reading the released FCtL checkpoints and writing our own, compact ones.
+
+Released files (``all.epoch.pth``, ``medium.epoch.pth``, ``global.epoch.pth``) are plain state dicts saved
+from nn.DataParallel: every key starts with ``module.``, the VGG layers appear twice (``vgg.features.N``
+and the aliases ``pool3.i`` / ``pool4.i`` / ``pool5.i``, mode 2 also ``big_pool*``; aliases share one
+tensor) and VGG's unused classifier (123.6M parameters) rides along. They are untrusted pickles, so they
+are opened with ``weights_only=True``, and memory-mapped so that the classifier is never read.
+
+Naming: inside the code a parameter is called by its FCtLNet name (``backbone.vgg.features.0.weight``,
+``fusion.in_1.weight``, ``local.gamma``); its released name is ``module.`` + that name with a leading
+``backbone.`` or ``fusion.`` removed (``module.vgg.features.0.weight``, ``module.in_1.weight``).
+Our files use the released naming (so the original code can load them by name), hold no aliases, no
+classifier and no frozen encoders, and carry ``{"backbone", "mode", "n_class", "format_version"}`` under
+the key ``_fctl``. A training-state file is a dict whose ``model`` entry is such a state dict.
+"""
+
+import logging
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from models.fctl import FCtLNet
+from utils.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_KEY = "_fctl"
+_STRIPPED_PREFIXES = ("backbone.", "fusion.")
+_OWN_GROUPS = ("backbone", "fusion", "local", "medium", "large", "big", "context_encoder", "global_encoder")
+_FUSION_NAME = re.compile(r"(?:in|out)_\d+|trans")
+_ALIAS = re.compile(r"(?:big_)?pool([345])\.(\d+)\.(.+)")
+_ALIAS_OFFSET = {"3": 0, "4": 17, "5": 24}
+_CLASSIFIER = ("vgg.classifier.", "backbone.vgg.classifier.")
+_MODE_FILE = {
+    0: "a mode-0 (global) checkpoint",
+    1: "a mode-1 (pre) checkpoint",
+    2: "a mode-2 (medium) checkpoint",
+    3: "a mode-3 (self+large) checkpoint",
+    4: "a mode-4 (all) checkpoint",
+}
+_RELEASED_EXAMPLE = {0: " such as global.epoch.pth", 2: " such as medium.epoch.pth", 4: " such as all.epoch.pth"}
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did. Names are FCtLNet names (frozen encoders: ``backbone.`` + own name).
+
+    loaded: copied into the module; missing: the module's tensors the file lacked (left as initialised);
+    unexpected: file tensors the module has no place for; ignored: file keys dropped on reading (VGG's
+    classifier). The ``*_groups`` fields name the affected module groups (e.g. ``local``, ``fusion``).
+    """
+
+    what: str
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    missing_groups: list[str] = field(default_factory=list)
+    unexpected_groups: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        parts = [f"{self.what}: loaded {len(self.loaded)} tensors from {self.path}"]
+        if self.ignored:
+            parts.append(f"ignored {len(self.ignored)} (VGG classifier, unused)")
+        if self.unexpected:
+            parts.append(f"unused {len(self.unexpected)} ({', '.join(self.unexpected_groups)})")
+        if self.missing:
+            parts.append(f"starting fresh: {', '.join(self.missing_groups)}")
+        return "; ".join(parts)
+
+
+def released_name(name: str) -> str:
+    """FCtLNet parameter name -> released checkpoint key."""
+    for prefix in _STRIPPED_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return "module." + name
+
+
+def _our_name(name: str) -> str:
+    """Released name without ``module.`` (or an FCtLNet name) -> FCtLNet name."""
+    first = name.split(".", 1)[0]
+    if first in _OWN_GROUPS:
+        return name
+    if _FUSION_NAME.fullmatch(first):
+        return "fusion." + name
+    return "backbone." + name
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The model inside (Distributed)DataParallel wrappers."""
+    while isinstance(module, (DataParallel, DistributedDataParallel)):
+        module = module.module
+    return module
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _load_file(path: str) -> Any:
+    """torch.load with weights_only, memory-mapped when the file is in the zip format."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (and --model_path)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} is not a file; give the path of a .pth file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes); re-download it or pick another file")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"checkpoint {path} is truncated (its zip directory is missing); re-download it or pick another file"
+            )
+        use_mmap = True
+    elif head[:2] == b"\x80\x02":
+        log.warning("%s is in the legacy (non-zip) torch format: it cannot be memory-mapped, reading it whole "
+                    "into memory", path)
+        use_mmap = False
+    else:
+        raise CheckpointError(
+            f"checkpoint {path} is not a PyTorch checkpoint (unrecognised header); re-download it or pick another file"
+        )
+    try:
+        return torch.load(path, map_location="cpu", mmap=use_mmap, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise CheckpointError(
+                f"checkpoint {path} contains pickled Python objects besides tensors, which are not loaded for "
+                f"safety (checkpoints are untrusted pickles); use a file holding a plain state dict"
+            ) from exc
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt ({_first_line(exc)}); re-download it or pick another file"
+        ) from exc
+    except Exception as exc:  # torch reports damaged files with many exception types
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: truncated or corrupt ({_first_line(exc)}); re-download it or pick another file"
+        ) from exc
+
+
+def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two entries hold the same values (aliases normally share storage, checked first)."""
+    if a.shape != b.shape:
+        return False
+    if (a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and a.storage_offset() == b.storage_offset() and a.stride() == b.stride()):
+        return True
+    return torch.equal(a, b)
+
+
+def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
+    """Read a released file, one of our weight files or one of our training-state files.
+
+    Returns (weights, meta), or (weights, meta, extra) with ``with_extra``. weights maps FCtLNet names to
+    (memory-mapped, CPU) tensors, aliases folded into ``backbone.vgg.features.N``, the classifier
+    dropped. meta holds the stored ``_fctl`` entries (backbone, mode, n_class, format_version; absent for
+    released files) plus ``kind`` ("state-dict", "fctl-weights" or "training-state"), ``ignored``
+    (dropped keys) and ``aliases`` (file key -> FCtLNet name). extra is a training-state file's other
+    entries (optimizer, epoch, ...; empty for weight files). Problems raise CheckpointError naming the file.
+    """
+    path = os.fspath(path)
+    obj = _load_file(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(obj).__name__}, not a state dict; pick a model checkpoint (.pth)"
+        )
+    if isinstance(obj.get("model"), dict):
+        kind, state = "training-state", obj["model"]
+    else:
+        kind, state = ("fctl-weights" if META_KEY in obj else "state-dict"), obj
+    stored = state.get(META_KEY, obj.get(META_KEY, {}))
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"checkpoint {path} has a malformed '{META_KEY}' entry; pick another file")
+    weights: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    ignored: list[str] = []
+    aliases: dict[str, str] = {}
+    for key, tensor in state.items():
+        if key == META_KEY:
+            continue
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(
+                f"checkpoint {path} is not a state dict: entry '{key}' is a {type(tensor).__name__}, not a tensor"
+            )
+        name = key[len("module."):] if key.startswith("module.") else key
+        if name.startswith(_CLASSIFIER):
+            ignored.append(key)
+            continue
+        alias = _ALIAS.fullmatch(name)
+        if alias:
+            name = f"vgg.features.{_ALIAS_OFFSET[alias[1]] + int(alias[2])}.{alias[3]}"
+        ours = _our_name(name)
+        if alias:
+            aliases[key] = ours
+        if ours in weights:
+            if key not in aliases and origin[ours] not in aliases:
+                raise CheckpointError(
+                    f"checkpoint {path} holds both '{origin[ours]}' and '{key}' for one tensor; pick another file"
+                )
+            if not _same_tensor(weights[ours], tensor):
+                raise CheckpointError(
+                    f"checkpoint {path}: alias '{key}' differs from '{origin[ours]}' (they should be one tensor); "
+                    f"pick another file"
+                )
+            continue
+        weights[ours] = tensor
+        origin[ours] = key
+    if not weights:
+        raise CheckpointError(f"checkpoint {path} holds no model tensors; pick a model checkpoint (.pth)")
+    meta = dict(stored)
+    meta.update(kind=kind, ignored=ignored, aliases=aliases)
+    if with_extra:
+        extra = {k: v for k, v in obj.items() if k != "model"} if kind == "training-state" else {}
+        return weights, meta, extra
+    return weights, meta
+
+
+def _infer_backbone(weights: dict[str, torch.Tensor]) -> str | None:
+    """Backbone a state dict was saved from, judged by its key names (None when unclear)."""
+    if any(k.startswith("backbone.vgg.features.") for k in weights):
+        return "fcn8_vgg16"
+    if any(k.startswith("backbone.body.layer1.0.conv3.") for k in weights):
+        return "fpn_resnet50"
+    if any(k.startswith("backbone.body.layer1.0.conv1.") for k in weights):
+        return "fpn_resnet18"
+    return None
+
+
+def _groups(names: list[str], universe: list[str]) -> list[str]:
+    """Module groups of ``names``: a first-level group when all of it is in ``names``, else its parts."""
+    groups: list[str] = []
+    for first in dict.fromkeys(n.split(".", 1)[0] for n in names):
+        inside = [n for n in names if n.split(".", 1)[0] == first]
+        total = sum(1 for n in universe if n.split(".", 1)[0] == first)
+        if len(inside) == total:
+            groups.append(first)
+        else:
+            groups.extend(dict.fromkeys(".".join(n.split(".")[:2]) for n in inside))
+    return groups
+
+
+def _describe_file(weights: dict[str, torch.Tensor], meta: dict) -> str:
+    """A guess at what a checkpoint is, for error messages."""
+    if meta.get("mode") in _MODE_FILE:
+        return _MODE_FILE[meta["mode"]]
+    present = {k.split(".", 1)[0] for k in weights}
+    if "big" in present:
+        return _MODE_FILE[2]
+    if {"local", "medium", "large", "fusion"} <= present:
+        return _MODE_FILE[4]
+    if {"local", "large", "fusion"} <= present:
+        return _MODE_FILE[3]
+    if present == {"backbone"}:
+        return "a backbone-only (mode-0 global or mode-1 pre) checkpoint"
+    return "a checkpoint with groups " + ", ".join(sorted(present))
+
+
+def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool) -> LoadReport:
+    """Copy a checkpoint file's tensors into ``module`` by name and report what happened.
+
+    ``module`` is an FCtLNet (its trainable part is loaded) or a head=False backbone used as a frozen
+    encoder (it takes only its own tensors, e.g. ``vgg.features`` of a full model file; the rest is
+    reported as unused). ``what`` names the role or option in messages (e.g. "--glo_path"). Missing
+    tensors are a CheckpointError naming the groups and the likely cause, unless ``allow_missing``, in
+    which case they keep their initial values and the report lists them as "starting fresh". Nothing is
+    copied when an error is raised. The file is memory-mapped, so tensors nobody needs are never read.
+    """
+    weights, meta = read_checkpoint(path)
+    return load_state_into(module, weights, path, what=what, allow_missing=allow_missing, meta=meta)
+
+
+def load_state_into(
+    module: nn.Module,
+    weights: dict[str, torch.Tensor],
+    path: str,
+    *,
+    what: str,
+    allow_missing: bool,
+    meta: dict | None = None,
+) -> LoadReport:
+    """``load_weights`` for weights already read by ``read_checkpoint`` (``path`` only names the file in
+    messages; ``meta`` is read_checkpoint's meta, for the backbone/class checks and the report)."""
+    path = os.fspath(path)
+    meta = meta or {}
+    target = _unwrap(module)
+    if isinstance(target, FCtLNet):
+        slots = target.trainable_state_dict()
+        model_backbone, model_classes, role = target.backbone_name, target.n_class, f"mode-{target.mode} model"
+    elif hasattr(target, "encode") and hasattr(target, "name"):
+        slots = {"backbone." + k: v for k, v in target.state_dict().items()}
+        model_backbone, role = target.name, f"{target.name} encoder"
+        model_classes = target.n_class if target.has_head else None
+    else:
+        raise TypeError(f"load_weights expects an FCtLNet or a backbone, got {type(target).__name__}")
+
+    file_backbone = meta.get("backbone") or _infer_backbone(weights)
+    if file_backbone is not None and file_backbone != model_backbone:
+        raise CheckpointError(
+            f"{what} {path} holds a {file_backbone} model but the {role} uses {model_backbone}; "
+            f"use --backbone {file_backbone} or a {model_backbone} checkpoint"
+        )
+    file_classes = meta.get("n_class")
+    if model_classes is not None and file_classes is not None and file_classes != model_classes:
+        raise CheckpointError(
+            f"{what} {path} was trained for {file_classes} classes but the {role} has {model_classes}"
+        )
+    for name, slot in slots.items():
+        source = weights.get(name)
+        if source is not None and source.shape != slot.shape:
+            raise CheckpointError(
+                f"{what} {path}: {released_name(name)} has shape {tuple(source.shape)} in the file but "
+                f"{tuple(slot.shape)} in the {role}; pick a checkpoint of the same model"
+            )
+    missing = [n for n in slots if n not in weights]
+    missing_groups = _groups(missing, list(slots))
+    if missing and not allow_missing:
+        if isinstance(target, FCtLNet):
+            expected = _MODE_FILE[target.mode] + _RELEASED_EXAMPLE.get(target.mode, "")
+        else:
+            expected = f"a {model_backbone} model"
+        raise CheckpointError(
+            f"{what} {path} lacks {', '.join(missing_groups)} ({len(missing)} tensors, e.g. "
+            f"{released_name(missing[0])}) needed by the {role}: it looks like {_describe_file(weights, meta)}; "
+            f"the {role} needs {expected}"
+        )
+    loaded = [n for n in slots if n in weights]
+    with torch.no_grad():
+        for name in loaded:
+            slots[name].copy_(weights[name])
+    unexpected = [n for n in weights if n not in slots]
+    return LoadReport(
+        what=what,
+        path=path,
+        loaded=loaded,
+        missing=missing,
+        unexpected=unexpected,
+        ignored=list(meta.get("ignored", [])),
+        missing_groups=missing_groups,
+        unexpected_groups=_groups(unexpected, list(weights)),
+    )
+
+
+def export_weights(model: nn.Module) -> dict[str, Any]:
+    """What ``save_weights`` writes: the trainable tensors under released names, plus ``_fctl`` meta.
+
+    Also the ``model`` entry of a training-state file. The tensors are the model's own (not copies).
+    """
+    net = _unwrap(model)
+    if not isinstance(net, FCtLNet):
+        raise TypeError(f"save_weights expects an FCtLNet, got {type(net).__name__}")
+    trainable = net.trainable_state_dict()
+    state: dict[str, Any] = {released_name(k): v for k, v in trainable.items()}
+    if len(state) != len(trainable):
+        raise RuntimeError("two parameters map to the same released name")
+    state[META_KEY] = {
+        "backbone": net.backbone_name,
+        "mode": net.mode,
+        "n_class": net.n_class,
+        "format_version": FORMAT_VERSION,
+    }
+    return state
+
+
+def save_weights(model: nn.Module, path: str) -> None:
+    """Write the model's trainable weights (no frozen encoders, no aliases, no classifier) atomically."""
+    atomic_save(export_weights(model), path)
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save ``obj`` to ``path`` so that a crash never leaves a half-written file under that name.
+
+    Writes ``<path>.tmp-<pid>`` in the same folder, flushes and fsyncs it, then os.replace()s it into
+    place; the temporary file is removed if anything fails. Write failures raise CheckpointError.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):
+            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+    except (OSError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"cannot write {path} ({_first_line(exc)}); check that the folder is writable and has free space"
+        ) from exc
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

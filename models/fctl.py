@@ -1,0 +1,127 @@
+"""FCtLNet: one backbone plus the context modules of the chosen ``--mode``.
+
+Modes (the released system's numbering):
+  0 global  - the backbone alone, on the whole image resized;
+  1 local   - the backbone alone, on patches ("pre");
+  2 medium  - top = top + big(top, top of the medium context through the SAME backbone, with gradients);
+  3 self + large - top = top + fusion(local(top, top), large(top, global top));
+  4 all     - top = top + fusion(local(top, top), medium(top, top of the medium context through a frozen
+              context encoder), large(top, global top)).
+The global top comes from a frozen ``global_encoder`` (modes 3 and 4) via ``encode_global``, once per image.
+Frozen encoders are built with head=False (FCN8: VGG features only), never require grad and always stay
+in eval mode; they get their weights from their own checkpoints (see models/checkpoint.py).
+"""
+
+import torch
+import torch.nn as nn
+
+from models.backbones import build_backbone
+from models.correlation import FCtLCorrelation
+from models.fusion import AdaptiveFusion
+from utils.errors import OptionError
+
+MODES = (0, 1, 2, 3, 4)
+FROZEN = ("context_encoder", "global_encoder")
+
+
+class FCtLNet(nn.Module):
+    """The network for one mode; see the module docstring for what each mode computes."""
+
+    def __init__(self, mode: int, backbone: str = "fcn8_vgg16", n_class: int = 7, pretrained: bool = False) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise OptionError(f"unknown --mode {mode}; choose 0 (global), 1 (local), 2 (medium), 3 (self+large) or 4 (all)")
+        self._mode = mode
+        self._backbone_name = backbone
+        self.n_class = n_class
+        self.backbone = build_backbone(backbone, n_class, head=True, pretrained=pretrained)
+        channels = self.backbone.top_channels
+        if mode == 2:
+            self.big = FCtLCorrelation(channels)
+        elif mode == 3:
+            self.local = FCtLCorrelation(channels)
+            self.large = FCtLCorrelation(channels)
+            self.fusion = AdaptiveFusion(channels, 2)
+        elif mode == 4:
+            self.local = FCtLCorrelation(channels)
+            self.medium = FCtLCorrelation(channels)
+            self.large = FCtLCorrelation(channels)
+            self.fusion = AdaptiveFusion(channels, 3)
+            self.context_encoder = self._frozen(backbone, n_class)
+        if mode in (3, 4):
+            self.global_encoder = self._frozen(backbone, n_class)
+
+    @staticmethod
+    def _frozen(backbone: str, n_class: int) -> nn.Module:
+        encoder = build_backbone(backbone, n_class, head=False, pretrained=False)
+        encoder.requires_grad_(False)
+        return encoder.eval()
+
+    @property
+    def mode(self) -> int:
+        return self._mode
+
+    @property
+    def backbone_name(self) -> str:
+        return self._backbone_name
+
+    @property
+    def needs_medium(self) -> bool:
+        """Whether ``forward`` needs the medium context of each patch."""
+        return self._mode in (2, 4)
+
+    @property
+    def needs_global(self) -> bool:
+        """Whether ``forward`` needs ``global_top`` from ``encode_global``."""
+        return self._mode in (3, 4)
+
+    def frozen_encoders(self) -> list[nn.Module]:
+        """The frozen context/global encoders this mode has (possibly none)."""
+        return [getattr(self, name) for name in FROZEN if hasattr(self, name)]
+
+    def train(self, mode: bool = True) -> "FCtLNet":
+        """Switch the trainable part; frozen encoders stay in eval (their BatchNorm/Dropout never train)."""
+        super().train(mode)
+        for encoder in self.frozen_encoders():
+            encoder.eval()
+        return self
+
+    def encode_global(self, global_image: torch.Tensor) -> torch.Tensor:
+        """global_image (1,3,g,g) in [0,1] -> top of the frozen global encoder (1,C,hg,wg), without grad."""
+        if not self.needs_global:
+            raise RuntimeError(f"mode {self._mode} has no global encoder")
+        with torch.no_grad():
+            return self.global_encoder.encode(global_image)[1]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        medium: torch.Tensor | None = None,
+        global_top: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B,3,p,p) patches; medium (B,3,p,p) contexts (modes 2, 4); global_top (1|B,C,hg,wg) from
+        ``encode_global`` (modes 3, 4) -> logits (B,n_class,p,p). Modes 0/1 ignore the contexts."""
+        if self.needs_medium and medium is None:
+            raise ValueError(f"mode {self._mode} needs the medium context of each patch")
+        if self.needs_global and global_top is None:
+            raise ValueError(f"mode {self._mode} needs global_top from encode_global()")
+        skips, top = self.backbone.encode(x)
+        if self._mode == 2:
+            top = top + self.big(top, self.backbone.encode(medium)[1])
+        elif self._mode == 3:
+            top = top + self.fusion([self.local(top, top), self.large(top, global_top)])
+        elif self._mode == 4:
+            with torch.no_grad():
+                medium_top = self.context_encoder.encode(medium)[1]
+            branches = [self.local(top, top), self.medium(top, medium_top), self.large(top, global_top)]
+            top = top + self.fusion(branches)
+        return self.backbone.decode(skips, top, (x.shape[2], x.shape[3]))
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """State dict without the frozen encoders (what a checkpoint of this model holds)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(tuple(f"{n}." for n in FROZEN))}
+
+
+def build_model(mode: int, backbone: str, n_class: int = 7, pretrained: bool = False) -> FCtLNet:
+    """Build the FCtLNet for ``mode`` on ``backbone`` (ImageNet start when ``pretrained``)."""
+    return FCtLNet(mode, backbone=backbone, n_class=n_class, pretrained=pretrained)

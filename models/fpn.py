@@ -1,0 +1,92 @@
+"""ResNet + feature pyramid backbones (lighter alternatives to FCN8, not part of the released system).
+
+Body: a torchvision ResNet up to layer4, giving C2..C5 (strides 4, 8, 16, 32). Top: ReLU(BN(Conv1x1(C5)))
+with 256 channels, the feature the FCtL correlations work on (256 rather than 2048 keeps them cheap).
+The FPN (torchvision.ops.FeaturePyramidNetwork, 128 channels) reads [C2, C3, C4, top]; the head sums the
+pyramid levels at P2 resolution, applies 3x3 conv + BN + ReLU and a 1x1 classifier, then up-samples
+bilinearly to the input size (GLNet-style).
+"""
+
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.models import ResNet18_Weights, ResNet50_Weights
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import FeaturePyramidNetwork
+
+from models.imagenet import imagenet_state_dict
+
+TOP_CHANNELS = 256
+FPN_CHANNELS = 128
+_LEVELS = {"layer1": "c2", "layer2": "c3", "layer3": "c4", "layer4": "c5"}
+_RESNETS = {
+    18: (torchvision.models.resnet18, ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256, 512)),
+    50: (torchvision.models.resnet50, ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048)),
+}
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FPNResNet(nn.Module):
+    """ResNet-18/50 + FPN segmentation backbone.
+
+    ``encode(x)`` -> skips [C2, C3, C4], top (B,256,H/32,W/32) (ceil); ``decode`` -> logits (B,n_class,H,W).
+    Inputs are [0,1] RGB; they are normalised with the ImageNet mean/std inside ``encode`` because the
+    torchvision ResNet weights expect that (FCN8, faithful to the released model, does not normalise).
+    head=False builds only ``body`` and ``top`` (frozen context/global encoders).
+    """
+
+    top_channels = TOP_CHANNELS
+    # Smallest square side for which a batch of one trains: every BatchNorm (C5 and top are at stride 32)
+    # must see more than one value per channel. Measured in tests/test_models_fpn.py.
+    min_input = 33
+
+    def __init__(self, depth: int, n_class: int, head: bool = True, pretrained: bool = False) -> None:
+        super().__init__()
+        constructor, weights, channels = _RESNETS[depth]
+        self.name = f"fpn_resnet{depth}"
+        self.n_class = n_class
+        self.has_head = head
+        resnet = constructor(weights=None)
+        if pretrained:
+            resnet.load_state_dict(imagenet_state_dict(weights))
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.body = IntermediateLayerGetter(resnet, return_layers=_LEVELS)
+        self.top = nn.Sequential(
+            nn.Conv2d(channels[3], TOP_CHANNELS, kernel_size=1, bias=False),
+            nn.BatchNorm2d(TOP_CHANNELS),
+            nn.ReLU(inplace=True),
+        )
+        if not head:
+            return
+        self.fpn = FeaturePyramidNetwork([channels[0], channels[1], channels[2], TOP_CHANNELS], FPN_CHANNELS)
+        self.head = nn.Sequential(
+            nn.Conv2d(FPN_CHANNELS, FPN_CHANNELS, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(FPN_CHANNELS),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(FPN_CHANNELS, n_class, kernel_size=1),
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """x (B,3,H,W) in [0,1] -> ([C2, C3, C4], top)."""
+        levels = self.body((x - self.mean) / self.std)
+        return [levels["c2"], levels["c3"], levels["c4"]], self.top(levels["c5"])
+
+    def decode(self, skips: list[torch.Tensor], top: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Skips [C2, C3, C4] and (possibly context-fused) top -> logits (B,n_class,*size)."""
+        pyramid = self.fpn(OrderedDict(p2=skips[0], p3=skips[1], p4=skips[2], p5=top))
+        merged = pyramid["p2"]
+        for key in ("p3", "p4", "p5"):
+            merged = merged + F.interpolate(pyramid[key], size=merged.shape[-2:], mode="bilinear",
+                                            align_corners=False)
+        logits = self.head(merged)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain segmentation: x (B,3,H,W) -> logits (B,n_class,H,W)."""
+        skips, top = self.encode(x)
+        return self.decode(skips, top, (x.shape[2], x.shape[3]))

@@ -1,0 +1,44 @@
+"""Building a ready-to-run FCtLNet from the command-line choices (mode, backbone, checkpoint paths)."""
+
+import logging
+
+from models.checkpoint import load_weights
+from models.fctl import FCtLNet, build_model
+
+log = logging.getLogger(__name__)
+
+
+def create_model(
+    mode: int,
+    backbone: str,
+    *,
+    pre_path: str | None = None,
+    c_path: str | None = None,
+    glo_path: str | None = None,
+    training: bool = False,
+    pretrained: bool = False,
+    n_class: int = 7,
+) -> FCtLNet:
+    """Build the mode's network and load its checkpoints; returns it in train or eval mode.
+
+    pre_path: weights of the model itself. While training, groups the file lacks start fresh (e.g. a
+    mode-1 "pre" model starting mode 2 or 4); otherwise the file must be complete. ImageNet weights are
+    fetched only when ``pretrained`` and no pre_path is given (the file would overwrite them).
+    c_path (mode 4): a model whose encoder becomes the frozen context encoder (e.g. medium.epoch.pth).
+    glo_path (modes 3, 4): a model whose encoder becomes the frozen global encoder (e.g. global.epoch.pth).
+    Every load is logged as one line; problems raise CheckpointError.
+    """
+    model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None)
+    if pre_path is not None:
+        log.info(load_weights(model, pre_path, what="--pre_path", allow_missing=training).summary())
+    encoders = (("--c_path", c_path, "context_encoder", (4,)), ("--glo_path", glo_path, "global_encoder", (3, 4)))
+    for option, path, attribute, modes in encoders:
+        if mode not in modes:
+            if path is not None:
+                log.warning("%s is not used in mode %d; ignored", option, mode)
+            continue
+        if path is None:
+            log.warning("mode %d without %s: the frozen %s keeps random weights", mode, option, attribute)
+            continue
+        log.info(load_weights(getattr(model, attribute), path, what=option, allow_missing=False).summary())
+    return model.train(training)

@@ -1,0 +1,140 @@
+"""Command-line options of ``train_deep_globe.py``.
+
+Option names follow the original FCtL/GLNet code so its shell scripts and habits carry over; the options
+it lacked (paths, device, resume, TTA, ...) are added under plain names. ``check_options`` rejects values
+that cannot work before any file is opened, so a typo costs a second, not a day of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+from models.backbones import BACKBONES
+from utils.errors import OptionError
+
+MODES = {
+    0: "global: the whole image resized to size_g",
+    1: "local: patches only (the 'pre' model)",
+    2: "medium: patches + medium-context correlation (shared encoder)",
+    3: "self + large: local and global correlations, two-branch fusion",
+    4: "all: local, medium and large correlations, three-branch fusion",
+}
+SUPPORTED_CONTEXTS = (1, 2, 3, 4, 5)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All options, grouped as a user meets them in ``--help``."""
+    p = argparse.ArgumentParser(
+        prog="train_deep_globe.py",
+        description="FCtL for ultra-high-resolution segmentation: train (--train), evaluate a labelled "
+        "split (--evaluate) or write test predictions (default).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run = p.add_argument_group("what to run")
+    run.add_argument("--task_name", default="fctl", help="name of the run: checkpoints <task>.*.pth, logs <log_path>/<task>")
+    run.add_argument("--mode", type=int, default=1, choices=sorted(MODES),
+                     help="; ".join(f"{k} {v}" for k, v in MODES.items()))
+    run.add_argument("--train", action="store_true", help="train (otherwise: test, or --evaluate)")
+    run.add_argument("--val", action="store_true",
+                     help="with --train: validate every --val_every epochs; alone: same as --evaluate --split crossvali")
+    run.add_argument("--evaluate", action="store_true", help="score predictions on a labelled split (--split)")
+    run.add_argument("--split", default=None,
+                     help="split for --evaluate (default crossvali) or test (default test = offical_crossvali)")
+    run.add_argument("--dataset", default="deepglobe", choices=["deepglobe"],
+                     help="class table (DeepGlobe land cover, 7 classes)")
+    run.add_argument("--backbone", default="fcn8_vgg16", choices=list(BACKBONES),
+                     help="fcn8_vgg16 loads the released checkpoints; fpn_* are the fast GLNet-style backbones")
+
+    paths = p.add_argument_group("paths")
+    paths.add_argument("--data_path", default="data", help="folder holding train/ crossvali/ offical_crossvali/")
+    paths.add_argument("--model_path", default="saved_models", help="folder of checkpoints (names below are joined to it)")
+    paths.add_argument("--log_path", default="runs", help="tensorboard and text logs go to <log_path>/<task_name>")
+    paths.add_argument("--prediction_path", default="predictions", help="test mode writes <id>_mask.png here")
+    paths.add_argument("--metrics_path", default=None, help="--evaluate JSON (default <log_path>/<task>/metrics_<split>.json)")
+    paths.add_argument("--pre_path", default=None, help="weights of the model itself (mode 4 training: the mode-1 'pre' model)")
+    paths.add_argument("--c_path", default=None, help="modes 4: the medium (mode-2) model whose encoder gives the medium context")
+    paths.add_argument("--glo_path", default=None, help="modes 3/4: the global (mode-0) model whose encoder gives the large context")
+
+    geo = p.add_argument_group("patches and contexts")
+    geo.add_argument("--size_p", type=int, default=508, help="patch side in pixels")
+    geo.add_argument("--size_g", type=int, default=508, help="side of the resized whole image (global view)")
+    geo.add_argument("--context", type=int, default=3, help="medium context window = context x size_p, centred on the patch")
+    geo.add_argument("--batch_size", type=int, default=6, help="whole images per iteration (one optimizer step)")
+    geo.add_argument("--sub_batch_size", type=int, default=6, help="patches per forward pass")
+    tta = geo.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None,
+                     help="8 flip/rotation views summed (default ON in test mode, OFF for --evaluate/--val)")
+    tta.add_argument("--no_tta", dest="tta", action="store_false")
+
+    tr = p.add_argument_group("training")
+    tr.add_argument("--epochs", type=int, default=50)
+    tr.add_argument("--lr", type=float, default=5e-5, help="base learning rate of the poly schedule")
+    tr.add_argument("--weight_decay", type=float, default=5e-4, help="L2 inside Adam, as the original")
+    tr.add_argument("--val_every", type=int, default=5, help="validate every N epochs (with --val)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--resume", action="store_true", help="continue from <model_path>/<task>.last.pth")
+    tr.add_argument("--no_pretrained", action="store_true",
+                    help="start the backbone from random weights instead of ImageNet (needed offline)")
+
+    sys_ = p.add_argument_group("system")
+    sys_.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    sys_.add_argument("--num_workers", type=int, default=2, help="image-reading worker processes")
+    sys_.add_argument("--amp", action="store_true", help="mixed precision autocast (logits merged in float32)")
+    sys_.add_argument("--amp_dtype", default="bf16", choices=["bf16", "fp16"])
+    sys_.add_argument("--skip_bad_images", action="store_true",
+                      help="warn about and skip unreadable images instead of stopping")
+    sys_.add_argument("--allow_large_images", action="store_true",
+                      help="lift Pillow's ~179-megapixel decompression-bomb limit (trusted large scenes)")
+    sys_.add_argument("--max_images", type=int, default=None, help="use only the first N images of each split (quick runs)")
+    return p
+
+
+def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and validate; raises OptionError with one line on a value that cannot work."""
+    args = build_parser().parse_args(argv)
+    check_options(args)
+    return args
+
+
+def resolve_checkpoint(model_path: str, name: str | None) -> str | None:
+    """Join a checkpoint name to --model_path as the original does; absolute paths pass through."""
+    if name is None:
+        return None
+    return os.path.join(model_path, os.path.expanduser(name))
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Reject impossible option combinations early, naming the option and the fix."""
+    positive = ("size_p", "size_g", "batch_size", "sub_batch_size", "epochs", "val_every")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise OptionError(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    if args.num_workers < 0:
+        raise OptionError(f"--num_workers must be 0 or more (got {args.num_workers})")
+    if args.lr <= 0:
+        raise OptionError(f"--lr must be positive (got {args.lr})")
+    if args.context not in SUPPORTED_CONTEXTS:
+        raise OptionError(f"--context {args.context} is not supported; use one of {SUPPORTED_CONTEXTS}")
+    if args.max_images is not None and args.max_images < 1:
+        raise OptionError(f"--max_images must be at least 1 (got {args.max_images})")
+    if args.train and args.evaluate:
+        raise OptionError("--train and --evaluate exclude each other; validate during training with --val")
+    if args.resume and not args.train:
+        raise OptionError("--resume only makes sense with --train")
+    if not args.train and args.val:
+        args.evaluate = True
+        args.split = args.split or "crossvali"
+    if not args.train:
+        if args.mode in (3, 4) and args.glo_path is None:
+            raise OptionError(f"mode {args.mode} needs --glo_path (the global mode-0 model, e.g. global.epoch.pth)")
+        if args.mode == 4 and args.c_path is None:
+            raise OptionError("mode 4 needs --c_path (the medium mode-2 model, e.g. medium.epoch.pth)")
+        if args.pre_path is None:
+            raise OptionError("testing and --evaluate need --pre_path (the weights to run, e.g. all.epoch.pth)")
+    else:
+        if args.mode in (3, 4) and args.glo_path is None:
+            raise OptionError(f"training mode {args.mode} needs --glo_path (a trained global mode-0 model; run train_global.sh first)")
+        if args.mode == 4 and args.c_path is None:
+            raise OptionError("training mode 4 needs --c_path (a trained medium mode-2 model; run train_medium.sh first)")

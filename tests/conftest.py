@@ -1,0 +1,29 @@
+"""Shared fixtures: fake released checkpoints (about 1 GB each, so they are written once per session)."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.released_layout import KINDS, make_released_checkpoint
+
+
+@pytest.fixture(scope="session")
+def released_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"all" | "medium" | "global": path} of fake released files; deleted at the end of the session."""
+    folder = tmp_path_factory.mktemp("released")
+    paths = {kind: folder / f"{kind}.epoch.pth" for kind in KINDS}
+    for seed, kind in enumerate(KINDS, start=1):
+        make_released_checkpoint(kind, paths[kind], seed=seed)
+    yield paths
+    for path in paths.values():
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small synthetic DeepGlobe-layout dataset (96 px images) for end-to-end runs of the CLI."""
+    from dataset.synthetic import generate
+
+    folder = tmp_path_factory.mktemp("tiny_data")
+    generate(str(folder), n_train=3, n_val=2, n_test=2, size=96, seed=0)
+    return str(folder)

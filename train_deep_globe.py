@@ -1,0 +1,121 @@
+"""FCtL on DeepGlobe: train (--train), evaluate a labelled split (--evaluate) or predict a test split.
+
+Run ``python train_deep_globe.py --help`` for the options; the shell scripts next to this file hold the
+staged recipe of the paper. Under ``torchrun --nproc_per_node=N`` the same command uses N processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import torch
+
+from dataset.deepglobe import DeepGlobe
+from dataset.io import allow_large_images
+from models.setup import create_model
+from option import parse_options, resolve_checkpoint
+from utils.distributed import init_distributed, shutdown_distributed
+from utils.errors import FCtLError, OptionError
+from utils.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
+from utils.files import ensure_writable_dir
+from utils.inference import PipelineConfig, Predictor
+from utils.logging import setup_logging
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _subset(dataset, max_images):
+    if max_images is None:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parse_options(argv)
+    info, device = init_distributed(args.device)
+    log_dir = os.path.join(args.log_path, args.task_name)
+    if info.is_main:
+        ensure_writable_dir(log_dir, "--log_path")
+    log = setup_logging(info.rank, os.path.join(log_dir, "train.log" if args.train else "run.log"))
+    allow_large_images(args.allow_large_images)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp_dtype = AMP_DTYPES[args.amp_dtype]
+
+    torch.manual_seed(args.seed)  # the initial weights of a fresh model depend on it
+    model = create_model(
+        args.mode, args.backbone,
+        pre_path=resolve_checkpoint(args.model_path, args.pre_path),
+        c_path=resolve_checkpoint(args.model_path, args.c_path),
+        glo_path=resolve_checkpoint(args.model_path, args.glo_path),
+        training=args.train, pretrained=not args.no_pretrained,
+    ).to(device)
+    minimum = model.backbone.min_input
+    if min(args.size_p, args.size_g) < minimum:
+        raise OptionError(f"--size_p/--size_g must be at least {minimum} for {args.backbone} "
+                          f"(got {args.size_p}/{args.size_g})")
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    if args.train:
+        from utils.training import Trainer
+
+        if info.is_main:
+            ensure_writable_dir(args.model_path, "--model_path")
+        wrapped = model
+        if info.enabled:
+            wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        Trainer(args, wrapped, device, info, amp_dtype).fit()
+        return 0
+
+    cfg = PipelineConfig(args.size_p, args.size_g, args.context, args.sub_batch_size, args.amp, amp_dtype)
+    predictor = Predictor(model, cfg)
+    if args.evaluate:
+        split = args.split or "crossvali"
+        tta = bool(args.tta)
+        dataset = _subset(DeepGlobe(args.data_path, split, labelled=True), args.max_images)
+        started = time.time()
+        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers,
+                                     skip_bad=args.skip_bad_images)
+        if info.is_main:
+            metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
+            scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset))
+            write_metrics(metrics_path, scores)
+            log.info(format_scores(scores))
+            log.info(f"{len(dataset)} images ({scores['skipped']} skipped) in {time.time() - started:.1f}s; "
+                     f"metrics written to {metrics_path}")
+        return 0
+
+    split = args.split or "test"
+    tta = True if args.tta is None else args.tta
+    dataset = _subset(DeepGlobe(args.data_path, split, labelled=False), args.max_images)
+    ensure_writable_dir(args.prediction_path, "--prediction_path")
+    summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
+                              num_workers=args.num_workers, skip_bad=args.skip_bad_images)
+    if info.is_main:
+        per_image = summary["seconds"] / max(summary["images"], 1)
+        log.info(f"predicted {summary['images']} images ({summary['skipped']} skipped, {summary['patches']} patches, "
+                 f"TTA {'on' if tta else 'off'}) in {summary['seconds']:.1f}s ({per_image:.2f} s/image), "
+                 f"peak memory {summary['peak_memory_mb']:.0f} MB; masks in {args.prediction_path}")
+    return 0
+
+
+def main() -> None:
+    try:
+        code = run(sys.argv[1:])
+    except FCtLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        shutdown_distributed()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
