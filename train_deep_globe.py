@@ -76,10 +76,10 @@ def run(argv: list[str] | None = None) -> int:
     if args.evaluate:
         split = args.split or "crossvali"
         tta = bool(args.tta)
-        dataset = _subset(DeepGlobe(args.data_path, split, labelled=True), args.max_images)
+        dataset = _subset(DeepGlobe(args.data_path, split, labelled=True, skip_bad=args.skip_bad_images),
+                          args.max_images)
         started = time.time()
-        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers,
-                                     skip_bad=args.skip_bad_images)
+        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers)
         if info.is_main:
             metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
             scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset))
@@ -91,10 +91,10 @@ def run(argv: list[str] | None = None) -> int:
 
     split = args.split or "test"
     tta = True if args.tta is None else args.tta
-    dataset = _subset(DeepGlobe(args.data_path, split, labelled=False), args.max_images)
+    dataset = _subset(DeepGlobe(args.data_path, split, labelled=False, skip_bad=args.skip_bad_images), args.max_images)
     ensure_writable_dir(args.prediction_path, "--prediction_path")
     summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
-                              num_workers=args.num_workers, skip_bad=args.skip_bad_images)
+                              num_workers=args.num_workers)
     if info.is_main:
         per_image = summary["seconds"] / max(summary["images"], 1)
         log.info(f"predicted {summary['images']} images ({summary['skipped']} skipped, {summary['patches']} patches, "

@@ -28,6 +28,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from models.fctl import FCtLNet
 from utils.errors import CheckpointError
+from utils.files import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def _describe_file(weights: dict[str, torch.Tensor], meta: dict) -> str:
     return "a checkpoint with groups " + ", ".join(sorted(present))
 
 
-def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool) -> LoadReport:
+def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool, assign: bool = False) -> LoadReport:
     """Copy a checkpoint file's tensors into ``module`` by name and report what happened.
 
     ``module`` is an FCtLNet (its trainable part is loaded) or a head=False backbone used as a frozen
@@ -277,9 +278,11 @@ def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool
     tensors are a CheckpointError naming the groups and the likely cause, unless ``allow_missing``, in
     which case they keep their initial values and the report lists them as "starting fresh". Nothing is
     copied when an error is raised. The file is memory-mapped, so tensors nobody needs are never read.
+    With ``assign`` the module's tensors are replaced by the memory-mapped file tensors (copy-on-write)
+    instead of being copied into: for inference this halves the peak memory of loading.
     """
     weights, meta = read_checkpoint(path)
-    return load_state_into(module, weights, path, what=what, allow_missing=allow_missing, meta=meta)
+    return load_state_into(module, weights, path, what=what, allow_missing=allow_missing, meta=meta, assign=assign)
 
 
 def load_state_into(
@@ -290,9 +293,11 @@ def load_state_into(
     what: str,
     allow_missing: bool,
     meta: dict | None = None,
+    assign: bool = False,
 ) -> LoadReport:
     """``load_weights`` for weights already read by ``read_checkpoint`` (``path`` only names the file in
-    messages; ``meta`` is read_checkpoint's meta, for the backbone/class checks and the report)."""
+    messages; ``meta`` is read_checkpoint's meta, for the backbone/class checks and the report).
+    ``assign`` makes the file's tensors the module's own instead of copying them in (see load_weights)."""
     path = os.fspath(path)
     meta = meta or {}
     target = _unwrap(module)
@@ -337,9 +342,14 @@ def load_state_into(
             f"the {role} needs {expected}"
         )
     loaded = [n for n in slots if n in weights]
-    with torch.no_grad():
-        for name in loaded:
-            slots[name].copy_(weights[name])
+    if assign:
+        # The module's tensors become the (memory-mapped) file tensors: no second copy in RAM.
+        prefix = "" if isinstance(target, FCtLNet) else "backbone."
+        target.load_state_dict({n[len(prefix):]: weights[n] for n in loaded}, strict=False, assign=True)
+    else:
+        with torch.no_grad():
+            for name in loaded:
+                slots[name].copy_(weights[name])
     unexpected = [n for n in weights if n not in slots]
     return LoadReport(
         what=what,
@@ -380,31 +390,14 @@ def save_weights(model: nn.Module, path: str) -> None:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save ``obj`` to ``path`` so that a crash never leaves a half-written file under that name.
-
-    Writes ``<path>.tmp-<pid>`` in the same folder, flushes and fsyncs it, then os.replace()s it into
-    place; the temporary file is removed if anything fails. Write failures raise CheckpointError.
-    """
+    """torch.save ``obj`` to ``path`` so that a crash never leaves a half-written file under that name
+    (see ``utils.files.atomic_open``). Write failures raise CheckpointError."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp-{os.getpid()}"
     try:
-        os.makedirs(folder, exist_ok=True)
-        with open(tmp, "wb") as handle:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_open(path) as handle:
             torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):
-            descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
     except (OSError, RuntimeError) as exc:
         raise CheckpointError(
             f"cannot write {path} ({_first_line(exc)}); check that the folder is writable and has free space"
         ) from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -26,11 +26,12 @@ def create_model(
     fetched only when ``pretrained`` and no pre_path is given (the file would overwrite them).
     c_path (mode 4): a model whose encoder becomes the frozen context encoder (e.g. medium.epoch.pth).
     glo_path (modes 3, 4): a model whose encoder becomes the frozen global encoder (e.g. global.epoch.pth).
-    Every load is logged as one line; problems raise CheckpointError.
+    Every load is logged as one line; problems raise CheckpointError. For inference the loaded tensors
+    are the memory-mapped file tensors themselves (no second copy of the weights in RAM).
     """
     model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None)
     if pre_path is not None:
-        log.info(load_weights(model, pre_path, what="--pre_path", allow_missing=training).summary())
+        log.info(load_weights(model, pre_path, what="--pre_path", allow_missing=training, assign=not training).summary())
     encoders = (("--c_path", c_path, "context_encoder", (4,)), ("--glo_path", glo_path, "global_encoder", (3, 4)))
     for option, path, attribute, modes in encoders:
         if mode not in modes:
@@ -40,5 +41,6 @@ def create_model(
         if path is None:
             log.warning("mode %d without %s: the frozen %s keeps random weights", mode, option, attribute)
             continue
-        log.info(load_weights(getattr(model, attribute), path, what=option, allow_missing=False).summary())
+        log.info(load_weights(getattr(model, attribute), path, what=option, allow_missing=False,
+                              assign=not training).summary())
     return model.train(training)

@@ -64,3 +64,29 @@ def test_pretrained_skipped_when_pre_path_given(files: dict[str, Path], monkeypa
     monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", no_download)
     model = create_model(1, BACKBONE, pre_path=files["pre"], training=True, pretrained=True)
     assert torch.equal(model.backbone.body.conv1.weight, saved(files["pre"])["module.body.conv1.weight"])
+
+
+def test_inference_loads_every_part_and_keeps_frozen_parts_frozen(files: dict[str, Path]) -> None:
+    model = create_model(4, BACKBONE, pre_path=files["all"], c_path=files["medium"], glo_path=files["global"])
+    assert not model.training
+    state = model.state_dict()
+    for name, file, prefix in (("all", files["all"], ""), ("medium", files["medium"], "context_encoder."),
+                               ("global", files["global"], "global_encoder.")):
+        for key, value in saved(file).items():
+            if key == "_fctl":
+                continue
+            ours = key.removeprefix("module.")
+            if prefix:
+                if not ours.startswith("body.") and not ours.startswith("top."):
+                    continue  # the encoders take only the backbone body and top reduction
+                ours = prefix + ours
+            elif not ours.startswith(("local.", "medium.", "large.")) and not ours.startswith(("in_", "trans", "out_")):
+                ours = "backbone." + ours
+            else:
+                ours = ours if ours.startswith(("local.", "medium.", "large.")) else "fusion." + ours
+            assert torch.equal(state[ours], value), (name, key)
+    assert all(not p.requires_grad for enc in model.frozen_encoders() for p in enc.parameters())
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 64, 64), medium=torch.rand(2, 3, 64, 64),
+                    global_top=model.encode_global(torch.rand(1, 3, 64, 64)))
+    assert out.shape == (2, 7, 64, 64)

@@ -16,9 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from dataset.classes import CLASS_NAMES
-from dataset.io import write_mask_png
+from dataset.io import PngBandWriter
 from utils.distributed import DistInfo, all_reduce_sum, shard
-from utils.errors import DataError
 from utils.files import atomic_write
 from utils.inference import Predictor
 from utils.logging import get_logger, peak_memory_mb, progress
@@ -27,44 +26,26 @@ from utils.metrics import ConfusionMatrix
 log = get_logger("eval")
 
 
-class _SkipBad(torch.utils.data.Dataset):
-    """Wraps a dataset so that an unreadable image becomes ``None`` plus a warning instead of an error."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        try:
-            return self.dataset[i]
-        except DataError as exc:
-            return {"error": str(exc)}
-
-
-def _loader(dataset, info: DistInfo, num_workers: int, skip_bad: bool) -> DataLoader:
+def _loader(dataset, info: DistInfo, num_workers: int) -> DataLoader:
+    """This process's images, one at a time (sizes may differ); ``None`` for a skipped bad image."""
     mine = Subset(dataset, shard(list(range(len(dataset))), info))
-    if skip_bad:
-        mine = _SkipBad(mine)
     return DataLoader(mine, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
 
 
 def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: DistInfo, *, tta: bool,
-                     num_workers: int = 0, desc: str = "evaluate", skip_bad: bool = False,
-                     want_sample: bool = False):
+                     num_workers: int = 0, desc: str = "evaluate", want_sample: bool = False):
     """Score ``dataset`` (labelled); returns (scores dict, optional first (image, label, prediction) sample).
 
-    With ``skip_bad`` an unreadable image is logged and counted in ``scores['skipped']``.
+    Images the dataset skipped (``DeepGlobe(skip_bad=True)`` yields None for them, with a warning) are
+    counted in ``scores['skipped']``.
     """
     confusion = ConfusionMatrix(predictor.net.n_class, device)
     sample = None
     skipped = torch.zeros(1, dtype=torch.int64, device=device)
     predictor.net.eval()
-    bar = progress(_loader(dataset, info, num_workers, skip_bad), enabled=info.is_main, desc=desc, unit="img")
+    bar = progress(_loader(dataset, info, num_workers), enabled=info.is_main, desc=desc, unit="img")
     for item in bar:
-        if "error" in item:
-            log.warning(f"skipped: {item['error']}")
+        if item is None:
             skipped += 1
             continue
         image = item["image"].to(device, non_blocking=True)
@@ -98,22 +79,25 @@ def write_metrics(path: str, scores: dict) -> None:
 
 
 def predict_dataset(predictor: Predictor, dataset, out_dir: str, device: torch.device, info: DistInfo, *,
-                    tta: bool, num_workers: int = 0, skip_bad: bool = False) -> dict:
+                    tta: bool, num_workers: int = 0) -> dict:
     """Write ``<out_dir>/<id>_mask.png`` (DeepGlobe colours) for every image this process owns."""
     started = time.time()
     done = skipped = patches = 0
     predictor.net.eval()
-    bar = progress(_loader(dataset, info, num_workers, skip_bad), enabled=info.is_main, desc="predict", unit="img")
+    bar = progress(_loader(dataset, info, num_workers), enabled=info.is_main, desc="predict", unit="img")
     for item in bar:
-        if "error" in item:
-            log.warning(f"skipped: {item['error']}")
+        if item is None:
             skipped += 1
             continue
         image = item["image"].to(device, non_blocking=True)
-        n = predictor.patches_per_image(*image.shape[-2:], tta)
-        with progress(total=n, enabled=info.is_main and n > 0, desc=item["id"], unit="patch", leave=False) as inner:
-            pred = predictor.predict(image, tta=tta, progress=inner)
-        write_mask_png(os.path.join(out_dir, f"{item['id']}_mask.png"), pred.cpu().numpy())
+        height, width = image.shape[-2:]
+        n = predictor.patches_per_image(height, width, tta)
+        path = os.path.join(out_dir, f"{item['id']}_mask.png")
+        # Bands go to the PNG as soon as they are final: memory does not grow with the image height.
+        with progress(total=n, enabled=info.is_main and n > 0, desc=item["id"], unit="patch", leave=False) as inner, \
+                PngBandWriter(path, height, width) as writer:
+            for _, band in predictor.mask_bands(image, tta=tta, progress=inner):
+                writer.write(band.cpu().numpy())
         done += 1
         patches += n
     counts = all_reduce_sum(torch.tensor([done, skipped, patches], dtype=torch.int64, device=device))

@@ -80,6 +80,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
         self.state = TrainState()
+        self.skipped = 0  # unreadable training images skipped (--skip_bad_images)
         self.train_set = self._dataset("train")
         self.val_set = self._dataset("crossvali") if args.val else None
         self.sampler = DistributedSampler(self.train_set, num_replicas=dist_info.world_size, rank=dist_info.rank,
@@ -92,7 +93,7 @@ class Trainer:
             self.writer = SummaryWriter(os.path.join(args.log_path, args.task_name))
 
     def _dataset(self, split: str):
-        ds = DeepGlobe(self.args.data_path, split, labelled=True)
+        ds = DeepGlobe(self.args.data_path, split, labelled=True, skip_bad=self.args.skip_bad_images)
         if self.args.max_images is not None:
             ds = Subset(ds, range(min(self.args.max_images, len(ds))))
         return ds
@@ -235,6 +236,9 @@ class Trainer:
         losses = []
         bar = progress(self.loader, enabled=self.dist.is_main, desc=f"epoch {epoch + 1}/{self.args.epochs}", unit="batch")
         for batch in bar:
+            self.skipped += batch["skipped"]
+            if not batch["image"]:  # every image of the batch was unreadable (--skip_bad_images)
+                continue
             lr = poly_lr(self.args.lr, self.state.iteration, total)
             set_lr(self.optimizer, lr)
             images, labels = [], []
@@ -316,6 +320,8 @@ class Trainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
+        if self.skipped:
+            log.warning(f"{self.skipped} unreadable training images were skipped (--skip_bad_images)")
         log.info(f"training done: {self.state.epoch} epochs in {time.time() - started:.1f}s, "
                  f"peak memory {peak_memory_mb(self.device):.0f} MB; weights {self._path('epoch')}")
         return self.state
