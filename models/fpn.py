@@ -53,8 +53,6 @@ class FPNResNet(nn.Module):
         resnet = constructor(weights=None)
         if pretrained:
             resnet.load_state_dict(imagenet_state_dict(weights))
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.body = IntermediateLayerGetter(resnet, return_layers=_LEVELS)
         self.top = nn.Sequential(
             nn.Conv2d(channels[3], TOP_CHANNELS, kernel_size=1, bias=False),
@@ -73,7 +71,11 @@ class FPNResNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """x (B,3,H,W) in [0,1] -> ([C2, C3, C4], top)."""
-        levels = self.body((x - self.mean) / self.std)
+        # Constants made on the input's device (not buffers: a model built on the meta device and
+        # loaded from a file has no way to restore non-persistent buffers).
+        mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
+        levels = self.body((x - mean) / std)
         return [levels["c2"], levels["c3"], levels["c4"]], self.top(levels["c5"])
 
     def decode(self, skips: list[torch.Tensor], top: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -1,9 +1,13 @@
 """Building a ready-to-run FCtLNet from the command-line choices (mode, backbone, checkpoint paths)."""
 
+import contextlib
 import logging
+
+import torch
 
 from models.checkpoint import load_weights
 from models.fctl import FCtLNet, build_model
+from utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +33,12 @@ def create_model(
     Every load is logged as one line; problems raise CheckpointError. For inference the loaded tensors
     are the memory-mapped file tensors themselves (no second copy of the weights in RAM).
     """
-    model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None)
+    # For inference with every part coming from a file, build on the meta device: no memory is spent
+    # on random initial weights, and the loads below make the memory-mapped file tensors the model's.
+    complete = (not training and pre_path is not None and (mode not in (3, 4) or glo_path is not None)
+                and (mode != 4 or c_path is not None))
+    with torch.device("meta") if complete else contextlib.nullcontext():
+        model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None)
     if pre_path is not None:
         log.info(load_weights(model, pre_path, what="--pre_path", allow_missing=training, assign=not training).summary())
     encoders = (("--c_path", c_path, "context_encoder", (4,)), ("--glo_path", glo_path, "global_encoder", (3, 4)))
@@ -43,4 +52,9 @@ def create_model(
             continue
         log.info(load_weights(getattr(model, attribute), path, what=option, allow_missing=False,
                               assign=not training).summary())
+    if complete:
+        leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+        if leftover:
+            raise CheckpointError(f"the checkpoints left {len(leftover)} tensors unset (e.g. {leftover[0]}); "
+                                  f"pass complete files for --pre_path/--c_path/--glo_path")
     return model.train(training)
