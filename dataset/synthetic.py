@@ -17,20 +17,20 @@ pixels):
     plus a per-type bias; each pixel takes the type with the largest value. This gives organic regions
     of many sizes with ragged borders. The field type is biased to be the most common (about two thirds
     of the pixels, like agriculture in DeepGlobe) and is the smoothest field, so its regions are usually
-    much larger than a 64 px patch.
+    much larger than a patch.
   - Textures: each type has its own colour and noise pattern: urban = grey blocks (random roof
     brightness) separated by dark streets; forest = dark green blotches; barren = light tan speckle;
     water = smooth dark blue; field = olive-yellow, mid-scale mottling plus faint parallel furrows whose
     direction varies per image. A per-image brightness gain (0.9..1.1) stops colour look-ups from being
     exact.
   - Context decides: each scene is a "farm" or a "wild" scene (alternating within a split). A farm scene
-    has a river (a water band 5-8% of the image side wide that crosses the whole image, horizontally or
-    vertically; its mean position lies in the middle 40% of the image and it meanders by up to 13% of
-    the side); a wild scene has no water at all. Field texture is labelled agriculture (2) in farm
-    scenes and rangeland (3) in wild scenes. The field pixels of both classes come from the same texture
-    distribution, and nothing but the river depends on the scene type. A patch that shows no water
-    therefore carries no information about which of the two labels its field pixels have; the river is
-    visible in the global view and usually in a 3x medium window.
+    has one lake (a water blob with a ragged shore, 14-20% of the image side across, its centre in the
+    middle half of the image); a wild scene has no water at all. Field texture is labelled agriculture
+    (2) in farm scenes and rangeland (3) in wild scenes. The field pixels of both classes come from the
+    same texture distribution, and nothing but the lake depends on the scene type. A patch that shows no
+    water therefore carries no information about which of the two labels its field pixels have; the
+    lake is visible in the global view and, when the patch is at most about a third of the image side,
+    in the centred 3x medium window. Most patches miss the lake, so the patch alone is often ambiguous.
   - Class 0 (unknown) is not used.
 
 `context_stats` measures this from the label masks (see the README section for the numbers): the share
@@ -38,9 +38,7 @@ of patch windows that hold only field texture, and the accuracy on field pixels 
 that sees only the patch (water in the patch -> agriculture, otherwise the best constant answer, chosen
 with hindsight, so it is an upper bound for any patch-only model that does not know where its patch lies),
 one that sees the centred 3x window (water in it -> agriculture), and one that sees the whole image.
-Measured on 200 scenes of 256 px with 64 px patches (stride 32): 30% of windows hold only field texture;
-on field pixels the patch-only bound is 71% (66% in pure-field windows), the 3x-window rule 96% and the
-whole-image rule 100%.
+The measured numbers are in the README (section "Synthetic data for a quick demo").
 """
 
 from __future__ import annotations
@@ -112,20 +110,19 @@ def _land_cover(rng: np.random.Generator, size: int) -> np.ndarray:
     return labels[scores.argmax(axis=0)]
 
 
-def _river(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size) bool: a meandering band crossing the image, horizontal or vertical."""
-    along = np.arange(size, dtype=np.float32)
-    centre = size * (0.5 + rng.uniform(-0.2, 0.2))
-    for amplitude, cycles in ((rng.uniform(0.05, 0.10), rng.uniform(0.5, 1.5)), (0.03, rng.uniform(2.0, 3.0))):
-        centre = centre + amplitude * size * np.sin(2 * np.pi * cycles * along / size + rng.uniform(0, 2 * np.pi))
-    slope = np.gradient(centre)
-    width = size * rng.uniform(0.05, 0.08) * (1.0 + 0.2 * smooth_noise(rng, 1, size, 4)[0, :, 0])
-    across = np.arange(size, dtype=np.float32)[:, None]
-    band = np.abs(across - centre[None, :]) <= 0.5 * width[None, :] * np.sqrt(1.0 + slope * slope)[None, :]
-    return band if rng.random() < 0.5 else band.T
+def _lake(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size) bool: one lake with a ragged shore, 14-20% of the image side across, its centre in
+    the middle half of the image. Small enough that most patches miss it, central enough that the
+    centred 3x medium window of almost any patch and the global view show it."""
+    centre = size * rng.uniform(0.25, 0.75, 2)
+    radius = size * rng.uniform(0.07, 0.10)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    distance = np.hypot(yy - centre[0], xx - centre[1])
+    shore = radius * (1.0 + 0.25 * smooth_noise(rng, 1, size, 6)[0])
+    return distance <= shore
 
 
-def _textures(rng: np.random.Generator, size: int, region: np.ndarray, river: np.ndarray) -> np.ndarray:
+def _textures(rng: np.random.Generator, size: int, region: np.ndarray, lake: np.ndarray) -> np.ndarray:
     """(size, size, 3) uint8 image: each region type painted with its own texture."""
     image = np.zeros((size, size, 3), dtype=np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -155,21 +152,21 @@ def _textures(rng: np.random.Generator, size: int, region: np.ndarray, river: np
     paint(region == BARREN, (188, 168, 136), barren)
 
     water = 8.0 * smooth_noise(rng, 1, size, size / 30)[0] + white(3.0)
-    paint(river, (36, 62, 122), water, (0.5, 0.7, 1.0))
+    paint(lake, (36, 62, 122), water, (0.5, 0.7, 1.0))
 
     image *= rng.uniform(0.9, 1.1)
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
 def make_scene(rng: np.random.Generator, size: int, farm: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)). `farm` adds the river and
+    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)). `farm` adds the lake and
     labels field texture agriculture; otherwise there is no water and field texture is rangeland."""
     region = _land_cover(rng, size)
-    river = _river(rng, size) if farm else np.zeros((size, size), dtype=bool)
-    image = _textures(rng, size, region, river)
+    lake = _lake(rng, size) if farm else np.zeros((size, size), dtype=bool)
+    image = _textures(rng, size, region, lake)
     label = region.astype(np.uint8)
     label[region == _FIELD] = AGRICULTURE if farm else RANGELAND
-    label[river] = WATER
+    label[lake] = WATER
     return image, label
 
 

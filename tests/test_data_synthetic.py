@@ -79,14 +79,14 @@ def test_field_texture_identical_other_textures_distinct(scenes):
 
 def test_context_decides_field_labels(scenes):
     images, labels = scenes
-    stats = syn.context_stats(labels, 64)
+    stats = syn.context_stats(labels, 96)
     assert stats["pure_field_windows"] > 0.15
     assert stats["patch_oracle"] < 0.8 and stats["patch_oracle_pure"] < 0.75
     assert stats["window_oracle"] > 0.9 and stats["window_oracle_pure"] > 0.9
     assert stats["global_oracle"] == 1.0
 
 
-def patch_windows(image: np.ndarray, label: np.ndarray, p: int = 64, step: int = 32):
+def patch_windows(image: np.ndarray, label: np.ndarray, p: int = 96, step: int = 32):
     """Pure-field windows: (colour features of the patch, watery pixels in the 3p window, label)."""
     size = label.shape[0]
     water_like = image[:, :, 2].astype(np.int32) - image[:, :, 0].astype(np.int32) > 40

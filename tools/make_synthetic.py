@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", type=int, default=8, help="test (offical_crossvali) images, with labels")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (>= 32)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
-    parser.add_argument("--patch", type=int, default=64, help="patch size used for the context report")
+    parser.add_argument("--patch", type=int, default=96, help="patch size used for the context report")
     args = parser.parse_args(argv)
     for name in ("train", "val", "test"):
         if getattr(args, name) < 0:
