@@ -8,7 +8,9 @@ that cannot work before any file is opened, so a typo costs a second, not a day 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import sys
 from typing import Sequence
 
 from models.backbones import BACKBONES
@@ -24,9 +26,18 @@ MODES = {
 SUPPORTED_CONTEXTS = (1, 2, 3, 4, 5)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad option is an OptionError: the entry script then prints it as every
+    other user error (``error: ...``, exit status 2), after the usage line."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        raise OptionError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All options, grouped as a user meets them in ``--help``."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="train_deep_globe.py",
         description="FCtL for ultra-high-resolution segmentation: train (--train), evaluate a labelled "
         "split (--evaluate) or write test predictions (default).",
@@ -86,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sys_.add_argument("--skip_bad_images", action="store_true",
                       help="warn about and skip unreadable images instead of stopping")
     sys_.add_argument("--allow_large_images", action="store_true",
-                      help="lift Pillow's ~179-megapixel decompression-bomb limit (trusted large scenes)")
+                      help="lift Pillow's decompression-bomb limit (about 89 megapixels) for trusted large scenes")
     sys_.add_argument("--max_images", type=int, default=None, help="use only the first N images of each split (quick runs)")
     return p
 
@@ -113,8 +124,10 @@ def check_options(args: argparse.Namespace) -> None:
             raise OptionError(f"--{name} must be at least 1 (got {getattr(args, name)})")
     if args.num_workers < 0:
         raise OptionError(f"--num_workers must be 0 or more (got {args.num_workers})")
-    if args.lr <= 0:
-        raise OptionError(f"--lr must be positive (got {args.lr})")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise OptionError(f"--lr must be a positive number (got {args.lr})")
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise OptionError(f"--weight_decay must be 0 or a positive number (got {args.weight_decay})")
     if args.context not in SUPPORTED_CONTEXTS:
         raise OptionError(f"--context {args.context} is not supported; use one of {SUPPORTED_CONTEXTS}")
     if args.max_images is not None and args.max_images < 1:

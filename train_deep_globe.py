@@ -2,6 +2,10 @@
 
 Run ``python train_deep_globe.py --help`` for the options; the shell scripts next to this file hold the
 staged recipe of the paper. Under ``torchrun --nproc_per_node=N`` the same command uses N processes.
+
+Exit status: 0 on success; 2 with one line ``error: <what and what to do>`` on stderr for every problem
+the user can fix (bad option, file, checkpoint, unwritable folder, non-finite loss, out of memory); 130
+after Ctrl-C (the line says which checkpoint to resume from). Tracebacks are kept for bugs.
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 
 from dataset.deepglobe import DeepGlobe
 from dataset.io import allow_large_images
 from models.setup import create_model
 from option import parse_options, resolve_checkpoint
-from utils.distributed import init_distributed, shutdown_distributed
-from utils.errors import FCtLError, OptionError
+from utils.distributed import barrier, init_distributed, shutdown_distributed
+from utils.errors import FCtLError, Interrupted, OptionError, ResourceError, user_message
 from utils.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
-from utils.files import ensure_writable_dir
+from utils.files import ensure_writable_dir, remove_stale_temporaries
 from utils.inference import PipelineConfig, Predictor
 from utils.logging import setup_logging
 
@@ -30,6 +35,11 @@ def _subset(dataset, max_images):
     if max_images is None:
         return dataset
     return torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
+
+
+def _out_of_memory(args, device) -> ResourceError:
+    return ResourceError(f"out of memory on {device} with --sub_batch_size {args.sub_batch_size} (patches per forward "
+                         f"pass): lower --sub_batch_size (e.g. {max(1, args.sub_batch_size // 2)}) or --size_p")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -76,12 +86,23 @@ def run(argv: list[str] | None = None) -> int:
     if args.evaluate:
         split = args.split or "crossvali"
         tta = bool(args.tta)
+        metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
+        if info.is_main:  # fail now, not after scoring the whole split
+            folder = os.path.dirname(os.path.abspath(metrics_path))
+            if os.path.isdir(metrics_path):
+                raise OptionError(f"--metrics_path {metrics_path} is a folder; give the path of a .json file")
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise OptionError(f"--metrics_path {metrics_path} lies under {folder}, which is a file, not a folder; "
+                                  f"give a path in a folder")
+            ensure_writable_dir(folder, "--metrics_path")
         dataset = _subset(DeepGlobe(args.data_path, split, labelled=True, skip_bad=args.skip_bad_images),
                           args.max_images)
         started = time.time()
-        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers)
+        try:
+            scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers)
+        except torch.OutOfMemoryError:
+            raise _out_of_memory(args, device) from None
         if info.is_main:
-            metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
             scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset))
             write_metrics(metrics_path, scores)
             log.info(format_scores(scores))
@@ -93,8 +114,16 @@ def run(argv: list[str] | None = None) -> int:
     tta = True if args.tta is None else args.tta
     dataset = _subset(DeepGlobe(args.data_path, split, labelled=False, skip_bad=args.skip_bad_images), args.max_images)
     ensure_writable_dir(args.prediction_path, "--prediction_path")
-    summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
-                              num_workers=args.num_workers)
+    if info.is_main:  # leftovers of a killed earlier run; before any process starts writing
+        stale = remove_stale_temporaries(args.prediction_path, "*_mask.png")
+        if stale:
+            log.warning(f"removed {len(stale)} temporary files left in {args.prediction_path} by an interrupted run")
+    barrier()
+    try:
+        summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
+                                  num_workers=args.num_workers)
+    except torch.OutOfMemoryError:
+        raise _out_of_memory(args, device) from None
     if info.is_main:
         per_image = summary["seconds"] / max(summary["images"], 1)
         log.info(f"predicted {summary['images']} images ({summary['skipped']} skipped, {summary['patches']} patches, "
@@ -103,15 +132,37 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective operation failing because another torchrun process stopped."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("closed by peer" in text or "reset by peer" in text)
+
+
 def main() -> None:
+    """Run, turning user errors into one ``error:`` line and an exit status (see the module doc)."""
+    code = 0
     try:
         code = run(sys.argv[1:])
-    except FCtLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
+    except FCtLError as exc:  # also when raised in a DataLoader worker (user_message unwraps it)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:  # outside training (which raises Interrupted with its checkpoint state)
+        print("error: interrupted (Ctrl-C); files already written are complete, none is half-written",
+              file=sys.stderr)
+        code = Interrupted.exit_code
+    except Exception as exc:
+        if not _lost_peer(exc):
+            raise
+        # Under torchrun, the process that hit the problem printed its own error line; the others only
+        # see their all-reduce fail. One line each instead of a traceback per process.
+        rank = os.environ.get("RANK", "?")
+        print(f"error: [rank {rank}] stopped because another process of this torchrun job stopped (see its "
+              f"error line)", file=sys.stderr)
+        code = 1
     finally:
         shutdown_distributed()
     sys.exit(code)

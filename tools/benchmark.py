@@ -7,11 +7,20 @@ floor, GFLOPs per patch (counted with torch.utils.flop_counter) and peak memory.
 
     python tools/benchmark.py                                   # the issue-3 setting, see --help
     python tools/benchmark.py --backbone fpn_resnet18 --mode 4 --image 2448 --size_p 508 --size_g 508
-    python tools/benchmark.py --streaming --sizes 2048 4096 8192 16384 --backbone tiny
+    python tools/benchmark.py --streaming --sizes 2048 4096 8192 16384 --backbone stand_in --mode 1 \
+        --size_p 508 --size_g 508 --no-tta --channels_last --threads 1
 
 Checkpoints: by default random weights are written in the released layout (``--released_layout``,
 1 GB files with the unused VGG classifier, loaded memory-mapped), so the memory figure includes
 loading them the way real released files are loaded.
+
+Streaming (``--streaming``): for each of ``--sizes`` a fresh process makes a square uint8 image
+(coloured blocks), runs ``Predictor.mask_bands`` and writes the PNG band by band with
+``PngBandWriter``, the path ``train_deep_globe.py`` takes in test mode, and reports its peak memory
+next to the image's own size: peak RSS minus (RSS before the image + the image) is what the pipeline
+itself needs, which must not grow like the image does. ``--backbone stand_in`` is the cheap stand-in
+network of the tests (tests/stand_in.py) so that 16384 px runs in seconds on a CPU; any real backbone
+works too. On CUDA the GPU's peak allocation is reported as well.
 """
 
 from __future__ import annotations
@@ -28,23 +37,108 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def _setup(opts: argparse.Namespace):
+    """(device, model, predictor) of one configuration, set up the way train_deep_globe.py does it."""
+    import torch
+
+    from models.setup import create_model
+    from utils.inference import PipelineConfig, Predictor
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    torch.manual_seed(0)
+    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    paths = json.loads(opts.paths) if opts.paths else {}
+    if opts.backbone == "stand_in":
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from stand_in import StandIn
+
+        model = StandIn(opts.mode, channels=opts.stand_in_channels)
+    else:
+        model = create_model(opts.mode, opts.backbone, pre_path=paths.get("pre"), c_path=paths.get("c"),
+                             glo_path=paths.get("glo"), training=False, pretrained=False)
+    model = model.to(device).eval()
+    channels_last = device.type == "cuda" if opts.channels_last is None else opts.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp_dtype = torch.bfloat16 if opts.amp_dtype == "bf16" else torch.float16
+    cfg = PipelineConfig(opts.size_p, opts.size_g, opts.context, opts.sub_batch_size, opts.amp, amp_dtype)
+    return device, model, Predictor(model, cfg)
+
+
+def _status_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process in MB, from /proc; ru_maxrss where there is none.
+
+    VmHWM rather than ru_maxrss: Linux carries a forking parent's peak over exec into the child's
+    ru_maxrss, VmHWM belongs to this program's own address space."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _block_image(size: int, device, blocks: int = 64):
+    """A square uint8 (3, size, size) image of blocks x blocks flat colours, filled in place (no float
+    or second full-size copy is ever made)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    colours = torch.randint(0, 256, (3, blocks, blocks), dtype=torch.uint8, generator=gen)
+    side = -(-size // blocks)
+    image = torch.empty((3, size, size), dtype=torch.uint8, device=device)
+    line = colours.repeat_interleave(side, dim=2)[:, :, :size].to(device)  # (3, blocks, size)
+    for i in range(blocks):
+        image[:, i * side:(i + 1) * side] = line[:, i:i + 1]
+    return image
+
+
+def _stream_worker(opts: argparse.Namespace) -> dict:
+    """Stream one image of ``opts.image`` px to a PNG and return its memory figures."""
+    import torch
+
+    from dataset.io import PngBandWriter
+    from utils.logging import peak_memory_mb
+
+    device, model, predictor = _setup(opts)
+    before = _status_mb("VmRSS")
+    image = _block_image(opts.image, device)
+    image_mb = image.numel() / 2**20
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        with PngBandWriter(os.path.join(tmp, "mask.png"), opts.image, opts.image) as writer:
+            for _, band in predictor.mask_bands(image, tta=opts.tta):
+                writer.write(band.cpu().numpy())
+        png_mb = os.path.getsize(os.path.join(tmp, "mask.png")) / 2**20
+    seconds = time.perf_counter() - started
+    peak = _status_mb("VmHWM")
+    return {
+        "image": opts.image, "backbone": opts.backbone, "mode": opts.mode, "tta": opts.tta, "device": str(device),
+        "patches": predictor.patches_per_image(opts.image, opts.image, opts.tta), "seconds": seconds,
+        "image_mb": image_mb, "rss_before_image_mb": before, "peak_rss_mb": peak,
+        "pipeline_mb": peak - before - (image_mb if device.type == "cpu" else 0.0),
+        "gpu_peak_mb": peak_memory_mb(device) if device.type == "cuda" else None, "png_mb": png_mb,
+    }
+
+
 def _worker(opts: argparse.Namespace) -> dict:
     """Run one configuration in this process and return its measurements."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.setup import create_model
-    from utils.inference import PipelineConfig, Predictor
     from utils.logging import peak_memory_mb
 
-    torch.manual_seed(0)
-    device = torch.device(opts.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    paths = json.loads(opts.paths) if opts.paths else {}
-    model = create_model(opts.mode, opts.backbone, pre_path=paths.get("pre"), c_path=paths.get("c"),
-                         glo_path=paths.get("glo"), training=False, pretrained=False).to(device).eval()
+    device, model, predictor = _setup(opts)
     amp_dtype = torch.bfloat16 if opts.amp_dtype == "bf16" else torch.float16
-    cfg = PipelineConfig(opts.size_p, opts.size_g, opts.context, opts.sub_batch_size, opts.amp, amp_dtype)
-    predictor = Predictor(model, cfg)
     image = torch.randint(0, 256, (3, opts.image, opts.image), dtype=torch.uint8, device=device)
 
     def sync():
@@ -64,6 +158,8 @@ def _worker(opts: argparse.Namespace) -> dict:
     # The floor: the same number of forwards on ready-made inputs, no grid, crops, contexts or merge.
     p, sb = opts.size_p, opts.sub_batch_size
     x = torch.rand(sb, 3, p, p, device=device)
+    if predictor.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     medium = x.clone() if model.needs_medium else None
     g_top = None
     if model.needs_global:
@@ -104,9 +200,48 @@ def _released_files(folder: str, n_class: int = 7) -> dict:
     return paths
 
 
+def _strip(argv: list[str], option: str, values: int) -> list[str]:
+    """argv without ``option`` and the ``values`` words after it."""
+    if option not in argv:
+        return argv
+    i = argv.index(option)
+    return argv[:i] + argv[i + 1 + values:]
+
+
+def _streaming(opts: argparse.Namespace) -> None:
+    """One process per size; prints the memory table (and writes --json)."""
+    argv = _strip(_strip(sys.argv[1:], "--json", 1), "--streaming", 0)
+    if "--sizes" in argv:  # --sizes takes every number after it
+        i = argv.index("--sizes")
+        j = i + 1
+        while j < len(argv) and not argv[j].startswith("--"):
+            j += 1
+        argv = argv[:i] + argv[j:]
+    results = []
+    print(f"streaming {opts.backbone} mode {opts.mode} patch {opts.size_p} TTA {'on' if opts.tta else 'off'} "
+          f"sub-batch {opts.sub_batch_size}: peak memory against image size, one process per size", flush=True)
+    header = (f"{'size':>7} {'patches':>8} {'seconds':>8} {'image MB':>9} {'RSS before':>11} {'peak RSS':>9} "
+              f"{'peak-before-image':>18}")
+    print(header + ("" if not opts.device or opts.device == "cpu" else f" {'GPU peak MB':>12}"), flush=True)
+    for size in opts.sizes:
+        cmd = [sys.executable, __file__, "--stream_worker", *argv, "--image", str(size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        results.append(r)
+        line = (f"{size:>7} {r['patches']:>8} {r['seconds']:>8.1f} {r['image_mb']:>9.0f} "
+                f"{r['rss_before_image_mb']:>11.0f} {r['peak_rss_mb']:>9.0f} {r['pipeline_mb']:>18.0f}")
+        if r["gpu_peak_mb"] is not None:
+            line += f" {r['gpu_peak_mb']:>12.0f}"
+        print(line, flush=True)
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the FCtL inference pipeline.")
-    parser.add_argument("--backbone", default="fcn8_vgg16")
+    parser.add_argument("--backbone", default="fcn8_vgg16",
+                        help="fcn8_vgg16, fpn_*, or stand_in (the tests' tiny network)")
     parser.add_argument("--mode", type=int, default=4)
     parser.add_argument("--image", type=int, default=256, help="side of the (square, random) test image")
     parser.add_argument("--size_p", type=int, default=160)
@@ -118,15 +253,30 @@ def main() -> None:
     parser.add_argument("--amp_dtype", default="bf16", choices=["bf16", "fp16"])
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last weights and inputs (default: on CUDA only, as train_deep_globe.py)")
+    parser.add_argument("--stand_in_channels", type=int, default=1, help="hidden channels of --backbone stand_in")
+    parser.add_argument("--streaming", action="store_true",
+                        help="peak memory against image size for the band-streaming path (see --sizes)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192, 16384],
+                        help="image sides for --streaming, each in its own process")
     parser.add_argument("--released_layout", action=argparse.BooleanOptionalAction, default=True,
                         help="load 1 GB released-layout checkpoints (fcn8_vgg16, mode 4) instead of random init")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stream_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--paths", default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
 
     if opts.worker:
         print(json.dumps(_worker(opts)))
+        return
+    if opts.stream_worker:
+        print(json.dumps(_stream_worker(opts)))
+        return
+    if opts.streaming:
+        _streaming(opts)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,10 +284,7 @@ def main() -> None:
         if opts.released_layout and opts.backbone == "fcn8_vgg16" and opts.mode == 4:
             print("writing released-layout checkpoints (3 x ~1 GB) ...", flush=True)
             paths = _released_files(tmp)
-        argv = sys.argv[1:]
-        if "--json" in argv:
-            i = argv.index("--json")
-            argv = argv[:i] + argv[i + 2:]
+        argv = _strip(sys.argv[1:], "--json", 1)
         cmd = [sys.executable, __file__, "--worker", "--paths", json.dumps(paths)] + argv
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])

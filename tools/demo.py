@@ -59,12 +59,13 @@ def _figure(data: str, predictions: str, out: str, count: int = 4) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "demo"), help="folder for data, checkpoints, logs")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--size", type=int, default=192, help="side of the synthetic images")
-    parser.add_argument("--train_images", type=int, default=48)
-    parser.add_argument("--val_images", type=int, default=16)
-    parser.add_argument("--size_p", type=int, default=64)
-    parser.add_argument("--size_g", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of every stage")
+    parser.add_argument("--size", type=int, default=200, help="side of the synthetic images")
+    parser.add_argument("--train_images", type=int, default=16)
+    parser.add_argument("--val_images", type=int, default=8)
+    parser.add_argument("--size_p", type=int, default=100, help="patch side (3 x 3 patches on a 200 px image)")
+    parser.add_argument("--size_g", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-3, help="higher than the paper's 5e-5: few steps, no ImageNet")
     parser.add_argument("--backbone", default="fpn_resnet18")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -81,8 +82,8 @@ def main() -> None:
     seconds, scores = {}, {}
     for task, mode, extra, _ in STAGES:
         seconds[task] = _run(common + ["--task_name", task, "--mode", str(mode), "--train", "--epochs", str(args.epochs),
-                                       "--batch_size", "4", "--sub_batch_size", "16", "--val", "--val_every",
-                                       str(args.epochs), "--num_workers", "0"] + extra)
+                                       "--lr", str(args.lr), "--batch_size", "1", "--sub_batch_size", "16",
+                                       "--num_workers", "0"] + extra)
     for task, mode, extra, _ in STAGES:
         weights = ["--pre_path", f"{task}.epoch.pth"] + [x for pair in zip(extra[2::2], extra[3::2]) for x in pair]
         metrics = os.path.join(logs, task, "metrics_crossvali.json")

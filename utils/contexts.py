@@ -169,19 +169,38 @@ def resize_weights(length: int, size: int, device: torch.device | str | None = N
     return out
 
 
+def linear_taps(length: int, size: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two taps of plain (not antialiased) bilinear resizing from ``length`` to ``size`` samples.
+
+    Returns (index (2, size) int64, weight (2, size) float32) with resize(v)[i] = sum_k weight[k, i] *
+    v[index[k, i]]: the two largest entries of each column of ``resize_weights(..., antialias=False)``
+    (a column with one tap gets a second of weight 0). Resizing with them costs 2 multiply-adds per
+    output value instead of ``length`` for the dense matrix.
+    """
+    weights, index = resize_weights(length, size, device, antialias=False).topk(min(2, length), dim=0)
+    if length == 1:
+        weights, index = torch.cat([weights, torch.zeros_like(weights)]), torch.cat([index, index])
+    return index, weights
+
+
 def _resize_in_strips(image: torch.Tensor, size: int) -> torch.Tensor:
     """Antialiased bilinear resize of a large uint8 (C, H, W) image, about 64 MB of floats at a time.
 
-    The resize is separable and linear: out = Wv^T . image . Wh, accumulated over horizontal strips.
+    The resize is separable: each horizontal strip is resized along the width by ``interpolate`` itself
+    (a scale of 1 along the height is the identity, so these are exactly the direct resize's horizontal
+    weights, about 2W/size taps per output), and the vertical pass is accumulated over the strips with
+    the vertical weight matrix: out = sum over strips of Wv[strip]^T . strip_resized. For a 20000 px
+    side this measured about 15x faster than multiplying each strip by a dense (W, size) matrix.
     """
     channels, height, width = image.shape
-    w_h = resize_weights(width, size, image.device)
     w_v = resize_weights(height, size, image.device)
     out = torch.zeros(channels, size, size, device=image.device)
     rows = max(1, (1 << 24) // (channels * width))
     for start in range(0, height, rows):
         strip = image[:, start:start + rows].float().div_(255)
-        out += torch.matmul(w_v[start:start + rows].T, torch.matmul(strip, w_h))
+        narrow = F.interpolate(strip.unsqueeze(0), size=(strip.shape[1], size), mode="bilinear",
+                               antialias=True, align_corners=False)[0]
+        out += torch.matmul(w_v[start:start + rows].T, narrow)
     return out.unsqueeze(0)
 
 

@@ -77,6 +77,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``tensor`` over processes in place (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def shard(indices: list[int], info: DistInfo) -> list[int]:
     """This process's share of ``indices`` for evaluation: every world_size-th item, no padding, so no
     image is scored twice."""

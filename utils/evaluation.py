@@ -4,6 +4,12 @@ Both iterate over the images this process owns (all of them, or every world_size
 run the ``Predictor`` on the device and either accumulate a confusion matrix (summed across processes
 at the end) or write colour masks. Image decoding happens in DataLoader workers, so reading the next
 JPEG overlaps with the network on the current one.
+
+Memory. Predictions are consumed band by band (the confusion matrix is updated, or the PNG written,
+per band), so no full-size prediction exists. The loaders prefetch one image per worker (not torch's
+two) and do not pin: with N workers at most N + 1 images are in memory (the one being predicted and
+one being read by each worker), and a 1.2 GB scene is not copied again into page-locked memory
+(the host-to-device copy of one image per several seconds of work gains nothing from pinning).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from torch.utils.data import DataLoader, Subset
 
 from dataset.classes import CLASS_NAMES
 from dataset.io import PngBandWriter
-from utils.distributed import DistInfo, all_reduce_sum, shard
+from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
+from utils.errors import DataError
 from utils.files import atomic_write
 from utils.inference import Predictor
 from utils.logging import get_logger, peak_memory_mb, progress
@@ -29,7 +36,8 @@ log = get_logger("eval")
 def _loader(dataset, info: DistInfo, num_workers: int) -> DataLoader:
     """This process's images, one at a time (sizes may differ); ``None`` for a skipped bad image."""
     mine = Subset(dataset, shard(list(range(len(dataset))), info))
-    return DataLoader(mine, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    extra = {"prefetch_factor": 1} if num_workers > 0 else {}
+    return DataLoader(mine, batch_size=None, num_workers=num_workers, pin_memory=False, **extra)
 
 
 def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: DistInfo, *, tta: bool,
@@ -37,7 +45,8 @@ def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: 
     """Score ``dataset`` (labelled); returns (scores dict, optional first (image, label, prediction) sample).
 
     Images the dataset skipped (``DeepGlobe(skip_bad=True)`` yields None for them, with a warning) are
-    counted in ``scores['skipped']``.
+    counted in ``scores['skipped']``; when every image was skipped there is nothing to score and a
+    DataError says so (on every process: the counts are summed first).
     """
     confusion = ConfusionMatrix(predictor.net.n_class, device)
     sample = None
@@ -48,17 +57,36 @@ def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: 
         if item is None:
             skipped += 1
             continue
-        image = item["image"].to(device, non_blocking=True)
-        label = item["label"].to(device, non_blocking=True)
-        pred = predictor.predict(image, tta=tta)
-        confusion.update(pred, label)
-        if want_sample and sample is None:
-            sample = (item["image"], item["label"], pred.cpu())
+        image = item["image"].to(device)
+        label = item["label"].to(device)
+        keep = want_sample and sample is None
+        bands = []
+        for y0, band in predictor.mask_bands(image, tta=tta):
+            confusion.update(band, label[y0:y0 + band.shape[0]])
+            if keep:
+                bands.append(band.cpu())
+        if keep:
+            sample = (item["image"], item["label"], torch.cat(bands))
+        del item, image, label  # the next image is not read into memory beside this one
     confusion.all_reduce_()
     all_reduce_sum(skipped)
+    _check_not_all_skipped(dataset, int(skipped.item()))
     scores = confusion.scores()
     scores["skipped"] = int(skipped.item())
     return scores, sample
+
+
+def _check_not_all_skipped(dataset, skipped: int) -> None:
+    total = len(dataset)
+    if total and skipped == total:
+        raise DataError(f"all {total} images of {_where(dataset)} were unreadable and skipped (--skip_bad_images); "
+                        f"nothing was scored or written: fix or replace the files listed in the warnings above")
+
+
+def _where(dataset) -> str:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "root", "the split")
 
 
 def format_scores(scores: dict) -> str:
@@ -73,14 +101,20 @@ def format_scores(scores: dict) -> str:
 
 
 def write_metrics(path: str, scores: dict) -> None:
-    """Metrics JSON, written atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, lambda f: json.dump(scores, f, indent=2), mode="w")
+    """Metrics JSON, written atomically (a failed write leaves any earlier file of that name as it was)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, lambda f: json.dump(scores, f, indent=2), mode="w")
+    except OSError as exc:
+        raise DataError(f"cannot write metrics file {path} ({exc.strerror or exc}); pass a writable --metrics_path "
+                        f"on a disk with free space") from None
 
 
 def predict_dataset(predictor: Predictor, dataset, out_dir: str, device: torch.device, info: DistInfo, *,
                     tta: bool, num_workers: int = 0) -> dict:
-    """Write ``<out_dir>/<id>_mask.png`` (DeepGlobe colours) for every image this process owns."""
+    """Write ``<out_dir>/<id>_mask.png`` (DeepGlobe colours) for every image this process owns.
+
+    Skipped images (see ``evaluate_dataset``) are counted in the summary's ``skipped``."""
     started = time.time()
     done = skipped = patches = 0
     predictor.net.eval()
@@ -89,17 +123,25 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str, device: torch.d
         if item is None:
             skipped += 1
             continue
-        image = item["image"].to(device, non_blocking=True)
+        image = item["image"].to(device)
+        image_id = item["id"]
+        del item
         height, width = image.shape[-2:]
         n = predictor.patches_per_image(height, width, tta)
-        path = os.path.join(out_dir, f"{item['id']}_mask.png")
+        path = os.path.join(out_dir, f"{image_id}_mask.png")
         # Bands go to the PNG as soon as they are final: memory does not grow with the image height.
-        with progress(total=n, enabled=info.is_main and n > 0, desc=item["id"], unit="patch", leave=False) as inner, \
+        with progress(total=n, enabled=info.is_main and n > 0, desc=image_id, unit="patch", leave=False) as inner, \
                 PngBandWriter(path, height, width) as writer:
             for _, band in predictor.mask_bands(image, tta=tta, progress=inner):
                 writer.write(band.cpu().numpy())
         done += 1
         patches += n
+        del image
     counts = all_reduce_sum(torch.tensor([done, skipped, patches], dtype=torch.int64, device=device))
+    _check_not_all_skipped(dataset, int(counts[1]))
+    # Under torchrun: images and patches summed over the processes; seconds and peak memory those of the
+    # slowest and the largest process.
+    worst = all_reduce_max(torch.tensor([time.time() - started, peak_memory_mb(device)], dtype=torch.float64,
+                                        device=device))
     return {"images": int(counts[0]), "skipped": int(counts[1]), "patches": int(counts[2]),
-            "seconds": time.time() - started, "peak_memory_mb": peak_memory_mb(device)}
+            "seconds": float(worst[0]), "peak_memory_mb": float(worst[1])}

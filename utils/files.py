@@ -4,20 +4,31 @@ Every output of this project (checkpoints, predictions, metrics) is written to a
 destination folder and renamed over the target only once it is complete and flushed to disk. A kill,
 a crash or a full disk at any moment leaves either the previous good file or none, never a truncated
 one. The rename is atomic because source and target are in the same folder (same file system).
+
+A SIGKILL or power cut during a write can leave the temporary file behind. Its name is the final name
+plus ``.<random>.tmp`` (e.g. ``run.last.pth.k2j3h4x1.tmp``), so nothing that looks for ``*.pth`` or
+``*_mask.png`` ever picks it up; ``remove_stale_temporaries`` deletes such leftovers when the next run
+starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from typing import IO, Callable, Iterator
 
 from utils.errors import DataError
 
+TEMP_SUFFIX = ".tmp"
+TEMP_SUFFIX_GLOB = ".*" + TEMP_SUFFIX  # what atomic_open appends to the final name: ".<random>.tmp"
+
 
 def ensure_writable_dir(path: str, option: str) -> str:
     """Create ``path`` if needed and check that files can be created in it; ``option`` names the flag."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise DataError(f"{option} {path} is a file, not a folder; pass a folder (it is created if missing)")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -32,10 +43,14 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success fsync it and rename it to ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=folder)
     except OSError as exc:
         raise DataError(f"cannot write {path} ({exc.strerror}); check that {folder} exists and is writable") from None
     try:
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -57,6 +72,21 @@ def _sync_folder(folder: str) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def remove_stale_temporaries(folder: str, pattern: str) -> list[str]:
+    """Delete the temporaries that interrupted ``atomic_open`` writes left in ``folder`` for final names
+    matching the glob ``pattern`` (e.g. ``run.*.pth``); returns the removed paths.
+
+    Call it only where no other process is writing such a file at the same moment (e.g. on rank 0
+    before the other processes start writing).
+    """
+    removed = []
+    for path in sorted(glob.glob(os.path.join(glob.escape(folder), pattern + TEMP_SUFFIX_GLOB))):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed.append(path)
+    return removed
 
 
 def atomic_write(path: str, write: Callable[[IO], None], mode: str = "wb") -> None:

@@ -9,22 +9,36 @@ frame. Because the whole image is never rotated, non-square images are not cropp
 defect), and memory is the image, one sub-batch and a band of the canvas (see ``Predictor``).
 
 Jobs (view, box) are independent, so sub-batches may mix views: that is batched TTA for free.
+
+Streaming. The jobs of all views are produced lazily, sorted by their top in the original frame (each
+view's grid lines are merged with ``heapq.merge``), and grouped into *rows*: consecutive grid lines
+whose tops lie within ``size_p // 8`` of the row's first top (with TTA the mirrored views' lines come
+in pairs one pixel apart). Within a row the jobs run left to right, and ``utils.merge.BandMerger``
+finalises the canvas column tile by column tile, so what stays in memory besides the image is: the
+grid's vertical overlap across the width (float32), a few p x p tiles, one sub-batch, and the band of
+final rows (uint8 for masks). The job order is fixed by the geometry alone, so the logits are summed
+in the same order whatever the sub-batch size.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
-from utils.contexts import crop_patches, global_view, medium_contexts, resize_weights
+from utils.contexts import global_view, linear_taps, medium_contexts
 from utils.grid import make_grid, pad_to_min
-from utils.merge import RollingCanvas
+from utils.merge import BandMerger, argmax_classes
 from utils.tta import VIEWS, from_view, to_view
 
 View = tuple[bool, int]
+Job = tuple[int, int, int]  # (view index, top, left), the box in the original frame
+Row = tuple[int, int, list[Job]]  # (end: rows above it are final after the row, bottom, jobs left to right)
 
 
 @dataclass(frozen=True)
@@ -70,22 +84,36 @@ def _autocast(device: torch.device, cfg: PipelineConfig):
     return torch.autocast(device_type=device.type, dtype=cfg.amp_dtype)
 
 
+def _uses_channels_last(net: torch.nn.Module) -> bool:
+    """True when the network's convolution weights are stored channels_last (``model.to(memory_format=...)``)."""
+    for param in net.parameters():
+        if param.dim() == 4 and param.shape[-1] * param.shape[-2] > 1:
+            return param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+    return False
+
+
 class Predictor:
     """Turns whole images into logits / masks with an ``FCtLNet`` (any mode, any backbone).
 
     ``image`` arguments are uint8 tensors (3, H, W) already on the model's device; the image stays
     uint8 and only crops and context windows are converted to float, so a large scene costs 3 bytes
-    per pixel. Results come as horizontal bands (``logit_bands``, ``mask_bands``): patches are run
-    sorted by their top row and each band is handed out as soon as no pending patch can touch it, so
-    the canvas in memory is about (patch + stride) rows high whatever the image height.
+    per pixel. Results come as horizontal bands (``logit_bands``, ``mask_bands``) handed out as soon as
+    no pending patch can touch them (see the module doc): memory besides the image does not grow with
+    the image height, and grows with its width only by the grid's overlap rows (about 50 x W x C float32
+    values) and the band being filled.
     """
 
-    band_rows = 512  # band height of the mode-0 path (resized whole image, upsampled band by band)
+    band_values = 1 << 22  # float values per band of the mode-0 path (resized whole image, upsampled)
+    # Column tiles of the merger are max(4 * size_p, merge_tile) wide: wide enough that the per-tile
+    # work (widen, argmax, shrink) is a few large operations, narrow enough that the tiles under the
+    # current patches (at most two) stay small next to a row of the image.
+    merge_tile = 2048
 
     def __init__(self, model: torch.nn.Module, cfg: PipelineConfig) -> None:
         self.model = model
         self.cfg = cfg
         self.net = model.module if hasattr(model, "module") else model
+        self.channels_last = _uses_channels_last(self.net)
 
     @property
     def device(self) -> torch.device:
@@ -94,93 +122,168 @@ class Predictor:
     def views(self, tta: bool) -> list[View]:
         return list(VIEWS) if tta else [VIEWS[0]]
 
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     # --- global-image path (mode 0) -----------------------------------------------------------------
-    def _global_bands(self, image: torch.Tensor, views: list[View]) -> Iterator[tuple[int, torch.Tensor]]:
+    def _global_bands(self, image: torch.Tensor, views: list[View], output: str) -> Iterator[tuple[int, torch.Tensor]]:
         """Logits of the resized image, summed over views at the small scale, upsampled band by band.
 
         Upsampling is linear and commutes with flips and quarter turns, so summing the views before
-        upsampling equals upsampling each view's logits and summing (the original's order).
+        upsampling equals upsampling each view's logits and summing (the original's order). Each band
+        of about ``band_values`` floats is made from the two bilinear taps of each of its rows
+        (``linear_taps``) and then resized along the width, so nothing of the full size exists and the
+        cost is a few operations per output value.
         """
         height, width = image.shape[-2:]
-        small = global_view(image, self.cfg.size_g)
+        small = self._memory_format(global_view(image, self.cfg.size_g))
         total = None
         for view in views:
             with _autocast(self.device, self.cfg):
                 logits = self.model(to_view(small, view)).float()[0]
             total = from_view(logits, view) if total is None else total + from_view(logits, view)
-        w_v = resize_weights(total.shape[-2], height, total.device, antialias=False)
-        w_h = resize_weights(total.shape[-1], width, total.device, antialias=False)
-        rows = torch.matmul(total, w_h)  # (C, g, W)
-        for y0 in range(0, height, self.band_rows):
-            y1 = min(y0 + self.band_rows, height)
-            yield y0, torch.matmul(w_v[:, y0:y1].T, rows)
+        total = total.contiguous()
+        i_v, w_v = linear_taps(total.shape[-2], height, total.device)
+        rows = max(1, min(height, self.band_values // (total.shape[0] * width)))
+        for y0 in range(0, height, rows):
+            y1 = min(y0 + rows, height)
+            near = (total.index_select(1, i_v[0, y0:y1]) * w_v[0, y0:y1, None]
+                    + total.index_select(1, i_v[1, y0:y1]) * w_v[1, y0:y1, None])  # (C, rows, g)
+            # Along the width interpolate() itself (the height's scale of 1 is the identity).
+            band = F.interpolate(near.unsqueeze(0), size=(y1 - y0, width), mode="bilinear", align_corners=False)[0]
+            yield y0, argmax_classes(band) if output == "mask" else band
 
     # --- patch path (modes 1-4) ---------------------------------------------------------------------
-    def jobs(self, height: int, width: int, views: list[View]) -> list[tuple[int, int, int]]:
-        """(view index, top, left in the original frame) of every patch of every view, sorted by top."""
-        out = []
-        for vi, view in enumerate(views):
-            vh, vw = view_shape(height, width, view)
-            for top, left in make_grid(vh, vw, self.cfg.size_p).boxes():
-                out.append((vi, *view_box_to_original(top, left, self.cfg.size_p, height, width, view)))
-        return sorted(out, key=lambda job: job[1])
+    def _view_lines(self, height: int, width: int, vi: int, view: View) -> Iterator[list[Job]]:
+        """One view's jobs, one grid line (boxes sharing their top in the original frame) at a time,
+        sorted by that top. An even number of quarter turns keeps the view's rows as rows (possibly
+        reversed); an odd number makes the view's columns the original's rows."""
+        p = self.cfg.size_p
+        vh, vw = view_shape(height, width, view)
+        grid = make_grid(vh, vw, p)
+        rows_are_rows = view[1] % 2 == 0
+        outer, inner = (grid.tops, grid.lefts) if rows_are_rows else (grid.lefts, grid.tops)
+
+        def box(a: int, b: int) -> tuple[int, int]:
+            return (a, b) if rows_are_rows else (b, a)
+
+        def top_of(a: int) -> int:
+            return view_box_to_original(*box(a, inner[0]), p, height, width, view)[0]
+
+        for a in sorted(outer, key=top_of):
+            yield [(vi, *view_box_to_original(*box(a, b), p, height, width, view)) for b in inner]
+
+    def schedule(self, height: int, width: int, views: list[View]) -> Iterator[Row]:
+        """The rows of jobs for an (already padded) image, top to bottom, each as (end, bottom, jobs).
+
+        Grid lines of every view are merged by top (ties: view order) and gathered into rows while
+        their top stays within ``size_p // 8`` of the row's first top; a row's jobs are sorted by left
+        (stable). ``end`` is the next row's first top (or the height): no later job touches the rows
+        above it. ``bottom`` is the row's last top + size_p. Lazy: memory is one grid line per view.
+        """
+        p = self.cfg.size_p
+        spread = p // 8
+        lines = heapq.merge(*(self._view_lines(height, width, vi, v) for vi, v in enumerate(views)),
+                            key=lambda line: line[0][1])
+        current: list[Job] = []
+        first = last = 0
+        for line in lines:
+            top = line[0][1]
+            if current and top - first > spread:
+                yield top, last + p, sorted(current, key=lambda job: job[2])
+                current = []
+            if not current:
+                first = top
+            current.extend(line)
+            last = top
+        if current:
+            yield height, last + p, sorted(current, key=lambda job: job[2])
+
+    def jobs(self, height: int, width: int, views: list[View]) -> list[Job]:
+        """Every (view index, top, left) job of an (already padded) image, in the order they are run."""
+        return [job for _, _, row in self.schedule(height, width, views) for job in row]
 
     def global_tops(self, image: torch.Tensor, views: list[View]) -> torch.Tensor | None:
         """Frozen global encoder features of every view's resized image: (V, C, hg, wg), or None."""
         if not self.net.needs_global:
             return None
-        small = global_view(image, self.cfg.size_g)
+        small = self._memory_format(global_view(image, self.cfg.size_g))
         with _autocast(self.device, self.cfg):
             return torch.cat([self.net.encode_global(to_view(small, v)) for v in views]).float()
 
-    def patch_logits(self, image: torch.Tensor, jobs: list[tuple[int, int, int]], views: list[View],
-                     tops_g: torch.Tensor | None) -> Iterator[tuple[list[tuple[int, int, int]], torch.Tensor]]:
-        """Yield (jobs, logits (B, C, p, p) in the ORIGINAL frame) per sub-batch."""
-        p, sb = self.cfg.size_p, self.cfg.sub_batch_size
-        for start in range(0, len(jobs), sb):
-            batch = jobs[start:start + sb]
-            rows = [t for _, t, _ in batch]
-            cols = [l for _, _, l in batch]
-            x = crop_patches(image, rows, cols, p).float().div_(255)
-            x = torch.stack([to_view(xi, views[vi]) for xi, (vi, _, _) in zip(x, batch)])
-            medium = None
-            if self.net.needs_medium:
-                m = medium_contexts(image, rows, cols, p, self.cfg.context)
-                medium = torch.stack([to_view(mi, views[vi]) for mi, (vi, _, _) in zip(m, batch)])
-            g = None if tops_g is None else tops_g[[vi for vi, _, _ in batch]]
-            with _autocast(self.device, self.cfg):
-                logits = self.model(x, medium=medium, global_top=g)
-            logits = logits.float()
-            yield batch, torch.stack([from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, batch)])
+    def _run(self, image: torch.Tensor, views: list[View], tops_g: torch.Tensor | None,
+             jobs: list[Job]) -> list[torch.Tensor]:
+        """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them)."""
+        p = self.cfg.size_p
+        # One pass from the uint8 image into the float batch (in the network's memory format): each
+        # crop is turned into its view as a strided view of the image and converted while copied.
+        x = torch.empty((len(jobs), image.shape[0], p, p), device=image.device,
+                        memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        for xi, (vi, t, l) in zip(x, jobs):
+            xi.copy_(to_view(image[:, t:t + p, l:l + p], views[vi]))
+        x.div_(255)
+        medium = None
+        if self.net.needs_medium:
+            m = medium_contexts(image, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, self.cfg.context)
+            medium = self._memory_format(torch.stack([to_view(mi, views[vi]) for mi, (vi, _, _) in zip(m, jobs)]))
+        g = None if tops_g is None else tops_g[[vi for vi, _, _ in jobs]]
+        with _autocast(self.device, self.cfg):
+            logits = self.model(x, medium=medium, global_top=g)
+        logits = logits.float()
+        return [from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, jobs)]
+
+    def _tagged_batches(self, image: torch.Tensor, views: list[View]):
+        """(tags, logits) per sub-batch over the schedule; a tag is (row end, row bottom, job)."""
+        height, width = image.shape[-2:]
+        tops_g = self.global_tops(image, views)
+        tagged = ((end, bottom, job) for end, bottom, row in self.schedule(height, width, views) for job in row)
+        while True:
+            batch = list(itertools.islice(tagged, self.cfg.sub_batch_size))
+            if not batch:
+                return
+            yield batch, self._run(image, views, tops_g, [job for _, _, job in batch])
 
     @torch.inference_mode()
-    def logit_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Summed logits of one image over the chosen views, as (first row, (C, h, W) float32) bands."""
+    def _bands(self, image: torch.Tensor, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
         views = self.views(tta)
         height, width = image.shape[-2:]
         if self.net.mode == 0:
-            yield from self._global_bands(image, views)
+            yield from self._global_bands(image, views, output)
             return
         padded, _ = pad_to_min(image, self.cfg.size_p)
         p_height, p_width = padded.shape[-2:]
-        jobs = self.jobs(p_height, p_width, views)
-        tops_g = self.global_tops(padded, views)
-        canvas = RollingCanvas(self.net.n_class, p_height, p_width, padded.device)
-        done = 0
-        for batch, logits in self.patch_logits(padded, jobs, views, tops_g):
-            canvas.add(logits, [t for _, t, _ in batch], [l for _, _, l in batch])
-            done += len(batch)
+        merger = BandMerger(self.net.n_class, p_height, p_width, padded.device, output=output,
+                            tile=max(4 * self.cfg.size_p, self.merge_tile))
+        row_end = None
+
+        def cropped(band: tuple[int, torch.Tensor]):
+            y0, rows = band
+            if y0 >= height:
+                return None
+            return y0, rows[..., :height - y0, :width]
+
+        for batch, logits in self._tagged_batches(padded, views):
+            for (end, bottom, (_, top, left)), patch in zip(batch, logits):
+                if end != row_end:
+                    if row_end is not None and (band := cropped(merger.end_row())) is not None:
+                        yield band
+                    merger.begin_row(end, bottom)
+                    row_end = end
+                merger.add(patch, top, left)
             if progress is not None:
                 progress.update(len(batch))
-            band = canvas.release(jobs[done][1] if done < len(jobs) else p_height)
-            if band is not None and band[0] < height:
-                y0, rows = band
-                yield y0, rows[:, :height - y0, :width]
+        if row_end is not None and (band := cropped(merger.end_row())) is not None:
+            yield band
+        if (rest := merger.finish()) is not None and (band := cropped(rest)) is not None:
+            yield band
+
+    def logit_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Summed logits of one image over the chosen views, as (first row, (C, h, W) float32) bands."""
+        return self._bands(image, tta, progress, "logits")
 
     def mask_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Class map of one image as (first row, (h, W) uint8) bands."""
-        for y0, band in self.logit_bands(image, tta, progress):
-            yield y0, band.argmax(0).to(torch.uint8)
+        """Class map of one image as (first row, (h, W) uint8) bands (ties go to the lower class)."""
+        return self._bands(image, tta, progress, "mask")
 
     def logits(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
         """Summed logits (C, H, W) float32 of one image (whole canvas: for images that fit)."""
@@ -194,4 +297,4 @@ class Predictor:
         if self.net.mode == 0:
             return 0
         h, w = max(height, self.cfg.size_p), max(width, self.cfg.size_p)
-        return len(self.jobs(h, w, self.views(tta)))
+        return sum(len(make_grid(*view_shape(h, w, v), self.cfg.size_p)) for v in self.views(tta))

@@ -9,6 +9,14 @@ Reproducibility: the image order and the augmentation of an epoch are drawn from
 (seed, epoch, rank); dropout uses torch's global generator, whose state is saved with the training
 state at the end of every epoch. Resuming from ``<task>.last.pth`` therefore replays the remaining
 epochs exactly as an uninterrupted run would (bit-for-bit on the CPU).
+
+Faults. Every checkpoint is written atomically (``atomic_save``), ``<task>.last.pth`` last of an epoch's
+files, so a kill at any moment leaves the previous complete set; temporaries a SIGKILL left behind are
+deleted when the next run starts. A non-finite loss stops the run before the weights change (we stop
+rather than skip the step: a NaN usually means the learning rate is too high, and skipping would hide
+that); weights that became non-finite are never written. Out of memory stops the run with a hint to lower
+--sub_batch_size. Ctrl-C stops at once. In all three cases ``<task>.last.pth`` holds the last completed
+epoch and the message says so; ``--resume`` continues from it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import contextlib
 import math
 import os
 import time
+from glob import escape as glob_escape
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -31,8 +40,9 @@ from models.checkpoint import atomic_save, export_weights, load_state_into, read
 from utils.augment import random_flip_rotate
 from utils.contexts import crop_patches, global_view, medium_contexts
 from utils.distributed import DistInfo, all_reduce_sum
-from utils.errors import CheckpointError, FCtLError
+from utils.errors import CheckpointError, DataError, FCtLError, Interrupted
 from utils.evaluation import evaluate_dataset
+from utils.files import remove_stale_temporaries
 from utils.grid import make_grid, pad_to_min
 from utils.inference import PipelineConfig, Predictor
 from utils.logging import get_logger, peak_memory_mb, progress
@@ -80,7 +90,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
         self.state = TrainState()
-        self.skipped = 0  # unreadable training images skipped (--skip_bad_images)
+        self.saved_epoch: int | None = None  # epoch held by <task>.last.pth (None: no such file yet)
+        self.skipped = 0  # unreadable training images skipped (--skip_bad_images), summed over epochs
         self.train_set = self._dataset("train")
         self.val_set = self._dataset("crossvali") if args.val else None
         self.sampler = DistributedSampler(self.train_set, num_replicas=dist_info.world_size, rank=dist_info.rank,
@@ -90,6 +101,10 @@ class Trainer:
                                  pin_memory=device.type == "cuda", persistent_workers=args.num_workers > 0)
         self.writer = None
         if dist_info.is_main:
+            stale = remove_stale_temporaries(args.model_path, f"{glob_escape(args.task_name)}.*.pth")
+            if stale:
+                log.warning(f"removed {len(stale)} temporary files left in {args.model_path} by an interrupted "
+                            f"checkpoint write (e.g. {os.path.basename(stale[0])}); the .pth files are complete")
             self.writer = SummaryWriter(os.path.join(args.log_path, args.task_name))
 
     def _dataset(self, split: str):
@@ -122,19 +137,37 @@ class Trainer:
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         atomic_save(state, self._path("last"))
+        self.saved_epoch = self.state.epoch
+
+    def _kept(self) -> str:
+        """Where a stopped run can go on from, for messages."""
+        if self.saved_epoch is None:
+            return "no epoch was completed, so nothing was saved: start again without --resume"
+        return f"{self._path('last')} holds the end of epoch {self.saved_epoch}: continue with --resume"
+
+    def _check_weights(self) -> None:
+        """Refuse to save weights that became non-finite (a finite loss can still give inf gradients)."""
+        for name, param in self.net.named_parameters():
+            if param.requires_grad and not bool(torch.isfinite(param).all()):
+                raise TrainingFault(f"weight {name} became non-finite in epoch {self.state.epoch + 1}; stopped "
+                                    f"without saving it. {self._kept()} (lower --lr first)")
 
     def resume(self) -> None:
         path = self._path("last")
         if not os.path.exists(path):
             raise CheckpointError(f"--resume: {path} does not exist; start without --resume or check --model_path/--task_name")
-        weights, _, extra = read_checkpoint(path, with_extra=True)
+        weights, meta, extra = read_checkpoint(path, with_extra=True)
+        if meta["kind"] != "training-state":
+            raise CheckpointError(f"--resume: {path} holds only weights, not a training state (optimizer, epoch); "
+                                  f"start without --resume and pass it as --pre_path instead")
         if extra.get("mode") != self.net.mode or extra.get("backbone") != self.net.backbone_name:
             raise CheckpointError(f"--resume: {path} is a mode-{extra.get('mode')} {extra.get('backbone')} run, not "
                                   f"mode {self.net.mode} {self.net.backbone_name}; use another --task_name")
-        load_state_into(self.net, weights, path, what="model (--resume)", allow_missing=False)
+        load_state_into(self.net, weights, path, what="--resume", allow_missing=False, meta=meta)
         self.optimizer.load_state_dict(extra["optimizer"])
         self.scaler.load_state_dict(extra["scaler"])
         self.state = TrainState(extra["epoch"], extra["iteration"], extra["best_miou"])
+        self.saved_epoch = self.state.epoch
         torch.set_rng_state(extra["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in extra:
             torch.cuda.set_rng_state(extra["rng_cuda"], self.device)
@@ -142,17 +175,20 @@ class Trainer:
                  f"best mIoU {max(self.state.best_miou, 0):.4f}")
 
     # --- one image ------------------------------------------------------------------------------------
-    def _backward(self, loss: torch.Tensor, sync: bool) -> None:
-        context = contextlib.nullcontext() if sync or not self.dist.enabled else self.model.no_sync()
-        with context:
-            self.scaler.scale(loss).backward()
+    def _local(self, sync: bool):
+        """Context of a sub-batch's forward AND backward: under DDP, every one but the step's last runs in
+        ``no_sync``. DDP then does exactly two collectives per step whatever the number of sub-batches of
+        each process (which differs with image sizes, or when --skip_bad_images drops images): the buffer
+        broadcast in the step's first forward and the gradient all-reduce in its last backward. (A forward
+        outside ``no_sync`` would arm the gradient all-reduce of its backward even inside ``no_sync``.)"""
+        return contextlib.nullcontext() if sync or not self.dist.enabled else self.model.no_sync()
 
     def _check_loss(self, loss: torch.Tensor) -> float:
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingFault(
-                f"loss became {value} at epoch {self.state.epoch + 1}, step {self.state.iteration + 1}; stopped. "
-                f"{self._path('last')} holds the last good epoch: lower --lr, then resume with --resume")
+                f"loss became {value} at epoch {self.state.epoch + 1}, step {self.state.iteration + 1}; stopped before "
+                f"the weights changed. {self._kept()} (lower --lr first)")
         return value
 
     def _forward_loss(self, x, y, medium=None, global_top=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,12 +235,14 @@ class Trainer:
         for img, lab in zip(images, labels):
             yield from self._image_units(img, lab)
 
-    def train_step(self, units: Iterable[tuple], confusion: ConfusionMatrix | None = None) -> float:
+    def train_step(self, units: Iterable[tuple], confusion: ConfusionMatrix | None = None,
+                   weight: float = 1.0) -> float:
         """One optimizer step over ``units``: back-propagate each sub-batch's loss, then step once.
 
         Returns the mean sub-batch loss. Raises TrainingFault, before any weight changes, on a
         non-finite loss. Under DDP only the last backward synchronises gradients (one look-ahead
-        tells which one is last).
+        tells which one is last; see ``_local``). ``weight`` scales the back-propagated losses (0: see
+        ``_blank_step``).
         """
         self.optimizer.zero_grad(set_to_none=True)
         total, count = 0.0, 0
@@ -213,10 +251,11 @@ class Trainer:
         while current is not None:
             following = next(units, None)
             x, y, medium, g_top = current
-            loss, logits = self._forward_loss(x, y, medium, g_top)
-            total += self._check_loss(loss)
-            count += 1
-            self._backward(loss, sync=following is None)
+            with self._local(sync=following is None):
+                loss, logits = self._forward_loss(x, y, medium, g_top)
+                total += self._check_loss(loss)
+                count += 1
+                self.scaler.scale(loss if weight == 1.0 else loss * weight).backward()
             if confusion is not None:
                 confusion.update(logits.detach().argmax(1), y)
             current = following
@@ -224,6 +263,20 @@ class Trainer:
         self.scaler.update()
         self.state.iteration += 1
         return total / count
+
+    def _blank_step(self) -> None:
+        """Under DDP a process whose whole batch was skipped (--skip_bad_images) must still join the
+        collectives of this step, or the processes fall out of step and hang. It steps on a blank
+        image with its loss multiplied by 0: it adds zero gradients to the average (which the other
+        processes' gradients therefore dominate a little less in this one step)."""
+        p = self.cfg.size_p
+        image = torch.zeros(3, p, p, dtype=torch.uint8, device=self.device)
+        label = torch.zeros(p, p, dtype=torch.uint8, device=self.device)
+        self.model.eval()  # the blank image must not move the BatchNorm statistics
+        try:
+            self.train_step(self.units([image], [label]), weight=0.0)
+        finally:
+            self.model.train()
 
     # --- epochs ---------------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[float, dict]:
@@ -237,10 +290,12 @@ class Trainer:
         bar = progress(self.loader, enabled=self.dist.is_main, desc=f"epoch {epoch + 1}/{self.args.epochs}", unit="batch")
         for batch in bar:
             self.skipped += batch["skipped"]
-            if not batch["image"]:  # every image of the batch was unreadable (--skip_bad_images)
-                continue
             lr = poly_lr(self.args.lr, self.state.iteration, total)
             set_lr(self.optimizer, lr)
+            if not batch["image"]:  # every image of the batch was unreadable (--skip_bad_images)
+                if self.dist.enabled:
+                    self._blank_step()
+                continue
             images, labels = [], []
             for img, lab in zip(batch["image"], batch["label"]):
                 img = img.to(self.device, non_blocking=True)
@@ -256,10 +311,20 @@ class Trainer:
                 self.writer.add_scalar("train/lr", lr, self.state.iteration)
         confusion.all_reduce_()
         loss_t = all_reduce_sum(torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=self.device))
+        if loss_t[1] == 0:
+            raise DataError(f"no training image could be read in epoch {epoch + 1}: all were skipped as unreadable "
+                            f"(--skip_bad_images); fix or replace the files named in the warnings above")
         return float(loss_t[0] / max(loss_t[1], 1)), confusion.scores()
 
     def validate(self) -> dict:
-        predictor = Predictor(self.model, self.cfg)
+        """Score the validation split with rank 0's weights and buffers on every process."""
+        if self.dist.enabled:
+            # Each process updated its BatchNorm statistics from its own images since the last step's
+            # broadcast; use rank 0's, which are the ones saved. The unwrapped model runs no collectives,
+            # so processes with different numbers of validation images cannot fall out of step.
+            for buffer in self.net.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        predictor = Predictor(self.net, self.cfg)
         scores, sample = evaluate_dataset(predictor, self.val_set, self.device, self.dist, tta=False,
                                           num_workers=self.args.num_workers, desc="validate", want_sample=True)
         if self.writer is not None and sample is not None:
@@ -288,6 +353,7 @@ class Trainer:
                 epoch = self.state.epoch
                 t0 = time.time()
                 loss, train_scores = self.train_epoch(epoch)
+                self._check_weights()
                 self.state.epoch = epoch + 1
                 line = (f"epoch {epoch + 1}/{args.epochs} loss {loss:.4f} train mIoU {train_scores['miou']:.4f} "
                         f"lr {self.optimizer.param_groups[0]['lr']:.2e} {time.time() - t0:.1f}s")
@@ -311,17 +377,17 @@ class Trainer:
                 self.save_state()
                 log.info(line)
         except KeyboardInterrupt:
-            log.warning(f"interrupted during epoch {self.state.epoch + 1}; {self._path('last')} holds the end of epoch "
-                        f"{self.state.epoch}: continue with --resume")
-            raise
+            raise Interrupted(f"interrupted (Ctrl-C); {self._kept()}") from None
         except torch.OutOfMemoryError:
-            raise TrainingFault(f"out of memory on {self.device} with --sub_batch_size {args.sub_batch_size}: "
-                                f"lower --sub_batch_size (or --size_p), then continue with --resume") from None
+            raise TrainingFault(f"out of memory on {self.device} with --sub_batch_size {args.sub_batch_size} (patches "
+                                f"per forward pass): lower --sub_batch_size (e.g. {max(1, args.sub_batch_size // 2)}) "
+                                f"or --size_p. {self._kept()}") from None
         finally:
             if self.writer is not None:
                 self.writer.close()
         if self.skipped:
-            log.warning(f"{self.skipped} unreadable training images were skipped (--skip_bad_images)")
+            log.warning(f"skipped {self.skipped} unreadable training images (--skip_bad_images; an image is counted "
+                        f"once per epoch, on this process)")
         log.info(f"training done: {self.state.epoch} epochs in {time.time() - started:.1f}s, "
                  f"peak memory {peak_memory_mb(self.device):.0f} MB; weights {self._path('epoch')}")
         return self.state
