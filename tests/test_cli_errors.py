@@ -17,13 +17,7 @@ from PIL import Image
 from tests.cli_helpers import list_files, run_cli, tiny_args
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy machine, spinning OpenMP threads make these tiny runs 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def expect_error(capsys, argv: list[str], *needles: str, code: int = 2) -> str:

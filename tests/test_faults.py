@@ -22,7 +22,9 @@ import utils.files
 from models.checkpoint import read_checkpoint, save_weights
 from models.fctl import FCtLNet, build_model
 from tests.cli_helpers import list_files, run_cli, tiny_args
-from tests.test_cli_errors import expect_error, image_file, one_thread, truncate  # noqa: F401
+from tests.test_cli_errors import expect_error, image_file, truncate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 from utils.loss import FocalLoss
 from utils.training import Trainer
 

@@ -17,14 +17,7 @@ from utils.inference import PipelineConfig, Predictor
 from utils.merge import BandMerger
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machines these tests run on are shared, and with busy cores torch's
-    parallel regions wait for each other (measured 5-15x slower than one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("mode", [0, 1, 4])

@@ -39,14 +39,7 @@ PATCH = 508
 RSS_LIMIT_MB = 3 * 1024
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machines these tests run on are shared, and with busy cores torch's
-    parallel regions wait for each other (measured 5-15x slower than one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def block_image(size: int, blocks: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
