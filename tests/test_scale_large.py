@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from tests.stand_in import StandIn  # noqa: E402
 from utils.contexts import global_view  # noqa: E402
 from utils.grid import patch_starts  # noqa: E402
 from utils.inference import PipelineConfig, Predictor  # noqa: E402
+from utils.logging import process_memory_mb  # noqa: E402
 from utils.merge import BandMerger, add_patches, argmax_classes  # noqa: E402
 
 LARGE = 20000
@@ -101,23 +101,12 @@ def colour_classes(model: torch.nn.Module, colours: torch.Tensor) -> tuple[torch
     return logits.argmax(1).to(torch.uint8).reshape(shape), clear.reshape(shape)
 
 
-def _status_mb(field: str) -> float:
-    """VmHWM (peak) or VmRSS (now) of this process in MB. Not ru_maxrss: Linux carries a forking
-    parent's peak over exec into the child's ru_maxrss (a pytest process holding 1 GB checkpoints
-    would count), while VmHWM belongs to this program's own address space."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _worker(size: int, png: str) -> dict:
     from dataset.io import PngBandWriter
 
     torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "1")))  # the test machine's cores are shared
     model = StandIn(1, channels=1).eval()
-    rss_start = _status_mb("VmRSS")
+    rss_start = process_memory_mb("VmRSS")
     image, colours, side = block_image(size, BLOCKS)
     spread_classes(model, colours)
     model = model.to(memory_format=torch.channels_last)
@@ -147,7 +136,7 @@ def _worker(size: int, png: str) -> dict:
     seconds = time.perf_counter() - started
     return {"size": size, "rows": expected_y0, "seconds": seconds, "compared": compared, "mismatched": mismatched,
             "image_mb": image.numel() / 2**20, "rss_before_image_mb": rss_start,
-            "peak_rss_mb": _status_mb("VmHWM"),
+            "peak_rss_mb": process_memory_mb("VmHWM"),
             "patches": predictor.patches_per_image(size, size, False),
             "classes": torch.bincount(classes.flatten().long(), minlength=7).tolist()}
 

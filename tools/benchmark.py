@@ -69,20 +69,10 @@ def _setup(opts: argparse.Namespace):
 
 
 def _status_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process in MB, from /proc; ru_maxrss where there is none.
+    """VmRSS (now) or VmHWM (peak) of this process in MB (see utils.logging.process_memory_mb)."""
+    from utils.logging import process_memory_mb
 
-    VmHWM rather than ru_maxrss: Linux carries a forking parent's peak over exec into the child's
-    ru_maxrss, VmHWM belongs to this program's own address space."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return process_memory_mb(field)
 
 
 def _block_image(size: int, device, blocks: int = 64):
@@ -152,7 +142,8 @@ def _worker(opts: argparse.Namespace) -> dict:
         predictor.predict(image, tta=opts.tta)
     sync()
     per_image = (time.perf_counter() - started) / opts.repeat
-    pipeline_peak = peak_memory_mb(device)  # before the floor and FLOP measurements below add their own
+    # Before the floor and FLOP measurements below add their own.
+    pipeline_peak = peak_memory_mb(device)
     patches = predictor.patches_per_image(opts.image, opts.image, opts.tta)
 
     # The floor: the same number of forwards on ready-made inputs, no grid, crops, contexts or merge.

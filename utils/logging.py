@@ -60,9 +60,24 @@ def progress(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kwargs)
 
 
+def process_memory_mb(field: str = "VmHWM") -> float:
+    """VmRSS (now) or VmHWM (peak) resident memory of this process in MB, from /proc.
+
+    VmHWM rather than ru_maxrss: Linux carries a forking parent's peak over exec into the child's
+    ru_maxrss, while VmHWM belongs to this program's own address space. Where /proc is missing, the
+    peak comes from ru_maxrss (kilobytes on Linux)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: max allocated on CUDA, peak resident set size of this process on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    # ru_maxrss is in kilobytes on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return process_memory_mb("VmHWM")
