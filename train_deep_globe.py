@@ -17,7 +17,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from dataset.deepglobe import DeepGlobe
+from dataset.deepglobe import DeepGlobe, first_images
 from dataset.io import allow_large_images
 from models.setup import create_model
 from option import parse_options, resolve_checkpoint
@@ -29,12 +29,6 @@ from utils.inference import PipelineConfig, Predictor
 from utils.logging import setup_logging
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _subset(dataset, max_images):
-    if max_images is None:
-        return dataset
-    return torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
 
 
 def _out_of_memory(args, device) -> ResourceError:
@@ -95,7 +89,7 @@ def run(argv: list[str] | None = None) -> int:
                 raise OptionError(f"--metrics_path {metrics_path} lies under {folder}, which is a file, not a folder; "
                                   f"give a path in a folder")
             ensure_writable_dir(folder, "--metrics_path")
-        dataset = _subset(DeepGlobe(args.data_path, split, labelled=True, skip_bad=args.skip_bad_images),
+        dataset = first_images(DeepGlobe(args.data_path, split, labelled=True, skip_bad=args.skip_bad_images),
                           args.max_images)
         started = time.time()
         try:
@@ -112,7 +106,7 @@ def run(argv: list[str] | None = None) -> int:
 
     split = args.split or "test"
     tta = True if args.tta is None else args.tta
-    dataset = _subset(DeepGlobe(args.data_path, split, labelled=False, skip_bad=args.skip_bad_images), args.max_images)
+    dataset = first_images(DeepGlobe(args.data_path, split, labelled=False, skip_bad=args.skip_bad_images), args.max_images)
     ensure_writable_dir(args.prediction_path, "--prediction_path")
     if info.is_main:  # leftovers of a killed earlier run; before any process starts writing
         stale = remove_stale_temporaries(args.prediction_path, "*_mask.png")

@@ -24,7 +24,7 @@ import logging
 import os
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from dataset.io import read_image, read_mask
 from utils.errors import DataError, OptionError
@@ -169,3 +169,9 @@ def collate_list(batch: list[Item | None]) -> dict[str, Any]:
     out["skipped"] = len(batch) - len(items)
     return out
 
+
+def first_images(dataset: Dataset, max_images: int | None) -> Dataset:
+    """The first ``max_images`` items of ``dataset`` (all of them when None): the --max_images option."""
+    if max_images is None:
+        return dataset
+    return Subset(dataset, range(min(max_images, len(dataset))))

@@ -39,3 +39,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def fpn_pre_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A folder holding ``pre.pth``: a seeded, untrained mode-1 fpn_resnet18 model in our weight format."""
+    import torch
+
+    from models.checkpoint import save_weights
+    from models.fctl import build_model
+
+    folder = tmp_path_factory.mktemp("fpn_pre")
+    torch.manual_seed(7)
+    save_weights(build_model(1, "fpn_resnet18"), str(folder / "pre.pth"))
+    return str(folder)

@@ -9,8 +9,6 @@ import json
 import pytest
 import torch
 
-from models.checkpoint import save_weights
-from models.fctl import build_model
 from tests.cli_helpers import list_files, run_cli, tiny_args
 from tests.stand_in import StandIn
 from utils.inference import PipelineConfig, Predictor
@@ -48,18 +46,10 @@ def test_autocast_runs_the_network_in_bf16_and_merges_in_float32(mode):
     assert (ours - full).abs().max() <= 0.05 * full.abs().max()  # bf16 has 8 bits of mantissa
 
 
-@pytest.fixture(scope="module")
-def pre_model(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("amp_models")
-    torch.manual_seed(3)
-    save_weights(build_model(1, "fpn_resnet18"), str(folder / "pre.pth"))
-    return str(folder)
-
-
-def test_evaluation_and_training_run_with_amp_on_the_cpu(tiny_data, pre_model, tmp_path):
+def test_evaluation_and_training_run_with_amp_on_the_cpu(tiny_data, fpn_pre_folder, tmp_path):
     metrics = tmp_path / "amp.json"
     # One 96 px patch per image: bf16 is slow on this CPU.
-    args = tiny_args(tiny_data, pre_model, str(tmp_path / "logs"), "--mode", "1", "--amp", "--amp_dtype", "bf16",
+    args = tiny_args(tiny_data, fpn_pre_folder, str(tmp_path / "logs"), "--mode", "1", "--amp", "--amp_dtype", "bf16",
                      "--size_p", "96", "--max_images", "1")
     assert run_cli(*args, "--pre_path", "pre.pth", "--evaluate", "--metrics_path", str(metrics)) == 0
     scores = json.loads(metrics.read_text())

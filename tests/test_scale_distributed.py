@@ -13,8 +13,6 @@ import sys
 import pytest
 import torch
 
-from models.checkpoint import save_weights
-from models.fctl import build_model
 from tests.cli_helpers import list_files, run_cli, tiny_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,22 +43,14 @@ def _single(argv: list[str]) -> int:
         torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("dist_models")
-    torch.manual_seed(7)
-    save_weights(build_model(1, "fpn_resnet18"), str(folder / "pre.pth"))
-    return str(folder)
-
-
 def _args(tiny_data: str, models: str, logs: str, *extra: str) -> list[str]:
     return tiny_args(tiny_data, models, logs, "--mode", "1", "--pre_path", "pre.pth", *extra)
 
 
-def test_two_process_evaluation_gives_the_single_process_metrics(tiny_data, checkpoint, tmp_path):
+def test_two_process_evaluation_gives_the_single_process_metrics(tiny_data, fpn_pre_folder, tmp_path):
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    assert _single(_args(tiny_data, checkpoint, str(tmp_path / "l1"), "--evaluate", "--metrics_path", str(one))) == 0
-    out = _torchrun(_args(tiny_data, checkpoint, str(tmp_path / "l2"), "--evaluate", "--metrics_path", str(two)))
+    assert _single(_args(tiny_data, fpn_pre_folder, str(tmp_path / "l1"), "--evaluate", "--metrics_path", str(one))) == 0
+    out = _torchrun(_args(tiny_data, fpn_pre_folder, str(tmp_path / "l2"), "--evaluate", "--metrics_path", str(two)))
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert a["confusion_matrix"] == b["confusion_matrix"]
     assert a == b
@@ -68,10 +58,10 @@ def test_two_process_evaluation_gives_the_single_process_metrics(tiny_data, chec
     assert out.stderr.count("mIoU") == 1  # only rank 0 reports
 
 
-def test_two_process_test_mode_writes_every_prediction_once(tiny_data, checkpoint, tmp_path):
+def test_two_process_test_mode_writes_every_prediction_once(tiny_data, fpn_pre_folder, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    assert _single(_args(tiny_data, checkpoint, str(tmp_path / "l1"), "--prediction_path", str(one))) == 0
-    out = _torchrun(_args(tiny_data, checkpoint, str(tmp_path / "l2"), "--prediction_path", str(two)))
+    assert _single(_args(tiny_data, fpn_pre_folder, str(tmp_path / "l1"), "--prediction_path", str(one))) == 0
+    out = _torchrun(_args(tiny_data, fpn_pre_folder, str(tmp_path / "l2"), "--prediction_path", str(two)))
     sat = os.path.join(tiny_data, "offical_crossvali", "Sat")
     ids = sorted(f.rsplit("_sat", 1)[0] for f in os.listdir(sat))
     assert list_files(str(two)) == list_files(str(one)) == [f"{i}_mask.png" for i in ids]

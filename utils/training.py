@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler
 from tensorboardX import SummaryWriter
 
 from dataset.classes import CLASS_NAMES, index_to_colour
-from dataset.deepglobe import DeepGlobe, collate_list
+from dataset.deepglobe import DeepGlobe, collate_list, first_images
 from models.checkpoint import atomic_save, export_weights, load_state_into, read_checkpoint, save_weights
 from utils.augment import random_flip_rotate
 from utils.contexts import crop_patches, global_view, medium_contexts
@@ -108,10 +108,8 @@ class Trainer:
             self.writer = SummaryWriter(os.path.join(args.log_path, args.task_name))
 
     def _dataset(self, split: str):
-        ds = DeepGlobe(self.args.data_path, split, labelled=True, skip_bad=self.args.skip_bad_images)
-        if self.args.max_images is not None:
-            ds = Subset(ds, range(min(self.args.max_images, len(ds))))
-        return ds
+        return first_images(DeepGlobe(self.args.data_path, split, labelled=True, skip_bad=self.args.skip_bad_images),
+                            self.args.max_images)
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def _path(self, tag: str) -> str:
