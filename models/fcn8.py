@@ -79,6 +79,11 @@ class FCN8(nn.Module):
     top_channels = 512
     # The 100-pixel padding makes every positive size work; measured in tests/test_models_fcn8.py.
     min_input = 1
+    # Patches per pass through the layers up to pool3 when no gradient is recorded (inference, frozen
+    # encoders). At full resolution plus 200 px of padding these layers' activations are most of a
+    # sub-batch's memory; two patches at a time cut the peak of the issue-3 benchmark from 2243 to
+    # 1936 MB and, on a CPU, also ran faster (70.9 -> 51.6 s per image), with the same logits.
+    stem_batch = 2
 
     def __init__(self, n_class: int, head: bool = True, pretrained: bool = False) -> None:
         super().__init__()
@@ -117,16 +122,13 @@ class FCN8(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """x (B,3,H,W) in [0,1], not normalised -> ([p3, p4], p5)."""
         features = self.vgg.features
-        p3 = x
-        for layer in features[:POOL3_END]:
-            p3 = layer(p3)
-        p4 = p3
-        for layer in features[POOL3_END:POOL4_END]:
-            p4 = layer(p4)
-        p5 = p4
-        for layer in features[POOL4_END:]:
-            p5 = layer(p5)
-        return [p3, p4], p5
+        stem = features[:POOL3_END]
+        if torch.is_grad_enabled() or x.shape[0] <= self.stem_batch:
+            p3 = stem(x)
+        else:
+            p3 = torch.cat([stem(chunk) for chunk in x.split(self.stem_batch)])
+        p4 = features[POOL3_END:POOL4_END](p3)
+        return [p3, p4], features[POOL4_END:](p4)
 
     def decode(self, skips: list[torch.Tensor], top: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """FCN8 head: skips [p3, p4], top p5 (possibly context-fused) -> logits (B,n_class,*size).

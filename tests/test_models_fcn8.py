@@ -91,6 +91,27 @@ def test_forward_follows_spec_arithmetic(fcn8: FCN8) -> None:
     torch.testing.assert_close(top, p5)
 
 
+def test_stem_in_chunks_without_grad(fcn8: FCN8) -> None:
+    """Without autograd the full-resolution layers run ``stem_batch`` patches at a time (memory); the
+    result must be that of one pass, including a last, shorter chunk."""
+    x = torch.rand(2 * fcn8.stem_batch + 1, 3, 40, 40)
+    batches = []
+    hook = fcn8.vgg.features[0].register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            skips, top = fcn8.encode(x)
+            chunked, batches[:] = list(batches), []
+            whole = fcn8.vgg.features[:17](x)
+        with torch.enable_grad():
+            fcn8.encode(x.clone().requires_grad_())
+    finally:
+        hook.remove()
+    assert chunked == [fcn8.stem_batch, fcn8.stem_batch, 1]
+    assert batches == [len(x), len(x)]  # the reference pass, then one pass with autograd
+    torch.testing.assert_close(skips[0], whole)
+    torch.testing.assert_close(top, fcn8.vgg.features[17:](whole))
+
+
 @torch.no_grad()
 def test_any_size_at_least_min_input(fcn8: FCN8) -> None:
     assert fcn8.min_input == 1
