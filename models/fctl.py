@@ -105,10 +105,18 @@ class FCtLNet(nn.Module):
             raise ValueError(f"mode {self._mode} needs the medium context of each patch")
         if self.needs_global and global_top is None:
             raise ValueError(f"mode {self._mode} needs global_top from encode_global()")
-        skips, top = self.backbone.encode(x)
         if self._mode == 2:
-            top = top + self.big(top, self.backbone.encode(medium)[1])
-        elif self._mode == 3:
+            # Patches and contexts go through the shared backbone as ONE batch. With a BatchNorm backbone
+            # (FPN-ResNet) two passes would each be normalised by their own batch statistics in training
+            # but by running statistics of the mixture in evaluation; one batch makes both the same
+            # mixture (see the README's demo section for what the two-pass version measured). For FCN8,
+            # which has no BatchNorm, the two are identical.
+            skips, tops = self.backbone.encode(torch.cat([x, medium]))
+            skips, top = [s[: len(x)] for s in skips], tops[: len(x)]
+            top = top + self.big(top, tops[len(x):])
+            return self.backbone.decode(skips, top, (x.shape[2], x.shape[3]))
+        skips, top = self.backbone.encode(x)
+        if self._mode == 3:
             top = top + self.fusion([self.local(top, top), self.large(top, global_top)])
         elif self._mode == 4:
             with torch.no_grad():
