@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -23,6 +22,7 @@ from models.checkpoint import read_checkpoint, save_weights
 from models.fctl import FCtLNet, build_model
 from tests.cli_helpers import list_files, run_cli, tiny_args
 from tests.test_cli_errors import expect_error, image_file, truncate
+from tools.kill_test import CliProcess, run_trials
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 from utils.loss import FocalLoss
@@ -205,47 +205,19 @@ def test_temporaries_left_by_a_kill_are_removed_at_the_next_start(tiny_data, tmp
 
 # --- Ctrl-C --------------------------------------------------------------------------------------------
 
-class Process:
-    """A CLI subprocess in its own process group (so a signal reaches its DataLoader workers too, as a
-    terminal's Ctrl-C does), its stderr collected while it runs."""
+class Process(CliProcess):
+    """train_deep_globe.py with ``argv``, as tools/kill_test.py runs it."""
 
     def __init__(self, argv: list[str]) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_deep_globe.py"), *argv], cwd=ROOT,
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True)
-        self.err = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        while chunk := self.proc.stderr.read1(4096):
-            self.err += chunk.decode("utf-8", "replace")
+        super().__init__([sys.executable, os.path.join(ROOT, "train_deep_globe.py"), *argv])
 
     def wait_for(self, pattern: str, timeout: float = 120) -> None:
         deadline = time.time() + timeout
-        while not re.search(pattern, self.err):
+        while not re.search(pattern, self.text):
             if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                pytest.fail(f"never saw {pattern!r}:\n{self.err[-3000:]}")
+                self.kill()
+                pytest.fail(f"never saw {pattern!r}:\n{self.text[-3000:]}")
             time.sleep(0.02)
-
-    def signal(self, sig: int) -> None:
-        os.killpg(self.proc.pid, sig)
-
-    def finish(self, timeout: float = 120) -> int:
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise
-        self._reader.join(timeout=5)
-        return code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
 
 
 def test_ctrl_c_mid_epoch_stops_cleanly_with_last_pth_intact(tiny_data, tmp_path):
@@ -255,10 +227,10 @@ def test_ctrl_c_mid_epoch_stops_cleanly_with_last_pth_intact(tiny_data, tmp_path
     run.wait_for(r"epoch 1/50 loss")  # epoch 1 done and saved
     run.wait_for(r"epoch 2/50: +[1-9]")  # a batch or more into epoch 2
     run.signal(signal.SIGINT)
-    code = run.finish()
-    lines = run.err.strip().splitlines()
-    assert code == 130, run.err[-3000:]
-    assert "Traceback" not in run.err, run.err[-3000:]
+    code = run.wait(timeout=120)
+    lines = run.text.strip().splitlines()
+    assert code == 130, run.text[-3000:]
+    assert "Traceback" not in run.text, run.text[-3000:]
     done = saved_epoch(models / "t.last.pth")
     assert done >= 1
     assert lines[-1] == (f"error: interrupted (Ctrl-C); {models / 't.last.pth'} holds the end of epoch {done}: "
@@ -269,8 +241,6 @@ def test_ctrl_c_mid_epoch_stops_cleanly_with_last_pth_intact(tiny_data, tmp_path
 # --- SIGKILL at random moments -------------------------------------------------------------------------
 
 def test_sigkill_at_random_moments_leaves_only_loadable_checkpoints_and_resume_finishes(tmp_path):
-    from tools.kill_test import run_trials
-
     lines: list[str] = []
     summary = run_trials(trials=6, seed=7, epochs=4, max_delay=9.0, workdir=str(tmp_path), report=lines.append)
     assert not summary["failures"], "\n".join(lines)

@@ -63,8 +63,9 @@ def train_command(data: str, models: str, logs: str, epochs: int, resume: bool) 
     return cmd + (["--resume"] if resume else [])
 
 
-class _Run:
-    """A training subprocess in its own process group whose stderr is collected as it comes."""
+class CliProcess:
+    """A command in its own process group (so a signal reaches its DataLoader workers too, as a
+    terminal's Ctrl-C does) whose stderr is collected in ``text`` as it comes."""
 
     def __init__(self, cmd: list[str]) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -75,18 +76,18 @@ class _Run:
         self._reader.start()
 
     def _read(self) -> None:
-        while True:
-            chunk = self.proc.stderr.read1(4096) if hasattr(self.proc.stderr, "read1") else self.proc.stderr.read(1)
-            if not chunk:
-                return
+        while chunk := self.proc.stderr.read1(4096):
             self.text += chunk.decode("utf-8", "replace")
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)
 
     def kill(self) -> bool:
         """SIGKILL the whole group; True when the process was still running."""
         alive = self.proc.poll() is None
         if alive:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.signal(signal.SIGKILL)
             except ProcessLookupError:
                 alive = False
         self.proc.wait()
@@ -155,7 +156,7 @@ def run_trials(trials: int, seed: int = 0, epochs: int = 4, max_delay: float = 1
         # The last trial kills right after an epoch was saved, so that the final run always resumes.
         strategy = "after-save" if last_trial else rng.choice(["uniform", "after-epoch"])
         before = set(inspect(models)["temporaries"])
-        run = _Run(train_command(data, models, logs, epochs, resume))
+        run = CliProcess(train_command(data, models, logs, epochs, resume))
         t0 = time.time()
         if strategy == "uniform":
             delay = rng.uniform(0.0, max_delay)
@@ -212,7 +213,7 @@ def run_trials(trials: int, seed: int = 0, epochs: int = 4, max_delay: float = 1
         done_before = done_after
     # The chain must finish: --resume (or a fresh start) runs to the end and cleans up.
     final_resumes = done_before is not None and done_before < epochs
-    final = _Run(train_command(data, models, logs, epochs, resume=done_before is not None))
+    final = CliProcess(train_command(data, models, logs, epochs, resume=done_before is not None))
     code = final.wait(timeout=600)
     state = inspect(models)
     final_problems = []
