@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from models.backbones import BACKBONES
+from models.fctl import GLOBAL_MODES
 from utils.errors import OptionError
 
 MODES = {
@@ -140,14 +141,14 @@ def check_options(args: argparse.Namespace) -> None:
         args.evaluate = True
         args.split = args.split or "crossvali"
     if not args.train:
-        if args.mode in (3, 4) and args.glo_path is None:
+        if args.mode in GLOBAL_MODES and args.glo_path is None:
             raise OptionError(f"mode {args.mode} needs --glo_path (the global mode-0 model, e.g. global.epoch.pth)")
         if args.mode == 4 and args.c_path is None:
             raise OptionError("mode 4 needs --c_path (the medium mode-2 model, e.g. medium.epoch.pth)")
         if args.pre_path is None:
             raise OptionError("testing and --evaluate need --pre_path (the weights to run, e.g. all.epoch.pth)")
     else:
-        if args.mode in (3, 4) and args.glo_path is None:
+        if args.mode in GLOBAL_MODES and args.glo_path is None:
             raise OptionError(f"training mode {args.mode} needs --glo_path (a trained global mode-0 model; run train_global.sh first)")
         if args.mode == 4 and args.c_path is None:
             raise OptionError("training mode 4 needs --c_path (a trained medium mode-2 model; run train_medium.sh first)")

@@ -21,6 +21,8 @@ from models.fusion import AdaptiveFusion
 from utils.errors import OptionError
 
 MODES = (0, 1, 2, 3, 4)
+MEDIUM_MODES = (2, 4)  # forward takes the medium context of each patch
+GLOBAL_MODES = (3, 4)  # a frozen global encoder (--glo_path) gives forward its global_top
 FROZEN = ("context_encoder", "global_encoder")
 
 
@@ -48,7 +50,7 @@ class FCtLNet(nn.Module):
             self.large = FCtLCorrelation(channels)
             self.fusion = AdaptiveFusion(channels, 3)
             self.context_encoder = self._frozen(backbone, n_class)
-        if mode in (3, 4):
+        if mode in GLOBAL_MODES:
             self.global_encoder = self._frozen(backbone, n_class)
 
     @staticmethod
@@ -68,12 +70,12 @@ class FCtLNet(nn.Module):
     @property
     def needs_medium(self) -> bool:
         """Whether ``forward`` needs the medium context of each patch."""
-        return self._mode in (2, 4)
+        return self._mode in MEDIUM_MODES
 
     @property
     def needs_global(self) -> bool:
         """Whether ``forward`` needs ``global_top`` from ``encode_global``."""
-        return self._mode in (3, 4)
+        return self._mode in GLOBAL_MODES
 
     def frozen_encoders(self) -> list[nn.Module]:
         """The frozen context/global encoders this mode has (possibly none)."""
@@ -114,8 +116,8 @@ class FCtLNet(nn.Module):
             skips, tops = self.backbone.encode(torch.cat([x, medium]))
             skips, top = [s[: len(x)] for s in skips], tops[: len(x)]
             top = top + self.big(top, tops[len(x):])
-            return self.backbone.decode(skips, top, (x.shape[2], x.shape[3]))
-        skips, top = self.backbone.encode(x)
+        else:
+            skips, top = self.backbone.encode(x)
         if self._mode == 3:
             top = top + self.fusion([self.local(top, top), self.large(top, global_top)])
         elif self._mode == 4:

@@ -6,7 +6,7 @@ import logging
 import torch
 
 from models.checkpoint import load_weights
-from models.fctl import FCtLNet, build_model
+from models.fctl import GLOBAL_MODES, FCtLNet, build_model
 from utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,13 @@ def create_model(
     """
     # For inference with every part coming from a file, build on the meta device: no memory is spent
     # on random initial weights, and the loads below make the memory-mapped file tensors the model's.
-    complete = (not training and pre_path is not None and (mode not in (3, 4) or glo_path is not None)
+    complete = (not training and pre_path is not None and (mode not in GLOBAL_MODES or glo_path is not None)
                 and (mode != 4 or c_path is not None))
     with torch.device("meta") if complete else contextlib.nullcontext():
         model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None)
     if pre_path is not None:
         log.info(load_weights(model, pre_path, what="--pre_path", allow_missing=training, assign=not training).summary())
-    encoders = (("--c_path", c_path, "context_encoder", (4,)), ("--glo_path", glo_path, "global_encoder", (3, 4)))
+    encoders = (("--c_path", c_path, "context_encoder", (4,)), ("--glo_path", glo_path, "global_encoder", GLOBAL_MODES))
     for option, path, attribute, modes in encoders:
         if mode not in modes:
             if path is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.fctl import GLOBAL_MODES, MEDIUM_MODES
+
 
 class _Encoder(nn.Module):
     def __init__(self, channels: int) -> None:
@@ -36,11 +38,11 @@ class StandIn(nn.Module):
 
     @property
     def needs_medium(self) -> bool:
-        return self.mode in (2, 4)
+        return self.mode in MEDIUM_MODES
 
     @property
     def needs_global(self) -> bool:
-        return self.mode in (3, 4)
+        return self.mode in GLOBAL_MODES
 
     def encode_global(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
