@@ -24,6 +24,8 @@ sys.path.insert(0, ROOT)
 from dataset.classes import index_to_colour  # noqa: E402
 from dataset.io import read_image, read_mask  # noqa: E402
 from dataset.synthetic import AGRICULTURE, RANGELAND, generate  # noqa: E402
+from utils.errors import FCtLError  # noqa: E402
+from utils.files import ensure_writable_dir  # noqa: E402
 
 STAGES = [
     # (task, mode, extra options, label in the table)
@@ -38,7 +40,10 @@ STAGES = [
 def _run(cmd: list[str]) -> float:
     print("$ " + " ".join(cmd), flush=True)
     started = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code != 0:
+        raise FCtLError(f"the demo stopped: {os.path.basename(cmd[1])} exited with status {code} "
+                        f"(its error line is above)")
     return time.time() - started
 
 
@@ -56,7 +61,7 @@ def _figure(data: str, predictions: str, out: str, count: int = 4) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "demo"), help="folder for data, checkpoints, logs")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of every stage")
@@ -68,14 +73,30 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="higher than the paper's 5e-5: few steps, no ImageNet")
     parser.add_argument("--backbone", default="fpn_resnet18")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    for name in ("epochs", "train_images", "val_images"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.size < 32:
+        parser.error("--size must be at least 32")
+    try:
+        _demo(args)
+    except FCtLError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """Data, the four stages, their evaluation, the test prediction, the figure and the table."""
 
     data = os.path.join(args.out, "data")
     models = os.path.join(args.out, "models")
     logs = os.path.join(args.out, "runs")
     predictions = os.path.join(args.out, "predictions")
-    if not os.path.isdir(os.path.join(data, "train")):
-        generate(data, n_train=args.train_images, n_val=args.val_images, n_test=4, size=args.size, seed=args.seed)
+    ensure_writable_dir(args.out, "--out")
+    # Always (about a second): deterministic, and it drops the surplus of an earlier, larger run.
+    generate(data, n_train=args.train_images, n_val=args.val_images, n_test=4, size=args.size, seed=args.seed)
     common = [sys.executable, "train_deep_globe.py", "--backbone", args.backbone, "--data_path", data,
               "--model_path", models, "--log_path", logs, "--size_p", str(args.size_p), "--size_g", str(args.size_g),
               "--device", "cpu", "--no_pretrained", "--seed", str(args.seed)]
@@ -109,4 +130,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
