@@ -56,10 +56,6 @@ def run(argv: list[str] | None = None) -> int:
         glo_path=resolve_checkpoint(args.model_path, args.glo_path),
         training=args.train, pretrained=not args.no_pretrained,
     ).to(device)
-    minimum = model.backbone.min_input
-    if min(args.size_p, args.size_g) < minimum:
-        raise OptionError(f"--size_p/--size_g must be at least {minimum} for {args.backbone} "
-                          f"(got {args.size_p}/{args.size_g})")
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
 

@@ -1,8 +1,9 @@
 """Backbone registry: one place that maps a ``--backbone`` name to a segmentation network.
 
-Every backbone has ``name``, ``top_channels``, ``min_input``, ``encode(x) -> (skips, top)`` and, when
-built with head=True, ``decode(skips, top, size) -> logits``. FCtL's context modules only ever touch
-``top``, so any backbone with this interface works in every mode.
+Every backbone has ``name``, ``top_channels``, ``encode(x) -> (skips, top)`` and, when built with
+head=True, ``decode(skips, top, size) -> logits``; every input side from 1 px up works, in training
+too (no BatchNorm). FCtL's context modules only ever touch ``top``, so any backbone with this
+interface works in every mode.
 """
 
 import torch.nn as nn

@@ -317,6 +317,12 @@ def load_state_into(
             f"{what} {path} holds a {file_backbone} model but the {role} uses {model_backbone}; "
             f"use --backbone {file_backbone} or a {model_backbone} checkpoint"
         )
+    stale_norm = next((n for n in weights if n.startswith("backbone.") and n.endswith(".running_mean")), None)
+    if stale_norm is not None and model_backbone.startswith("fpn_"):
+        raise CheckpointError(
+            f"{what} {path} holds a BatchNorm {model_backbone} ({stale_norm}) from before the FPN backbones "
+            f"switched to GroupNorm; its weights do not fit the GroupNorm model, so retrain that stage"
+        )
     file_classes = meta.get("n_class")
     if model_classes is not None and file_classes is not None and file_classes != model_classes:
         raise CheckpointError(

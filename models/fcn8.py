@@ -77,8 +77,6 @@ class FCN8(nn.Module):
 
     name = "fcn8_vgg16"
     top_channels = 512
-    # The 100-pixel padding makes every positive size work; measured in tests/test_models_fcn8.py.
-    min_input = 1
     # Patches per pass through the layers up to pool3 when no gradient is recorded (inference, frozen
     # encoders). At full resolution plus 200 px of padding these layers' activations are most of a
     # sub-batch's memory; two patches at a time cut the peak of the issue-3 benchmark from 2243 to

@@ -108,11 +108,9 @@ class FCtLNet(nn.Module):
         if self.needs_global and global_top is None:
             raise ValueError(f"mode {self._mode} needs global_top from encode_global()")
         if self._mode == 2:
-            # Patches and contexts go through the shared backbone as ONE batch. With a BatchNorm backbone
-            # (FPN-ResNet) two passes would each be normalised by their own batch statistics in training
-            # but by running statistics of the mixture in evaluation; one batch makes both the same
-            # mixture (see the README's demo section for what the two-pass version measured). For FCN8,
-            # which has no BatchNorm, the two are identical.
+            # Patches and contexts go through the shared backbone as ONE batch: one pass instead of two.
+            # Neither backbone normalises across the batch (FCN8 has no normalisation, the FPN-ResNets
+            # use GroupNorm), so this equals two separate passes.
             skips, tops = self.backbone.encode(torch.cat([x, medium]))
             skips, top = [s[: len(x)] for s in skips], tops[: len(x)]
             top = top + self.big(top, tops[len(x):])

@@ -364,8 +364,6 @@ def test_unwritable_metrics_path(data, trained, tmp_path, a_file, capsys):
     (["--mode", "9"], ["argument --mode: invalid choice: 9"]),
     (["--evaluate"], ["--train and --evaluate exclude each other"]),
     (["--mode", "4", "--glo_path", "g.pth"], ["training mode 4 needs --c_path"]),
-    (["--size_p", "20"], ["--size_p/--size_g must be at least 33 for fpn_resnet18 (got 20/64)"]),
-    (["--size_g", "16"], ["--size_p/--size_g must be at least 33", "(got 64/16)"]),
     (["--size_p", "40"], ["patch size 40 cannot overlap", "--size_p larger than 50"]),
 ])
 def test_option_values_that_cannot_work(extra, needles, data, tmp_path, capsys):

@@ -230,7 +230,18 @@ def test_fpn_file_round_trip_and_encoder(fpn18: FCtLNet, fpn18_file: Path) -> No
     report = load_weights(encoder, fpn18_file, what="--path_g", allow_missing=False)
     assert report.missing == []
     assert report.unexpected_groups == ["backbone.fpn", "backbone.head"]
-    assert torch.equal(encoder.top[1].running_var, before["backbone.top.1.running_var"])
+    assert torch.equal(encoder.top[1].weight, before["backbone.top.1.weight"])
+
+
+def test_batchnorm_fpn_file_is_refused(fpn18: FCtLNet, tmp_path: Path) -> None:
+    """A file from the earlier BatchNorm FPN has the same parameter names and shapes; loading it into
+    the GroupNorm model would silently compute something else, so it is refused."""
+    state = export_weights(fpn18)
+    state["module.body.bn1.running_mean"] = torch.zeros(64)
+    path = tmp_path / "batchnorm.pth"
+    atomic_save(state, path)
+    with pytest.raises(CheckpointError, match=r"BatchNorm fpn_resnet18 .*GroupNorm.*retrain"):
+        load_weights(build_model(1, "fpn_resnet18", N_CLASS), path, what="--pre_path", allow_missing=False)
 
 
 def test_shape_and_class_mismatch(fpn18: FCtLNet, tmp_path: Path) -> None:

@@ -38,16 +38,32 @@ def test_resnet18_interface_and_sizes(resnet18: torch.nn.Module) -> None:
             assert resnet18(torch.rand(1, 3, height, width)).shape == (1, N_CLASS, height, width)
 
 
-def test_min_input_trains_with_batch_one(resnet18: torch.nn.Module) -> None:
-    side = resnet18.min_input
+def test_any_size_trains_with_batch_one(resnet18: torch.nn.Module) -> None:
+    """GroupNorm normalises over channel groups, so even a 1x1 patch in a batch of one trains
+    (BatchNorm needed 33 px: more than one value per channel at stride 32)."""
     resnet18.train()
-    for height, width in ((side, side), (side, 2 * side)):
+    for height, width in ((1, 1), (1, 2), (5, 3), (33, 17)):
         out = resnet18(torch.rand(1, 3, height, width))
         assert out.shape == (1, N_CLASS, height, width)
         out.sum().backward()
-    with pytest.raises(ValueError):
-        resnet18(torch.rand(1, 3, side - 1, side - 1))
     resnet18.zero_grad(set_to_none=True)
+
+
+def test_no_batch_statistics(resnet18: torch.nn.Module) -> None:
+    """A patch's output in training must not depend on the other patches of its batch (they come from
+    the same image, and batch statistics would leak that image to every patch), and training and
+    evaluation must compute the same function."""
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in resnet18.modules())
+    torch.manual_seed(1)
+    patches = torch.rand(4, 3, 40, 40)
+    resnet18.train()
+    with torch.no_grad():
+        together = resnet18(patches)
+        alone = resnet18(patches[:1])
+        resnet18.eval()
+        evaluated = resnet18(patches[:1])
+    torch.testing.assert_close(together[:1], alone, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(evaluated, alone, rtol=1e-4, atol=1e-5)
 
 
 def test_resnet50_once() -> None:
@@ -81,7 +97,11 @@ def test_pretrained_uses_imagenet_resnet(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", lambda url, *a, **k: fake)
     model = build_backbone("fpn_resnet18", N_CLASS, pretrained=True)
     assert torch.equal(model.body.conv1.weight, fake["conv1.weight"])
-    assert torch.equal(model.body.layer4[1].bn2.running_var, fake["layer4.1.bn2.running_var"])
+    # BatchNorm scale/shift become the GroupNorm's; the running statistics have nowhere to go.
+    assert isinstance(model.body.layer4[1].bn2, torch.nn.GroupNorm)
+    assert torch.equal(model.body.layer4[1].bn2.weight, fake["layer4.1.bn2.weight"])
+    assert torch.equal(model.body.bn1.bias, fake["bn1.bias"])
+    assert not any(name.endswith("running_var") for name, _ in model.named_buffers())
 
 
 def test_offline_pretrained_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -270,7 +270,7 @@ class Trainer:
         p = self.cfg.size_p
         image = torch.zeros(3, p, p, dtype=torch.uint8, device=self.device)
         label = torch.zeros(p, p, dtype=torch.uint8, device=self.device)
-        self.model.eval()  # the blank image must not move the BatchNorm statistics
+        self.model.eval()  # the blank image must not move any running statistics
         try:
             self.train_step(self.units([image], [label]), weight=0.0)
         finally:
@@ -317,8 +317,9 @@ class Trainer:
     def validate(self) -> dict:
         """Score the validation split with rank 0's weights and buffers on every process."""
         if self.dist.enabled:
-            # Each process updated its BatchNorm statistics from its own images since the last step's
-            # broadcast; use rank 0's, which are the ones saved. The unwrapped model runs no collectives,
+            # Each process may have updated running buffers (none in the built-in backbones, which do
+            # not use BatchNorm) from its own images since the last step's broadcast; use rank 0's,
+            # which are the ones saved. The unwrapped model runs no collectives,
             # so processes with different numbers of validation images cannot fall out of step.
             for buffer in self.net.buffers():
                 torch.distributed.broadcast(buffer, 0)
