@@ -10,34 +10,35 @@ with `<id>_sat.png` images (PNG: no JPEG noise, exact bytes) and `<id>_mask.png`
 `crossvali0000`, `test0000`, ...; image i of a split depends only on (seed, split, i, size), so adding
 images never changes the existing ones.
 
-Scene design (sizes are quoted for 256 px images; land-cover shapes scale with the image, textures are in
-pixels):
-  - Land cover: for each of four region types (urban, forest, barren and one "field" type) a multi-scale
-    noise field (3-5 octaves of smoothly interpolated random grids, coarsest 1-2 cells per image side)
-    plus a per-type bias; each pixel takes the type with the largest value. This gives organic regions
-    of many sizes with ragged borders. The field type is biased to be the most common (about two thirds
-    of the pixels, like agriculture in DeepGlobe) and is the smoothest field, so its regions are usually
-    much larger than a patch.
+Scene design (land-cover shapes scale with the image, textures are in pixels):
+  - Land cover: three region types compete through multi-scale noise fields (3-5 octaves of smoothly
+    interpolated random grids, coarsest 1-2 cells per image side) plus a per-type bias; each pixel takes
+    the type with the largest value, which gives organic regions with ragged borders. The types are
+    "field" (the smoothest and most common, about half the pixels, like agriculture in DeepGlobe),
+    forest, and the scene's "settlement" type (below), which covers 5-45% of the image.
+  - Context decides: each scene is a "farm" or a "wild" scene (alternating within a split). In a farm
+    scene the settlement type is urban (villages) and field texture is labelled agriculture (2); in a
+    wild scene it is barren land and field texture is rangeland (3). Field pixels of both labels come
+    from the same texture distribution. A patch that shows neither urban nor barren land therefore
+    carries no information about its field label, while the 3x medium window and the global view almost
+    always show the settlement type (every scene has at least 5% of it). Settlement regions are large,
+    so a context encoder sees them even after the 3x shrink of the medium window, and pooled over the
+    window they shift its features a lot (a small cue such as a lake barely moves pooled features).
+  - Water: a lake (a ragged blob 14-20% of the image side across) in half of the scenes, of either type,
+    so that water is a class to learn but says nothing about the scene type.
   - Textures: each type has its own colour and noise pattern: urban = grey blocks (random roof
     brightness) separated by dark streets; forest = dark green blotches; barren = light tan speckle;
     water = smooth dark blue; field = olive-yellow, mid-scale mottling plus faint parallel furrows whose
     direction varies per image. A per-image brightness gain (0.9..1.1) stops colour look-ups from being
     exact.
-  - Context decides: each scene is a "farm" or a "wild" scene (alternating within a split). A farm scene
-    has one lake (a water blob with a ragged shore, 14-20% of the image side across, its centre in the
-    middle half of the image); a wild scene has no water at all. Field texture is labelled agriculture
-    (2) in farm scenes and rangeland (3) in wild scenes. The field pixels of both classes come from the
-    same texture distribution, and nothing but the lake depends on the scene type. A patch that shows no
-    water therefore carries no information about which of the two labels its field pixels have; the
-    lake is visible in the global view and, when the patch is at most about a third of the image side,
-    in the centred 3x medium window. Most patches miss the lake, so the patch alone is often ambiguous.
   - Class 0 (unknown) is not used.
 
 `context_stats` measures this from the label masks (see the README section for the numbers): the share
-of patch windows that hold only field texture, and the accuracy on field pixels of three oracles: one
-that sees only the patch (water in the patch -> agriculture, otherwise the best constant answer, chosen
-with hindsight, so it is an upper bound for any patch-only model that does not know where its patch lies),
-one that sees the centred 3x window (water in it -> agriculture), and one that sees the whole image.
+of patch windows that show no settlement, and the accuracy on field pixels of three oracles: one that
+sees only the patch (urban in it -> agriculture, barren -> rangeland, neither -> the best constant answer,
+chosen with hindsight, so it is an upper bound for any patch-only model that does not know where its
+patch lies), one that sees the centred 3x window (urban in it -> agriculture), and one that sees the
+whole image.
 The measured numbers are in the README (section "Synthetic data for a quick demo").
 """
 
@@ -60,14 +61,15 @@ SPLIT_CODES = {"train": 0, "crossvali": 1, "test": 2}
 Rgb = tuple[float, float, float]
 
 # Region types drawn by the noise competition: (label, coarsest cells per side, octaves, bias).
-# FIELD is resolved to agriculture or rangeland per scene.
-_FIELD = -1
+# FIELD is resolved to agriculture or rangeland, SETTLEMENT to urban or barren land, per scene.
+_FIELD, _SETTLEMENT = -1, -2
 _REGIONS = (
-    (_FIELD, 1, 3, 1.4),
-    (URBAN, 2, 5, 0.0),
-    (FOREST, 2, 5, 0.1),
-    (BARREN, 2, 5, -0.05),
+    (_FIELD, 1, 3, 1.0),
+    (_SETTLEMENT, 1, 3, 0.6),
+    (FOREST, 2, 5, -0.1),
 )
+MIN_SETTLEMENT = 0.05  # share of every image, so that every context shows the scene type
+LAKE_SHARE = 0.5  # share of scenes (of either type) with a lake
 
 
 def _interpolation_weights(cells: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,19 +103,25 @@ def fractal_noise(rng: np.random.Generator, count: int, size: int, cells: int, o
     return total
 
 
-def _land_cover(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size) int8 region labels (with _FIELD for field texture) from competing noise fields."""
+def _land_cover(rng: np.random.Generator, size: int, farm: bool) -> np.ndarray:
+    """(size, size) int8 region labels (with _FIELD for field texture) from competing noise fields; the
+    settlement type (urban in a farm scene, barren in a wild one) covers at least MIN_SETTLEMENT."""
     scores = np.empty((len(_REGIONS), size, size), dtype=np.float32)
     for k, (_, cells, octaves, bias) in enumerate(_REGIONS):
         scores[k] = fractal_noise(rng, 1, size, cells, octaves)[0] + bias
-    labels = np.array([label for label, *_ in _REGIONS], dtype=np.int8)
-    return labels[scores.argmax(axis=0)]
+    settlement = URBAN if farm else BARREN
+    labels = np.array([settlement if label == _SETTLEMENT else label for label, *_ in _REGIONS], dtype=np.int8)
+    region = labels[scores.argmax(axis=0)]
+    if (region == settlement).mean() < MIN_SETTLEMENT:
+        # Grow it where it comes closest to winning (a connected, organic shape).
+        margin = scores[1] - np.delete(scores, 1, axis=0).max(axis=0)
+        region[margin >= np.quantile(margin, 1.0 - MIN_SETTLEMENT)] = settlement
+    return region
 
 
 def _lake(rng: np.random.Generator, size: int) -> np.ndarray:
     """(size, size) bool: one lake with a ragged shore, 14-20% of the image side across, its centre in
-    the middle half of the image. Small enough that most patches miss it, central enough that the
-    centred 3x medium window of almost any patch and the global view show it."""
+    the middle half of the image."""
     centre = size * rng.uniform(0.25, 0.75, 2)
     radius = size * rng.uniform(0.07, 0.10)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -159,10 +167,11 @@ def _textures(rng: np.random.Generator, size: int, region: np.ndarray, lake: np.
 
 
 def make_scene(rng: np.random.Generator, size: int, farm: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)). `farm` adds the lake and
-    labels field texture agriculture; otherwise there is no water and field texture is rangeland."""
-    region = _land_cover(rng, size)
-    lake = _lake(rng, size) if farm else np.zeros((size, size), dtype=bool)
+    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)). `farm`: urban settlements and
+    field texture labelled agriculture; otherwise barren land and rangeland. Either may have a lake."""
+    region = _land_cover(rng, size, farm)
+    has_lake = rng.random() < LAKE_SHARE
+    lake = _lake(rng, size) if has_lake else np.zeros((size, size), dtype=bool)
     image = _textures(rng, size, region, lake)
     label = region.astype(np.uint8)
     label[region == _FIELD] = AGRICULTURE if farm else RANGELAND
@@ -242,52 +251,53 @@ def context_stats(
     """How much context the field labels need, measured on label masks (uint8 (H, W) each).
 
     Windows: all patch x patch windows at stride patch // 2 (plus the last row/column). Returns
-      pure_field_windows: share of windows holding only field texture (agriculture or rangeland);
+      blind_windows: share of windows holding field texture but no settlement (urban or barren);
       patch_oracle / window_oracle / global_oracle: accuracy on field pixels (summed over windows) of a
         rule that sees the patch / the centred context*patch window / the whole image (see module doc);
-      patch_oracle_pure / window_oracle_pure: the same, only over windows of pure field texture;
+      patch_oracle_blind / window_oracle_blind: the same, only over the blind windows;
       colour_gap (when images are given): largest difference, over R, G, B and over mean and standard
         deviation, between agriculture and rangeland pixels (0 = same colour statistics).
     """
     margin = (context - 1) * patch // 2
-    hit = {"patch_water": 0, "window": 0, "global": 0, "window_pure": 0}
-    free_agri = free_range = pure_agri = pure_range = 0
-    field_total = pure_total = windows = pure_windows = 0
+    hit = {"patch": 0, "window": 0, "global": 0, "window_blind": 0}
+    blind_agri = blind_range = 0
+    field_total = blind_total = windows = blind_windows = 0
     for label in labels:
         height, width = label.shape
         tops = np.unique(np.r_[np.arange(0, max(height - patch, 0) + 1, patch // 2), max(height - patch, 0)])
         lefts = np.unique(np.r_[np.arange(0, max(width - patch, 0) + 1, patch // 2), max(width - patch, 0)])
         tops, lefts = tops[:, None], lefts[None, :]
-        field, agri, water = np.isin(label, FIELD_LABELS), label == AGRICULTURE, label == WATER
+        field, agri = np.isin(label, FIELD_LABELS), label == AGRICULTURE
         n_field = _window_sums(_integral(field), tops, lefts, patch, patch)
         n_agri = _window_sums(_integral(agri), tops, lefts, patch, patch)
         n_range = n_field - n_agri
-        water_integral = _integral(water)
-        in_patch = _window_sums(water_integral, tops, lefts, patch, patch) > 0
+        urban, barren = _integral(label == URBAN), _integral(label == BARREN)
+        urban_in = _window_sums(urban, tops, lefts, patch, patch) > 0
+        barren_in = _window_sums(barren, tops, lefts, patch, patch) > 0
         side = patch + 2 * margin
-        in_window = _window_sums(water_integral, tops - margin, lefts - margin, side, side) > 0
-        pure = n_field == min(patch, height) * min(patch, width)
-        windows += pure.size
-        pure_windows += int(pure.sum())
+        urban_around = _window_sums(urban, tops - margin, lefts - margin, side, side)
+        barren_around = _window_sums(barren, tops - margin, lefts - margin, side, side)
+        blind = ~urban_in & ~barren_in & (n_field > 0)
+        windows += blind.size
+        blind_windows += int(blind.sum())
         field_total += int(n_field.sum())
-        pure_total += int(n_field[pure].sum())
-        hit["patch_water"] += int(n_agri[in_patch].sum())
-        free_agri += int(n_agri[~in_patch].sum())
-        free_range += int(n_range[~in_patch].sum())
-        pure_agri += int(n_agri[pure].sum())
-        pure_range += int(n_range[pure].sum())
-        window_correct = np.where(in_window, n_agri, n_range)
+        blind_total += int(n_field[blind].sum())
+        # A patch showing a settlement knows its scene (urban -> agriculture); a blind one must guess.
+        hit["patch"] += int(np.where(urban_in, n_agri, 0).sum() + np.where(barren_in & ~urban_in, n_range, 0).sum())
+        blind_agri += int(n_agri[blind].sum())
+        blind_range += int(n_range[blind].sum())
+        window_correct = np.where(urban_around >= barren_around, n_agri, n_range)
         hit["window"] += int(window_correct.sum())
-        hit["window_pure"] += int(window_correct[pure].sum())
-        hit["global"] += int((n_agri if water.any() else n_range).sum())
+        hit["window_blind"] += int(window_correct[blind].sum())
+        hit["global"] += int((n_agri if (label == URBAN).sum() >= (label == BARREN).sum() else n_range).sum())
     stats = {
         "windows": float(windows),
-        "pure_field_windows": pure_windows / max(windows, 1),
-        "patch_oracle": (hit["patch_water"] + max(free_agri, free_range)) / max(field_total, 1),
+        "blind_windows": blind_windows / max(windows, 1),
+        "patch_oracle": (hit["patch"] + max(blind_agri, blind_range)) / max(field_total, 1),
         "window_oracle": hit["window"] / max(field_total, 1),
         "global_oracle": hit["global"] / max(field_total, 1),
-        "patch_oracle_pure": max(pure_agri, pure_range) / max(pure_total, 1),
-        "window_oracle_pure": hit["window_pure"] / max(pure_total, 1),
+        "patch_oracle_blind": max(blind_agri, blind_range) / max(blind_total, 1),
+        "window_oracle_blind": hit["window_blind"] / max(blind_total, 1),
     }
     if images is not None:
         stats["colour_gap"] = _colour_gap(images, labels)

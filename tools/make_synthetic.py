@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = context_stats(labels, args.patch)
         print(
             f"context check on {len(labels)} validation+test masks, patch {args.patch}: "
-            f"{stats['pure_field_windows']:.0%} of patch windows hold only field texture; accuracy on field "
+            f"{stats['blind_windows']:.0%} of patch windows show field but no settlement; accuracy on field "
             f"pixels: patch-only oracle <= {stats['patch_oracle']:.1%}, 3x-window oracle "
             f"{stats['window_oracle']:.1%}, whole-image oracle {stats['global_oracle']:.1%}"
         )
