@@ -123,7 +123,8 @@ def _demo(args: argparse.Namespace) -> None:
     figure = os.path.join(args.out, "figure.png")
     _figure(data, predictions, figure)
 
-    print(f"\nFCtL demo on synthetic data ({args.backbone}, {args.epochs} epochs per stage, patches {args.size_p}px, "
+    epochs = f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
+    print(f"\nFCtL demo on synthetic data ({args.backbone}, {epochs} per stage, patches {args.size_p}px, "
           f"validation split of {args.val_images} images, no TTA)")
     # Agriculture and rangeland share one texture; only context tells them apart (dataset/synthetic.py).
     print(f"{'stage':<8}{'model':<42}{'mIoU':>7}{'accuracy':>10}{'agri IoU':>10}{'range IoU':>11}{'train s':>9}")
