@@ -68,6 +68,8 @@ _REGIONS = (
     (_SETTLEMENT, 1, 3, 0.6),
     (FOREST, 2, 5, -0.1),
 )
+_SETTLEMENT_ROW = [label for label, *_ in _REGIONS].index(_SETTLEMENT)
+MIN_SIZE = 32  # smallest image side the generator accepts
 MIN_SETTLEMENT = 0.05  # share of every image, so that every context shows the scene type
 LAKE_SHARE = 0.5  # share of scenes (of either type) with a lake
 
@@ -114,7 +116,7 @@ def _land_cover(rng: np.random.Generator, size: int, farm: bool) -> np.ndarray:
     region = labels[scores.argmax(axis=0)]
     if (region == settlement).mean() < MIN_SETTLEMENT:
         # Grow it where it comes closest to winning (a connected, organic shape).
-        margin = scores[1] - np.delete(scores, 1, axis=0).max(axis=0)
+        margin = scores[_SETTLEMENT_ROW] - np.delete(scores, _SETTLEMENT_ROW, axis=0).max(axis=0)
         region[margin >= np.quantile(margin, 1.0 - MIN_SETTLEMENT)] = settlement
     return region
 
@@ -210,8 +212,8 @@ def generate(out_dir: str, n_train: int, n_val: int, n_test: int, size: int, see
     Deterministic: the same arguments give byte-identical files. Re-running with fewer images removes
     the surplus synthetic files of the earlier run.
     """
-    if size < 32:
-        raise ValueError("synthetic images need size >= 32")
+    if size < MIN_SIZE:
+        raise ValueError(f"synthetic images need size >= {MIN_SIZE}")
     written: dict[str, list[str]] = {}
     for split, count in (("train", n_train), ("crossvali", n_val), ("test", n_test)):
         root = os.path.join(out_dir, SPLIT_DIRS[split])
@@ -289,7 +291,7 @@ def context_stats(
         window_correct = np.where(urban_around >= barren_around, n_agri, n_range)
         hit["window"] += int(window_correct.sum())
         hit["window_blind"] += int(window_correct[blind].sum())
-        hit["global"] += int((n_agri if (label == URBAN).sum() >= (label == BARREN).sum() else n_range).sum())
+        hit["global"] += int((n_agri if urban[-1, -1] >= barren[-1, -1] else n_range).sum())
     stats = {
         "windows": float(windows),
         "blind_windows": blind_windows / max(windows, 1),

@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 from dataset.classes import index_to_colour  # noqa: E402
 from dataset.io import read_image, read_mask  # noqa: E402
-from dataset.synthetic import AGRICULTURE, RANGELAND, generate  # noqa: E402
+from dataset.synthetic import AGRICULTURE, MIN_SIZE, RANGELAND, generate  # noqa: E402
 from utils.errors import FCtLError  # noqa: E402
 from utils.files import ensure_writable_dir  # noqa: E402
 
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("epochs", "train_images", "val_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.size < 32:
-        parser.error("--size must be at least 32")
+    if args.size < MIN_SIZE:
+        parser.error(f"--size must be at least {MIN_SIZE}")
     try:
         _demo(args)
     except FCtLError as error:

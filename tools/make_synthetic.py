@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.deepglobe import SPLIT_DIRS  # noqa: E402
 from dataset.io import read_mask  # noqa: E402
-from dataset.synthetic import context_stats, generate  # noqa: E402
+from dataset.synthetic import MIN_SIZE, context_stats, generate  # noqa: E402
 from utils.errors import FCtLError  # noqa: E402
 
 
@@ -26,15 +26,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=40, help="training images")
     parser.add_argument("--val", type=int, default=12, help="validation (crossvali) images")
     parser.add_argument("--test", type=int, default=8, help="test (offical_crossvali) images, with labels")
-    parser.add_argument("--size", type=int, default=256, help="image side in pixels (>= 32)")
+    parser.add_argument("--size", type=int, default=256, help=f"image side in pixels (>= {MIN_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--patch", type=int, default=96, help="patch size used for the context report")
     args = parser.parse_args(argv)
     for name in ("train", "val", "test"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0")
-    if args.size < 32:
-        parser.error("--size must be >= 32")
+    if args.size < MIN_SIZE:
+        parser.error(f"--size must be >= {MIN_SIZE}")
     if args.patch < 2:
         parser.error("--patch must be >= 2")
     return args
