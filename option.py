@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--epochs", type=int, default=50)
     tr.add_argument("--lr", type=float, default=5e-5, help="base learning rate of the poly schedule")
     tr.add_argument("--weight_decay", type=float, default=5e-4, help="L2 inside Adam, as the original")
+    tr.add_argument("--gamma_init", type=float, default=0.0,
+                    help="start of the correlation gates of context modules that start fresh (the original: 0; "
+                         "Adam opens a gate by about --lr per step, so short runs need a larger start, see README)")
     tr.add_argument("--val_every", type=int, default=5, help="validate every N epochs (with --val)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--resume", action="store_true", help="continue from <model_path>/<task>.last.pth")
@@ -129,6 +132,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise OptionError(f"--lr must be a positive number (got {args.lr})")
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         raise OptionError(f"--weight_decay must be 0 or a positive number (got {args.weight_decay})")
+    if not math.isfinite(args.gamma_init):
+        raise OptionError(f"--gamma_init must be a finite number (got {args.gamma_init})")
     if args.context not in SUPPORTED_CONTEXTS:
         raise OptionError(f"--context {args.context} is not supported; use one of {SUPPORTED_CONTEXTS}")
     if args.max_images is not None and args.max_images < 1:

@@ -54,7 +54,7 @@ def run(argv: list[str] | None = None) -> int:
         pre_path=resolve_checkpoint(args.model_path, args.pre_path),
         c_path=resolve_checkpoint(args.model_path, args.c_path),
         glo_path=resolve_checkpoint(args.model_path, args.glo_path),
-        training=args.train, pretrained=not args.no_pretrained,
+        training=args.train, pretrained=not args.no_pretrained, gamma_init=args.gamma_init,
     ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

@@ -1,9 +1,11 @@
 """Backbone registry: one place that maps a ``--backbone`` name to a segmentation network.
 
-Every backbone has ``name``, ``top_channels``, ``encode(x) -> (skips, top)`` and, when built with
-head=True, ``decode(skips, top, size) -> logits``; every input side from 1 px up works, in training
-too (no BatchNorm). FCtL's context modules only ever touch ``top``, so any backbone with this
-interface works in every mode.
+Every backbone has ``name``, ``top_channels``, ``encode(x) -> (skips, top)``, ``context_channels``,
+``context_features(skips, top)`` and ``context(x)`` (what the correlation blocks read from a context:
+pool5 for FCN8, pooled head features for the FPNs) and, when built with head=True,
+``decode(skips, top, size) -> logits``; every input side from 1 px up works, in training too (no
+BatchNorm). FCtL's context modules add to ``top`` and read contexts only through ``context``, so any
+backbone with this interface works in every mode.
 """
 
 import torch.nn as nn
@@ -12,18 +14,31 @@ from models.fcn8 import FCN8
 from models.fpn import FPNResNet
 from utils.errors import OptionError
 
-BACKBONES = ("fcn8_vgg16", "fpn_resnet18", "fpn_resnet50")
+_BUILDERS = {
+    # name: (class, constructor arguments besides n_class / head / pretrained)
+    "fcn8_vgg16": (FCN8, {}),
+    "fpn_resnet18": (FPNResNet, {"depth": 18}),
+    "fpn_resnet50": (FPNResNet, {"depth": 50}),
+}
+BACKBONES = tuple(_BUILDERS)
+
+
+def _lookup(name: str) -> tuple[type, dict]:
+    if name not in _BUILDERS:
+        raise OptionError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+    return _BUILDERS[name]
 
 
 def build_backbone(name: str, n_class: int, head: bool = True, pretrained: bool = False) -> nn.Module:
-    """Build backbone ``name``; head=False builds only what ``encode`` needs (for frozen encoders).
+    """Build backbone ``name``; head=False builds only what ``encode`` needs.
 
     pretrained=True starts from ImageNet weights (raises CheckpointError when they cannot be fetched).
     """
-    if name == "fcn8_vgg16":
-        return FCN8(n_class, head=head, pretrained=pretrained)
-    if name == "fpn_resnet18":
-        return FPNResNet(18, n_class, head=head, pretrained=pretrained)
-    if name == "fpn_resnet50":
-        return FPNResNet(50, n_class, head=head, pretrained=pretrained)
-    raise OptionError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+    cls, kwargs = _lookup(name)
+    return cls(n_class=n_class, head=head, pretrained=pretrained, **kwargs)
+
+
+def build_context_encoder(name: str, n_class: int) -> nn.Module:
+    """A backbone with just what ``context`` needs (for a frozen context/global encoder), random weights."""
+    cls, _ = _lookup(name)
+    return build_backbone(name, n_class, head=cls.context_needs_head)

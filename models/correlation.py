@@ -7,28 +7,32 @@ import torch.nn as nn
 class FCtLCorrelation(nn.Module):
     """Non-local attention of x's positions over y's positions.
 
-    value = Conv1x1(y) (no bias), query = Conv1x1(x), key = Conv1x1(y). Query and key are centred by
-    subtracting their mean over positions (per channel); attention = softmax over y's positions of
+    x has ``channels`` channels, y ``context_channels`` (by default the same, as in the released model).
+    value = Conv1x1(y) (no bias), query = Conv1x1(x), key = Conv1x1(y), each with ``channels`` outputs.
+    Query and key are centred by subtracting their mean over positions (per channel); attention = softmax over y's positions of
     query^T key, unscaled; out = value weighted by attention, reshaped to x's spatial size. Returns
-    gamma * out with gamma a learned scalar starting at 0, so a fresh block leaves the features unchanged.
+    gamma * out with gamma a learned scalar starting at ``gamma``: 0 in the released model, so a fresh
+    block leaves the features unchanged; but Adam moves a parameter by about one learning rate per step,
+    so from 0 the gate needs about 1/lr steps to open fully (see ``--gamma_init``).
     (Centring the key shifts all scores of one query by the same amount, so it cannot change the softmax;
     it is kept to follow the released computation step by step.)
     Init: conv weights N(0, 0.01), biases 0 (as the released model).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, context_channels: int | None = None, gamma: float = 0.0) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(1))
-        self.conv_value = nn.Conv2d(channels, channels, kernel_size=1, bias=False)
+        context_channels = channels if context_channels is None else context_channels
+        self.gamma = nn.Parameter(torch.full((1,), float(gamma)))
+        self.conv_value = nn.Conv2d(context_channels, channels, kernel_size=1, bias=False)
         self.conv_query = nn.Conv2d(channels, channels, kernel_size=1)
-        self.conv_key = nn.Conv2d(channels, channels, kernel_size=1)
+        self.conv_key = nn.Conv2d(context_channels, channels, kernel_size=1)
         for conv in (self.conv_value, self.conv_query, self.conv_key):
             nn.init.normal_(conv.weight, mean=0.0, std=0.01)
             if conv.bias is not None:
                 nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x (B,C,h,w) queries, y (B,C,h',w') or (1,C,h',w') context -> (B,C,h,w).
+        """x (B,C,h,w) queries, y (B,C',h',w') or (1,C',h',w') context -> (B,C,h,w).
 
         A context with batch 1 (the global view shared by all patches of an image) is broadcast over
         x's batch: the same result as repeating it B times, without B copies of its value/key maps.

@@ -72,11 +72,14 @@ class FCN8(nn.Module):
     that with ``pretrained`` ``output.0``/``output.3`` take VGG's fc6/fc7 reshaped to (4096,512,7,7) and
     (4096,4096,1,1). The up-samplers hold fixed bilinear kernels with requires_grad False.
 
-    head=False builds only ``vgg.features`` (frozen context/global encoders need nothing else).
+    head=False builds only ``vgg.features`` (frozen context/global encoders need nothing else: the
+    context is pool5, see ``context_features``).
     """
 
     name = "fcn8_vgg16"
     top_channels = 512
+    context_channels = 512
+    context_needs_head = False
     # Patches per pass through the layers up to pool3 when no gradient is recorded (inference, frozen
     # encoders). At full resolution plus 200 px of padding these layers' activations are most of a
     # sub-batch's memory; two patches at a time cut the peak of the issue-3 benchmark from 2243 to
@@ -142,6 +145,14 @@ class FCN8(nn.Module):
         a3 = self.adj_pool3(0.0001 * p3)
         full = self.up_final(a3[:, :, 9 : 9 + up.shape[2], 9 : 9 + up.shape[3]] + up)
         return full[:, :, 31 : 31 + height, 31 : 31 + width].contiguous()
+
+    def context_features(self, skips: list[torch.Tensor], top: torch.Tensor) -> torch.Tensor:
+        """The context FCtL's correlation blocks read: pool5 itself, as in the released model."""
+        return top
+
+    def context(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B,3,H,W) in [0,1] -> pool5 (B,512,h5,w5)."""
+        return self.context_features(*self.encode(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain FCN8: x (B,3,H,W) -> logits (B,n_class,H,W)."""

@@ -3,33 +3,36 @@
 Modes (the released system's numbering):
   0 global  - the backbone alone, on the whole image resized;
   1 local   - the backbone alone, on patches ("pre");
-  2 medium  - top = top + big(top, top of the medium context through the SAME backbone, with gradients);
-  3 self + large - top = top + fusion(local(top, top), large(top, global top));
-  4 all     - top = top + fusion(local(top, top), medium(top, top of the medium context through a frozen
-              context encoder), large(top, global top)).
-The global top comes from a frozen ``global_encoder`` (modes 3 and 4) via ``encode_global``, once per image.
-Frozen encoders are built with head=False (FCN8: VGG features only), never require grad and always stay
-in eval mode; they get their weights from their own checkpoints (see models/checkpoint.py).
+  2 medium  - top = top + big(top, context of the medium window through the SAME backbone, with gradients);
+  3 self + large - top = top + fusion(local(top, top), large(top, global context));
+  4 all     - top = top + fusion(local(top, top), medium(top, context of the medium window through a
+              frozen context encoder), large(top, global context)).
+A "context" is what the backbone's ``context`` gives: pool5 for FCN8 (as released), the head features
+pooled to the top grid for the FPNs (see FPNResNet.context_features for why not their top). The global
+context comes from a frozen ``global_encoder`` (modes 3 and 4) via ``encode_global``, once per image.
+Frozen encoders hold only what ``context`` needs (FCN8: VGG features only), never require grad and
+always stay in eval mode; they get their weights from their own checkpoints (see models/checkpoint.py).
 """
 
 import torch
 import torch.nn as nn
 
-from models.backbones import build_backbone
+from models.backbones import build_backbone, build_context_encoder
 from models.correlation import FCtLCorrelation
 from models.fusion import AdaptiveFusion
 from utils.errors import OptionError
 
 MODES = (0, 1, 2, 3, 4)
 MEDIUM_MODES = (2, 4)  # forward takes the medium context of each patch
-GLOBAL_MODES = (3, 4)  # a frozen global encoder (--glo_path) gives forward its global_top
+GLOBAL_MODES = (3, 4)  # a frozen global encoder (--glo_path) gives forward its global_context
 FROZEN = ("context_encoder", "global_encoder")
 
 
 class FCtLNet(nn.Module):
     """The network for one mode; see the module docstring for what each mode computes."""
 
-    def __init__(self, mode: int, backbone: str = "fcn8_vgg16", n_class: int = 7, pretrained: bool = False) -> None:
+    def __init__(self, mode: int, backbone: str = "fcn8_vgg16", n_class: int = 7, pretrained: bool = False,
+                 gamma_init: float = 0.0) -> None:
         super().__init__()
         if mode not in MODES:
             raise OptionError(f"unknown --mode {mode}; choose 0 (global), 1 (local), 2 (medium), 3 (self+large) or 4 (all)")
@@ -37,17 +40,17 @@ class FCtLNet(nn.Module):
         self._backbone_name = backbone
         self.n_class = n_class
         self.backbone = build_backbone(backbone, n_class, head=True, pretrained=pretrained)
-        channels = self.backbone.top_channels
+        channels, context = self.backbone.top_channels, self.backbone.context_channels
         if mode == 2:
-            self.big = FCtLCorrelation(channels)
+            self.big = FCtLCorrelation(channels, context, gamma_init)
         elif mode == 3:
-            self.local = FCtLCorrelation(channels)
-            self.large = FCtLCorrelation(channels)
+            self.local = FCtLCorrelation(channels, gamma=gamma_init)
+            self.large = FCtLCorrelation(channels, context, gamma_init)
             self.fusion = AdaptiveFusion(channels, 2)
         elif mode == 4:
-            self.local = FCtLCorrelation(channels)
-            self.medium = FCtLCorrelation(channels)
-            self.large = FCtLCorrelation(channels)
+            self.local = FCtLCorrelation(channels, gamma=gamma_init)
+            self.medium = FCtLCorrelation(channels, context, gamma_init)
+            self.large = FCtLCorrelation(channels, context, gamma_init)
             self.fusion = AdaptiveFusion(channels, 3)
             self.context_encoder = self._frozen(backbone, n_class)
         if mode in GLOBAL_MODES:
@@ -55,7 +58,7 @@ class FCtLNet(nn.Module):
 
     @staticmethod
     def _frozen(backbone: str, n_class: int) -> nn.Module:
-        encoder = build_backbone(backbone, n_class, head=False, pretrained=False)
+        encoder = build_context_encoder(backbone, n_class)
         encoder.requires_grad_(False)
         return encoder.eval()
 
@@ -74,7 +77,7 @@ class FCtLNet(nn.Module):
 
     @property
     def needs_global(self) -> bool:
-        """Whether ``forward`` needs ``global_top`` from ``encode_global``."""
+        """Whether ``forward`` needs ``global_context`` from ``encode_global``."""
         return self._mode in GLOBAL_MODES
 
     def frozen_encoders(self) -> list[nn.Module]:
@@ -89,39 +92,40 @@ class FCtLNet(nn.Module):
         return self
 
     def encode_global(self, global_image: torch.Tensor) -> torch.Tensor:
-        """global_image (1,3,g,g) in [0,1] -> top of the frozen global encoder (1,C,hg,wg), without grad."""
+        """global_image (1,3,g,g) in [0,1] -> context of the frozen global encoder (1,C',hg,wg), without grad."""
         if not self.needs_global:
             raise RuntimeError(f"mode {self._mode} has no global encoder")
         with torch.no_grad():
-            return self.global_encoder.encode(global_image)[1]
+            return self.global_encoder.context(global_image)
 
     def forward(
         self,
         x: torch.Tensor,
         medium: torch.Tensor | None = None,
-        global_top: torch.Tensor | None = None,
+        global_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B,3,p,p) patches; medium (B,3,p,p) contexts (modes 2, 4); global_top (1|B,C,hg,wg) from
+        """x (B,3,p,p) patches; medium (B,3,p,p) contexts (modes 2, 4); global_context (1|B,C',hg,wg) from
         ``encode_global`` (modes 3, 4) -> logits (B,n_class,p,p). Modes 0/1 ignore the contexts."""
         if self.needs_medium and medium is None:
             raise ValueError(f"mode {self._mode} needs the medium context of each patch")
-        if self.needs_global and global_top is None:
-            raise ValueError(f"mode {self._mode} needs global_top from encode_global()")
+        if self.needs_global and global_context is None:
+            raise ValueError(f"mode {self._mode} needs global_context from encode_global()")
         if self._mode == 2:
             # Patches and contexts go through the shared backbone as ONE batch: one pass instead of two.
             # Neither backbone normalises across the batch (FCN8 has no normalisation, the FPN-ResNets
             # use GroupNorm), so this equals two separate passes.
             skips, tops = self.backbone.encode(torch.cat([x, medium]))
+            context = self.backbone.context_features([s[len(x):] for s in skips], tops[len(x):])
             skips, top = [s[: len(x)] for s in skips], tops[: len(x)]
-            top = top + self.big(top, tops[len(x):])
+            top = top + self.big(top, context)
         else:
             skips, top = self.backbone.encode(x)
         if self._mode == 3:
-            top = top + self.fusion([self.local(top, top), self.large(top, global_top)])
+            top = top + self.fusion([self.local(top, top), self.large(top, global_context)])
         elif self._mode == 4:
             with torch.no_grad():
-                medium_top = self.context_encoder.encode(medium)[1]
-            branches = [self.local(top, top), self.medium(top, medium_top), self.large(top, global_top)]
+                medium_context = self.context_encoder.context(medium)
+            branches = [self.local(top, top), self.medium(top, medium_context), self.large(top, global_context)]
             top = top + self.fusion(branches)
         return self.backbone.decode(skips, top, (x.shape[2], x.shape[3]))
 
@@ -130,6 +134,8 @@ class FCtLNet(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith(tuple(f"{n}." for n in FROZEN))}
 
 
-def build_model(mode: int, backbone: str, n_class: int = 7, pretrained: bool = False) -> FCtLNet:
-    """Build the FCtLNet for ``mode`` on ``backbone`` (ImageNet start when ``pretrained``)."""
-    return FCtLNet(mode, backbone=backbone, n_class=n_class, pretrained=pretrained)
+def build_model(mode: int, backbone: str, n_class: int = 7, pretrained: bool = False,
+                gamma_init: float = 0.0) -> FCtLNet:
+    """Build the FCtLNet for ``mode`` on ``backbone`` (ImageNet start when ``pretrained``; correlation
+    gates starting at ``gamma_init``)."""
+    return FCtLNet(mode, backbone=backbone, n_class=n_class, pretrained=pretrained, gamma_init=gamma_init)

@@ -22,6 +22,7 @@ def create_model(
     training: bool = False,
     pretrained: bool = False,
     n_class: int = 7,
+    gamma_init: float = 0.0,
 ) -> FCtLNet:
     """Build the mode's network and load its checkpoints; returns it in train or eval mode.
 
@@ -32,13 +33,15 @@ def create_model(
     glo_path (modes 3, 4): a model whose encoder becomes the frozen global encoder (e.g. global.epoch.pth).
     Every load is logged as one line; problems raise CheckpointError. For inference the loaded tensors
     are the memory-mapped file tensors themselves (no second copy of the weights in RAM).
+    gamma_init: start of the correlation gates; it matters only for context modules pre_path lacks.
     """
     # For inference with every part coming from a file, build on the meta device: no memory is spent
     # on random initial weights, and the loads below make the memory-mapped file tensors the model's.
     complete = (not training and pre_path is not None and (mode not in GLOBAL_MODES or glo_path is not None)
                 and (mode != 4 or c_path is not None))
     with torch.device("meta") if complete else contextlib.nullcontext():
-        model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None)
+        model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
+                            gamma_init=gamma_init)
     if pre_path is not None:
         log.info(load_weights(model, pre_path, what="--pre_path", allow_missing=training, assign=not training).summary())
     encoders = (("--c_path", c_path, "context_encoder", (4,)), ("--glo_path", glo_path, "global_encoder", GLOBAL_MODES))

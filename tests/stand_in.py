@@ -22,7 +22,7 @@ class _Encoder(nn.Module):
 
 
 class StandIn(nn.Module):
-    """Mode 0-4 stand-in: out = head(enc(x) + enc(medium) + corner of global_top)."""
+    """Mode 0-4 stand-in: out = head(enc(x) + enc(medium) + corner of global_context)."""
 
     backbone_name = "stand_in"
     n_class = 7
@@ -48,11 +48,11 @@ class StandIn(nn.Module):
         with torch.no_grad():
             return self.global_encoder(image)
 
-    def forward(self, x, medium=None, global_top=None):
+    def forward(self, x, medium=None, global_context=None):
         h = self.encoder(x)
         if self.needs_medium:
             h = h + self.context_encoder(medium)
         if self.needs_global:
             # The corner value, not a mean: it changes when the global image is turned the wrong way.
-            h = h + global_top[:, :, :1, :1].expand(x.shape[0], -1, -1, -1)
+            h = h + global_context[:, :, :1, :1].expand(x.shape[0], -1, -1, -1)
         return self.head(h)

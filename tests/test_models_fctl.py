@@ -31,7 +31,7 @@ def contexts(model: FCtLNet, batch: int, height: int, width: int) -> dict:
     if model.needs_medium:
         inputs["medium"] = torch.rand(batch, 3, height, width)
     if model.needs_global:
-        inputs["global_top"] = model.encode_global(torch.rand(1, 3, 48, 48))
+        inputs["global_context"] = model.encode_global(torch.rand(1, 3, 48, 48))
     return inputs
 
 
@@ -75,9 +75,9 @@ def test_mode4_forward_backward(mode4: FCtLNet) -> None:
     with torch.no_grad():
         for block in (mode4.local, mode4.medium, mode4.large):
             block.gamma.fill_(0.5)
-    global_top = mode4.encode_global(torch.rand(1, 3, 40, 40))
-    assert global_top.shape == (1, 512, 8, 8) and not global_top.requires_grad
-    out = mode4(torch.rand(1, 3, 24, 20), torch.rand(1, 3, 24, 20), global_top)
+    global_context = mode4.encode_global(torch.rand(1, 3, 40, 40))
+    assert global_context.shape == (1, 512, 8, 8) and not global_context.requires_grad
+    out = mode4(torch.rand(1, 3, 24, 20), torch.rand(1, 3, 24, 20), global_context)
     assert out.shape == (1, N_CLASS, 24, 20)
     out.float().pow(2).mean().backward()
     for name, param in mode4.named_parameters():
@@ -99,20 +99,20 @@ def test_mode4_forward_backward(mode4: FCtLNet) -> None:
 def test_mode4_shapes_and_contexts(mode4: FCtLNet) -> None:
     torch.manual_seed(2)
     mode4.eval()
-    global_top = mode4.encode_global(torch.rand(1, 3, 32, 32))
+    global_context = mode4.encode_global(torch.rand(1, 3, 32, 32))
     for height, width in ((32, 32), (40, 24)):
         x, medium = torch.rand(2, 3, height, width), torch.rand(2, 3, height, width)
-        assert mode4(x, medium, global_top).shape == (2, N_CLASS, height, width)
+        assert mode4(x, medium, global_context).shape == (2, N_CLASS, height, width)
     mode4.medium.gamma.fill_(1.0)
     mode4.large.gamma.fill_(1.0)
-    with_medium = mode4(x, medium, global_top)
-    assert not torch.allclose(with_medium, mode4(x, torch.rand(2, 3, height, width), global_top)), \
+    with_medium = mode4(x, medium, global_context)
+    assert not torch.allclose(with_medium, mode4(x, torch.rand(2, 3, height, width), global_context)), \
         "the medium context must matter"
-    torch.testing.assert_close(mode4(x, medium, global_top.expand(2, -1, -1, -1)), with_medium)
+    torch.testing.assert_close(mode4(x, medium, global_context.expand(2, -1, -1, -1)), with_medium)
     mode4.medium.gamma.zero_()
     mode4.large.gamma.zero_()
     with pytest.raises(ValueError, match="medium"):
-        mode4(torch.rand(1, 3, 8, 8), None, global_top)
+        mode4(torch.rand(1, 3, 8, 8), None, global_context)
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2, 3])
@@ -153,8 +153,11 @@ def test_fpn_resnet18_modes(mode: int) -> None:
     torch.manual_seed(4)
     model = build_model(mode, "fpn_resnet18", N_CLASS)
     if mode == 4:
-        assert model.medium.conv_key.weight.shape == (256, 256, 1, 1)
-        assert [n for n, _ in model.context_encoder.named_children()] == ["body", "top"]
+        # The patch's top (256 channels) queries the context: pooled head features (128 channels).
+        assert model.medium.conv_query.weight.shape == (256, 256, 1, 1)
+        assert model.medium.conv_key.weight.shape == (256, 128, 1, 1)
+        assert model.medium.conv_value.weight.shape == (256, 128, 1, 1)
+        assert [n for n, _ in model.context_encoder.named_children()] == ["body", "top", "fpn", "head"]
     model.train()
     for height, width in ((64, 64), (64, 48)):
         out = model(torch.rand(2, 3, height, width), **contexts(model, 2, height, width))
@@ -182,9 +185,37 @@ def test_mode2_encodes_patches_and_contexts_in_one_pass() -> None:
     assert calls == [4]
     with torch.no_grad():
         skips, top = model.backbone.encode(x)
-        top = top + model.big(top, model.backbone.encode(medium)[1])
+        top = top + model.big(top, model.backbone.context(medium))
         expected = model.backbone.decode(skips, top, (64, 64))
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fpn_context_is_the_head_features_pooled_to_the_top_grid() -> None:
+    torch.manual_seed(6)
+    model = build_model(4, "fpn_resnet18", N_CLASS).eval()
+    image = torch.rand(1, 3, 70, 70)
+    with torch.no_grad():
+        skips, top = model.global_encoder.encode(image)
+        features = model.global_encoder.head_features(skips, top)
+        context = model.encode_global(image)
+    assert top.shape[-2:] == (3, 3) and features.shape[-2:] == (18, 18)
+    torch.testing.assert_close(context, torch.nn.functional.adaptive_avg_pool2d(features, (3, 3)))
+    # the medium branch reads the frozen context encoder the same way
+    x, medium = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x, medium, context)
+        skips, top = model.backbone.encode(x)
+        branches = [model.local(top, top), model.medium(top, model.context_encoder.context(medium)),
+                    model.large(top, context)]
+        expected = model.backbone.decode(skips, top + model.fusion(branches), (64, 64))
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("gamma_init", [0.0, 1.0])
+def test_gamma_init_sets_every_gate(gamma_init: float) -> None:
+    model = build_model(4, "fpn_resnet18", N_CLASS, gamma_init=gamma_init)
+    gates = [m.gamma.item() for m in (model.local, model.medium, model.large)]
+    assert gates == [gamma_init] * 3
 
 
 def test_bad_mode_and_missing_inputs() -> None:
@@ -193,7 +224,7 @@ def test_bad_mode_and_missing_inputs() -> None:
     with pytest.raises(OptionError, match="backbone"):
         FCtLNet(1, "vgg19")
     model = build_model(3, "fpn_resnet18", N_CLASS)
-    with pytest.raises(ValueError, match="global_top"):
+    with pytest.raises(ValueError, match="global_context"):
         model(torch.rand(1, 3, 64, 64))
     with pytest.raises(RuntimeError):
         build_model(1, "fpn_resnet18", N_CLASS).encode_global(torch.rand(1, 3, 64, 64))

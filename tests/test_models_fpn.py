@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from models.backbones import BACKBONES, build_backbone
+from models.backbones import BACKBONES, build_backbone, build_context_encoder
 from utils.errors import CheckpointError, OptionError
 
 N_CLASS = 7
@@ -84,6 +84,14 @@ def test_head_false_and_param_counts(name: str) -> None:
     assert not hasattr(encoder, "fpn") and not hasattr(encoder, "head")
     assert sum(p.numel() for p in encoder.parameters()) == PARAMS[name][1]
     assert "fc.weight" not in dict(encoder.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["fpn_resnet18", "fpn_resnet50"])
+def test_context_encoder_is_the_whole_network(name: str) -> None:
+    """The FPN context is read from the head, so a frozen FPN encoder keeps it."""
+    encoder = build_context_encoder(name, N_CLASS)
+    assert encoder.has_head and encoder.context_channels == 128
+    assert sum(p.numel() for p in encoder.parameters()) == PARAMS[name][0]
 
 
 def test_resnet18_full_param_count(resnet18: torch.nn.Module) -> None:

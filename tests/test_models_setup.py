@@ -88,5 +88,5 @@ def test_inference_loads_every_part_and_keeps_frozen_parts_frozen(files: dict[st
     assert all(not p.requires_grad for enc in model.frozen_encoders() for p in enc.parameters())
     with torch.no_grad():
         out = model(torch.rand(2, 3, 64, 64), medium=torch.rand(2, 3, 64, 64),
-                    global_top=model.encode_global(torch.rand(1, 3, 64, 64)))
+                    global_context=model.encode_global(torch.rand(1, 3, 64, 64)))
     assert out.shape == (2, 7, 64, 64)

@@ -76,12 +76,12 @@ def test_single_view_equals_a_direct_patch_loop(mode):
     image = torch.randint(0, 256, (3, 157, 203), dtype=torch.uint8)
     p = 64
     reference = torch.zeros(7, 157, 203)
-    g_top = model.encode_global(global_view(image.float() / 255, 48)) if model.needs_global else None
+    g_context = model.encode_global(global_view(image.float() / 255, 48)) if model.needs_global else None
     with torch.no_grad():
         for top, left in make_grid(157, 203, p).boxes():
             x = crop_patches(image.float() / 255, [top], [left], p)
             medium = medium_contexts(image.float() / 255, [top], [left], p, 3) if model.needs_medium else None
-            reference[:, top:top + p, left:left + p] += model(x, medium=medium, global_top=g_top)[0]
+            reference[:, top:top + p, left:left + p] += model(x, medium=medium, global_context=g_context)[0]
     ours = Predictor(model, PipelineConfig(p, 48, 3, 7)).logits(image)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 

@@ -206,8 +206,8 @@ class _Recording(Predictor):
     def start(self, height: int, width: int) -> None:
         self.canvas = torch.zeros(self.net.n_class, height, width)
 
-    def _run(self, image, views, tops_g, jobs):
-        logits = super()._run(image, views, tops_g, jobs)
+    def _run(self, image, views, contexts_g, jobs):
+        logits = super()._run(image, views, contexts_g, jobs)
         add_patches(self.canvas, torch.stack(logits), [t for _, t, _ in jobs], [l for _, _, l in jobs])
         return logits
 
@@ -224,7 +224,7 @@ def test_streamed_bands_equal_the_whole_canvas_with_tta(mode, shape, p, sub_batc
     model = StandIn(mode, channels=2).eval()
     with torch.no_grad():  # centre each class's logit so that every class wins somewhere (and ties are near)
         x = image[:, :64, :64].float().div(255)[None]
-        model.head.bias -= model(x, medium=x, global_top=model.encode_global(x)).mean((0, 2, 3))
+        model.head.bias -= model(x, medium=x, global_context=model.encode_global(x)).mean((0, 2, 3))
     predictor = _Recording(model, PipelineConfig(p, 128, 3, sub_batch))
     predictor.start(*shape)
     bands = list((predictor.mask_bands if output == "mask" else predictor.logit_bands)(image, tta=True))

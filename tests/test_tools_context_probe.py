@@ -40,10 +40,10 @@ def _scene(label_value: int, settlement: int) -> tuple[torch.Tensor, torch.Tenso
 def test_cue_carries_the_scene_sign():
     torch.manual_seed(0)
     model = FCtLNet(3, backbone="fpn_resnet18").eval()
-    cue = torch.ones(model.backbone.top_channels)
+    cue = torch.ones(model.backbone.context_channels)
     for scene, sign in ((_scene(AGRICULTURE, URBAN), 1.0), (_scene(RANGELAND, BARREN), -1.0)):
-        plain = context_probe.cache_patches(model, *scene, 48, 32, None)["global_top"]
-        cued = context_probe.cache_patches(model, *scene, 48, 32, cue)["global_top"]
+        plain = context_probe.cache_patches(model, *scene, 48, 32, None)["global_context"]
+        cued = context_probe.cache_patches(model, *scene, 48, 32, cue)["global_context"]
         assert torch.allclose(cued - plain, torch.full_like(plain, sign))
 
 

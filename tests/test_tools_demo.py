@@ -16,7 +16,7 @@ def test_out_is_a_file(tmp_path, capsys):
     assert err == [f"error: --out {target} is a file, not a folder; pass a folder (it is created if missing)"]
 
 
-@pytest.mark.parametrize("option", ["--train_images", "--val_images", "--epochs"])
+@pytest.mark.parametrize("option", ["--train_images", "--val_images", "--epochs", "--global_epochs"])
 def test_counts_below_one(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         demo.main(["--out", str(tmp_path), option, "0"])

@@ -152,23 +152,23 @@ def _worker(opts: argparse.Namespace) -> dict:
     if predictor.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     medium = x.clone() if model.needs_medium else None
-    g_top = None
+    g_context = None
     if model.needs_global:
         with torch.inference_mode():
-            g_top = model.encode_global(torch.rand(1, 3, opts.size_g, opts.size_g, device=device))
+            g_context = model.encode_global(torch.rand(1, 3, opts.size_g, opts.size_g, device=device))
     calls = max(1, -(-patches // sb))
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=opts.amp):
-        model(x, medium=medium, global_top=g_top)
+        model(x, medium=medium, global_context=g_context)
         sync()
         started = time.perf_counter()
         for _ in range(opts.repeat):
             for _ in range(calls):
-                model(x, medium=medium, global_top=g_top)
+                model(x, medium=medium, global_context=g_context)
         sync()
         bare = (time.perf_counter() - started) / opts.repeat
         counter = FlopCounterMode(display=False)
         with counter:
-            model(x[:1], medium=None if medium is None else medium[:1], global_top=g_top)
+            model(x[:1], medium=None if medium is None else medium[:1], global_context=g_context)
     return {
         "backbone": opts.backbone, "mode": opts.mode, "image": opts.image, "size_p": p, "size_g": opts.size_g,
         "tta": opts.tta, "amp": opts.amp, "device": str(device), "patches": patches,

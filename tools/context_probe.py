@@ -4,20 +4,22 @@ The diagnostic behind the README's findings on the CPU demo (section "The CPU de
 ``make demo`` left in its folder (the synthetic scenes and the stage checkpoints) and measures two
 things on them:
 
-features  How strongly the frozen global encoder's top features (global.epoch.pth, on the global view)
-          tell farm from wild scenes, averaged over positions: that average is what a fresh
-          correlation block reads, since its attention starts out nearly uniform. Printed: the size
-          of the scene difference (half the difference of the two scene means) against the size of
-          the common mean, d' along that difference, and the held-out accuracy of a ridge classifier on
-          per-channel standardised features (first half of the scenes to fit, second half to test).
-          The same for the top features at positions that are all field, which a block attending to
-          the patch's own surroundings would read.
-learn     Whether the correlation block can use that signal when nothing else moves: a mode-3 model
-          (self + large context) on the frozen local and global encoders (local.epoch.pth,
-          global.epoch.pth); only its context modules train, for --steps steps of one training scene,
-          on cached features. With --cue C, every global top gets C times a fixed random unit vector
-          added, with the sign of its scene type: a clean cue of known size, to find how large a cue
-          the block picks up in that many steps. Printed: accuracy on the field pixels of validation
+features  How strongly the global context tells farm from wild scenes: what FCtL's large branch reads
+          from the frozen global encoder (of --global_model, on the global view): pool5 for FCN8, the
+          head features pooled to the top grid for the FPNs; with --context top, the encoder's top
+          level instead, which the FPN large branch read until the README's probes showed it carries
+          almost none of the scene. Averaged over positions, as a fresh correlation block reads it
+          (its attention starts out nearly uniform). Printed: the size of the scene difference (half
+          the difference of the two scene means) against the size of the common mean, d' along that
+          difference, and the held-out accuracy of a ridge classifier on per-channel standardised
+          features (first half of the scenes to fit, second half to test). The same at positions that
+          are all field, which a block attending to the patch's own surroundings would read.
+learn     Whether the correlation block can use the global context when nothing else moves: a mode-3
+          model (self + large context) on the frozen local encoder (local.epoch.pth) and the global
+          encoder; only its context modules train, for --steps steps of one training scene, on cached
+          features. With --cue C, every global context gets C times a fixed random unit vector added,
+          with the sign of its scene type: a clean cue of known size, to find how large a cue the
+          block picks up in that many steps. Printed: accuracy on the field pixels of validation
           patches that show no settlement (only context can decide them), before and after.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -81,17 +84,25 @@ def _cells(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.adaptive_avg_pool2d(mask[None, None].float(), size)[0, 0]
 
 
-def global_features(model: FCtLNet, images: list[torch.Tensor], labels: list[torch.Tensor],
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # global view (1,3,g,g) -> context map (1,C,h,w)
+
+
+def _top_of(encoder: torch.nn.Module) -> Encoder:
+    """The encoder's top level as an Encoder (the ``--context top`` probe)."""
+    return lambda view: encoder.encode(view)[1]
+
+
+def global_features(encode: Encoder, images: list[torch.Tensor], labels: list[torch.Tensor],
                     size_g: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tops of the frozen global encoder: (pooled (N, C), field positions (M, C), their scene signs (M,))."""
+    """Global context maps: (pooled (N, C), field positions (M, C), their scene signs (M,))."""
     pooled, field, field_signs = [], [], []
     signs = scene_signs(labels)
     with torch.no_grad():
         for image, label, sign in zip(images, labels, signs):
-            top = model.encode_global(global_view(image, size_g))[0]
-            pooled.append(top.mean((1, 2)))
-            share = _cells(torch.isin(label, torch.tensor(FIELD_LABELS)), top.shape[-2:])
-            cells = top[:, share >= FIELD_SHARE].T
+            context = encode(global_view(image, size_g))[0]
+            pooled.append(context.mean((1, 2)))
+            share = _cells(torch.isin(label, torch.tensor(FIELD_LABELS)), context.shape[-2:])
+            cells = context[:, share >= FIELD_SHARE].T
             field.append(cells)
             field_signs.append(sign.expand(len(cells)))
     return torch.stack(pooled), torch.cat(field), torch.cat(field_signs)
@@ -99,24 +110,24 @@ def global_features(model: FCtLNet, images: list[torch.Tensor], labels: list[tor
 
 def cache_patches(model: FCtLNet, image: torch.Tensor, label: torch.Tensor, p: int, size_g: int,
                   cue: torch.Tensor | None) -> dict:
-    """One scene's frozen features: patch skips and tops, global top (+ the scene cue), patch labels."""
+    """One scene's frozen features: patch skips and tops, global context (+ the scene cue), patch labels."""
     image, _ = pad_to_min(image, p)
     label, _ = pad_to_min(label[None], p)
     boxes = make_grid(image.shape[-2], image.shape[-1], p).boxes()
     rows, cols = [t for t, _ in boxes], [c for _, c in boxes]
     with torch.no_grad():
         skips, top = model.backbone.encode(crop_patches(image, rows, cols, p).float().div_(255))
-        global_top = model.encode_global(global_view(image, size_g))
+        global_context = model.encode_global(global_view(image, size_g))
     y = crop_patches(label, rows, cols, p)[:, 0].long()
     if cue is not None:
-        global_top = global_top + scene_signs([y])[0] * cue.view(1, -1, 1, 1)
-    return {"skips": skips, "top": top, "global_top": global_top, "y": y}
+        global_context = global_context + scene_signs([label])[0] * cue.view(1, -1, 1, 1)
+    return {"skips": skips, "top": top, "global_context": global_context, "y": y}
 
 
 def _logits(model: FCtLNet, item: dict) -> torch.Tensor:
     """Mode-3 forward from cached encoder outputs."""
     top = item["top"]
-    top = top + model.fusion([model.local(top, top), model.large(top, item["global_top"])])
+    top = top + model.fusion([model.local(top, top), model.large(top, item["global_context"])])
     return model.backbone.decode(item["skips"], top, tuple(item["y"].shape[-2:]))
 
 
@@ -166,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default=os.path.join(ROOT, "demo"), help="the folder make demo wrote")
     parser.add_argument("--backbone", default="fpn_resnet18")
+    parser.add_argument("--global_model", default=None, help="global (mode 0) checkpoint (default: <demo>/models/"
+                        "global.epoch.pth)")
+    parser.add_argument("--context", choices=("context", "top"), default="context",
+                        help="features probe: the large branch's context or the encoder's top (module doc)")
     parser.add_argument("--size_p", type=int, default=100)
     parser.add_argument("--size_g", type=int, default=100)
     parser.add_argument("--images", type=int, default=None, help="training scenes to use (default: all)")
@@ -190,11 +205,13 @@ def main(argv: list[str] | None = None) -> int:
 def _probe(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     data, models = os.path.join(args.demo, "data"), os.path.join(args.demo, "models")
-    model = create_model(3, args.backbone, pre_path=os.path.join(models, "local.epoch.pth"),
-                         glo_path=os.path.join(models, "global.epoch.pth"), training=True).eval()
+    global_model = args.global_model or os.path.join(models, "global.epoch.pth")
+    model = create_model(3, args.backbone, pre_path=os.path.join(models, "local.epoch.pth"), glo_path=global_model,
+                         training=True).eval()
+    encode = model.encode_global if args.context == "context" else _top_of(model.global_encoder)
     images, labels = _load(data, "train", args.images)
-    pooled, field, field_signs = global_features(model, images, labels, args.size_g)
-    print(f"global encoder top, {len(images)} training scenes (farm vs wild):")
+    pooled, field, field_signs = global_features(encode, images, labels, args.size_g)
+    print(f"{global_model}: its {args.context} features on {len(images)} training scenes, farm vs wild:")
     for name, feats, signs in (("averaged over positions", pooled, scene_signs(labels)),
                                ("at all-field positions", field, field_signs)):
         s = separation(feats, signs)
@@ -204,7 +221,7 @@ def _probe(args: argparse.Namespace) -> None:
         return
     cue = None
     if args.cue > 0:
-        direction = torch.randn(model.backbone.top_channels, generator=torch.Generator().manual_seed(args.seed))
+        direction = torch.randn(model.backbone.context_channels, generator=torch.Generator().manual_seed(args.seed))
         cue = args.cue * direction / direction.norm()
     val_images, val_labels = _load(data, "crossvali", None)
     train = [cache_patches(model, i, lb, args.size_p, args.size_g, cue) for i, lb in zip(images, labels)]

@@ -203,15 +203,15 @@ class Predictor:
         """Every (view index, top, left) job of an (already padded) image, in the order they are run."""
         return [job for _, _, row in self.schedule(height, width, views) for job in row]
 
-    def global_tops(self, image: torch.Tensor, views: list[View]) -> torch.Tensor | None:
-        """Frozen global encoder features of every view's resized image: (V, C, hg, wg), or None."""
+    def global_contexts(self, image: torch.Tensor, views: list[View]) -> torch.Tensor | None:
+        """Global context (frozen global encoder) of every view's resized image: (V, C, hg, wg), or None."""
         if not self.net.needs_global:
             return None
         small = self._memory_format(global_view(image, self.cfg.size_g))
         with _autocast(self.device, self.cfg):
             return torch.cat([self.net.encode_global(to_view(small, v)) for v in views]).float()
 
-    def _run(self, image: torch.Tensor, views: list[View], tops_g: torch.Tensor | None,
+    def _run(self, image: torch.Tensor, views: list[View], contexts_g: torch.Tensor | None,
              jobs: list[Job]) -> list[torch.Tensor]:
         """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them)."""
         p = self.cfg.size_p
@@ -226,22 +226,22 @@ class Predictor:
         if self.net.needs_medium:
             m = medium_contexts(image, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, self.cfg.context)
             medium = self._memory_format(torch.stack([to_view(mi, views[vi]) for mi, (vi, _, _) in zip(m, jobs)]))
-        g = None if tops_g is None else tops_g[[vi for vi, _, _ in jobs]]
+        g = None if contexts_g is None else contexts_g[[vi for vi, _, _ in jobs]]
         with _autocast(self.device, self.cfg):
-            logits = self.model(x, medium=medium, global_top=g)
+            logits = self.model(x, medium=medium, global_context=g)
         logits = logits.float()
         return [from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, jobs)]
 
     def _tagged_batches(self, image: torch.Tensor, views: list[View]):
         """(tags, logits) per sub-batch over the schedule; a tag is (row end, row bottom, job)."""
         height, width = image.shape[-2:]
-        tops_g = self.global_tops(image, views)
+        contexts_g = self.global_contexts(image, views)
         tagged = ((end, bottom, job) for end, bottom, row in self.schedule(height, width, views) for job in row)
         while True:
             batch = list(itertools.islice(tagged, self.cfg.sub_batch_size))
             if not batch:
                 return
-            yield batch, self._run(image, views, tops_g, [job for _, _, job in batch])
+            yield batch, self._run(image, views, contexts_g, [job for _, _, job in batch])
 
     @torch.inference_mode()
     def _bands(self, image: torch.Tensor, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:

@@ -189,22 +189,22 @@ class Trainer:
                 f"the weights changed. {self._kept()} (lower --lr first)")
         return value
 
-    def _forward_loss(self, x, y, medium=None, global_top=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_loss(self, x, y, medium=None, global_context=None) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=self.cfg.amp_dtype, enabled=self.cfg.amp):
-            logits = self.model(x, medium=medium, global_top=global_top)
+            logits = self.model(x, medium=medium, global_context=global_context)
         return self.criterion(logits.float(), y), logits
 
     def _image_units(self, image: torch.Tensor, label: torch.Tensor):
-        """Sub-batches of one augmented image: yields (x, y, medium, global_top)."""
+        """Sub-batches of one augmented image: yields (x, y, medium, global_context)."""
         p, sb = self.cfg.size_p, self.cfg.sub_batch_size
         image, _ = pad_to_min(image, p)
         label, _ = pad_to_min(label[None], p)
         grid = make_grid(image.shape[-2], image.shape[-1], p)
         boxes = grid.boxes()
-        g_top = None
+        g_context = None
         if self.net.needs_global:
             with torch.no_grad():
-                g_top = self.net.encode_global(global_view(image, self.cfg.size_g))
+                g_context = self.net.encode_global(global_view(image, self.cfg.size_g))
         for start in range(0, len(boxes), sb):
             rows = [t for t, _ in boxes[start:start + sb]]
             cols = [l for _, l in boxes[start:start + sb]]
@@ -213,7 +213,7 @@ class Trainer:
             medium = None
             if self.net.needs_medium:
                 medium = medium_contexts(image, rows, cols, p, self.cfg.context)
-            yield x, y, medium, g_top
+            yield x, y, medium, g_context
 
     def _global_units(self, images: list[torch.Tensor], labels: list[torch.Tensor]):
         """Mode 0: the resized whole images (labels resized nearest), in sub-batches."""
@@ -225,7 +225,7 @@ class Trainer:
             yield xs[start:start + sb], ys[start:start + sb], None, None
 
     def units(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> Iterator[tuple]:
-        """The forward units (x, y, medium, global_top) of one image batch, in the original's order,
+        """The forward units (x, y, medium, global_context) of one image batch, in the original's order,
         built lazily so that only one sub-batch of crops and contexts exists at a time."""
         if self.net.mode == 0:
             yield from self._global_units(images, labels)
@@ -248,9 +248,9 @@ class Trainer:
         current = next(units)
         while current is not None:
             following = next(units, None)
-            x, y, medium, g_top = current
+            x, y, medium, g_context = current
             with self._local(sync=following is None):
-                loss, logits = self._forward_loss(x, y, medium, g_top)
+                loss, logits = self._forward_loss(x, y, medium, g_context)
                 total += self._check_loss(loss)
                 count += 1
                 self.scaler.scale(loss if weight == 1.0 else loss * weight).backward()
