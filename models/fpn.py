@@ -1,10 +1,11 @@
 """ResNet + feature pyramid backbones (lighter alternatives to FCN8, not part of the released system).
 
 Body: a torchvision ResNet up to layer4, giving C2..C5 (strides 4, 8, 16, 32). Top: ReLU(GN(Conv1x1(C5)))
-with 256 channels, the feature the FCtL correlations work on (256 rather than 2048 keeps them cheap).
+with 256 channels, the feature the FCtL correlations add to (256 rather than 2048 keeps them cheap).
 The FPN (torchvision.ops.FeaturePyramidNetwork, 128 channels) reads [C2, C3, C4, top]; the head sums the
 pyramid levels at P2 resolution, applies 3x3 conv + GN + ReLU and a 1x1 classifier, then up-samples
-bilinearly to the input size (GLNet-style).
+bilinearly to the input size (GLNet-style). What the correlations read from a context is the head's
+features before the classifier, pooled to the top grid (``context_features``).
 
 Normalisation is GroupNorm (32 groups) everywhere, the ResNet body included, never BatchNorm. A training
 batch here is the patches of ONE image, so batch statistics carry image-level information into every
