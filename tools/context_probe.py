@@ -40,7 +40,7 @@ from dataset.synthetic import BARREN, FIELD_LABELS, URBAN  # noqa: E402
 from models.fctl import FCtLNet  # noqa: E402
 from models.setup import create_model  # noqa: E402
 from utils.contexts import crop_patches, global_view  # noqa: E402
-from utils.errors import FCtLError  # noqa: E402
+from utils.errors import FCtLError, report_error  # noqa: E402
 from utils.grid import make_grid, pad_to_min  # noqa: E402
 from utils.loss import FocalLoss  # noqa: E402
 
@@ -186,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=None, help="training scenes to use (default: all)")
     parser.add_argument("--steps", type=int, default=224, help="optimizer steps of the learn probe (0: skip it)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--gamma_start", type=float, default=1.0,
-                        help="start of the correlation gammas (the released value is 0, which makes the value "
-                             "weights wait for the gamma to grow)")
-    parser.add_argument("--cue", type=float, default=0.0, help="size of the clean scene cue added to the global top")
+    parser.add_argument("--gamma_init", type=float, default=1.0,
+                        help="start of the correlation gates, as train_deep_globe.py's option (the released value is "
+                             "0, from which Adam opens a gate by about --lr per step)")
+    parser.add_argument("--cue", type=float, default=0.0,
+                        help="size of the clean scene cue added to the global context")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps < 0 or args.cue < 0 or (args.images is not None and args.images < 4):
@@ -197,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _probe(args)
     except FCtLError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     return 0
 
 
@@ -207,7 +207,7 @@ def _probe(args: argparse.Namespace) -> None:
     data, models = os.path.join(args.demo, "data"), os.path.join(args.demo, "models")
     global_model = args.global_model or os.path.join(models, "global.epoch.pth")
     model = create_model(3, args.backbone, pre_path=os.path.join(models, "local.epoch.pth"), glo_path=global_model,
-                         training=True).eval()
+                         training=True, gamma_init=args.gamma_init).eval()
     encode = model.encode_global if args.context == "context" else _top_of(model.global_encoder)
     images, labels = _load(data, "train", args.images)
     pooled, field, field_signs = global_features(encode, images, labels, args.size_g)
@@ -226,12 +226,10 @@ def _probe(args: argparse.Namespace) -> None:
     val_images, val_labels = _load(data, "crossvali", None)
     train = [cache_patches(model, i, lb, args.size_p, args.size_g, cue) for i, lb in zip(images, labels)]
     val = [cache_patches(model, i, lb, args.size_p, args.size_g, cue) for i, lb in zip(val_images, val_labels)]
-    for name in ("local", "large"):
-        getattr(model, name).gamma.data.fill_(args.gamma_start)
     before = blind_field_accuracy(model, val)
     train_context(model, train, args.steps, args.lr, args.seed)
     after = blind_field_accuracy(model, val)
-    print(f"context modules alone, {args.steps} steps, lr {args.lr:g}, gammas from {args.gamma_start:g}, "
+    print(f"context modules alone, {args.steps} steps, lr {args.lr:g}, gammas from {args.gamma_init:g}, "
           f"cue {args.cue:g}: field accuracy on blind validation patches {100 * before:.1f}% -> {100 * after:.1f}% "
           f"(gamma of the large branch {model.large.gamma.item():.3f})")
 
