@@ -22,7 +22,7 @@ from dataset.io import allow_large_images
 from models.setup import create_model
 from option import parse_options, resolve_checkpoint
 from utils.distributed import barrier, init_distributed, shutdown_distributed
-from utils.errors import FCtLError, Interrupted, OptionError, ResourceError, user_message
+from utils.errors import FCtLError, Interrupted, OptionError, ResourceError, report_error
 from utils.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
 from utils.files import ensure_writable_dir, remove_stale_temporaries
 from utils.inference import PipelineConfig, Predictor
@@ -137,9 +137,8 @@ def main() -> None:
     code = 0
     try:
         code = run(sys.argv[1:])
-    except FCtLError as exc:  # also when raised in a DataLoader worker (user_message unwraps it)
-        print(f"error: {user_message(exc)}", file=sys.stderr)
-        code = exc.exit_code
+    except FCtLError as exc:  # also when raised in a DataLoader worker (report_error unwraps it)
+        code = report_error(exc)
     except KeyboardInterrupt:  # outside training (which raises Interrupted with its checkpoint state)
         print("error: interrupted (Ctrl-C); files already written are complete, none is half-written",
               file=sys.stderr)

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 from dataset.classes import index_to_colour  # noqa: E402
 from dataset.io import read_image, read_mask  # noqa: E402
 from dataset.synthetic import AGRICULTURE, MIN_SIZE, RANGELAND, generate  # noqa: E402
-from utils.errors import FCtLError  # noqa: E402
+from utils.errors import FCtLError, report_error  # noqa: E402
 from utils.files import ensure_writable_dir  # noqa: E402
 
 STAGES = [
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _demo(args)
     except FCtLError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     return 0
 
 

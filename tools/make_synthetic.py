@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset.deepglobe import SPLIT_DIRS  # noqa: E402
 from dataset.io import read_mask  # noqa: E402
 from dataset.synthetic import MIN_SIZE, context_stats, generate  # noqa: E402
-from utils.errors import FCtLError  # noqa: E402
+from utils.errors import FCtLError, report_error  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = generate(args.out, args.train, args.val, args.test, args.size, args.seed)
     except FCtLError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     seconds = time.perf_counter() - start
     counts = ", ".join(f"{split} {len(ids)}" for split, ids in written.items())
     print(f"wrote {counts} images of {args.size}x{args.size} to {args.out} in {seconds:.1f} s")

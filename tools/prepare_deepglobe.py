@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset.deepglobe import MASK_SUFFIX, SPLIT_DIRS, image_id  # noqa: E402
 from dataset.io import allow_large_images, image_size, read_image, read_mask, write_index_png  # noqa: E402
-from utils.errors import DataError, FCtLError  # noqa: E402
+from utils.errors import DataError, FCtLError, report_error  # noqa: E402
 
 log = logging.getLogger("prepare_deepglobe")
 
@@ -270,8 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = prepare(args.src, args.dst, args.splits_dir, link=not args.copy, verify=args.verify)
     except FCtLError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(error)
     print("\n".join(format_report(report, args.dst)))
     return 0
 

@@ -7,6 +7,8 @@ because a wrong path or a truncated download is not a bug in this code.
 
 from __future__ import annotations
 
+import sys
+
 
 class FCtLError(Exception):
     """Base class: a user-facing, one-line problem description."""
@@ -55,3 +57,9 @@ def user_message(exc: BaseException) -> str:
         if last.startswith(name + ": "):
             return last[len(name) + 2:]
     return last.split(": ", 1)[-1]
+
+
+def report_error(exc: FCtLError) -> int:
+    """Print ``exc`` as the one ``error: ...`` line on stderr; returns the exit status to use."""
+    print(f"error: {user_message(exc)}", file=sys.stderr)
+    return exc.exit_code
