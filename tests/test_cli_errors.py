@@ -359,6 +359,7 @@ def test_unwritable_metrics_path(data, trained, tmp_path, a_file, capsys):
     (["--lr", "nan"], ["--lr must be a positive number (got nan)"]),
     (["--lr=-1e-3"], ["--lr must be a positive number"]),
     (["--weight_decay", "-1"], ["--weight_decay must be 0 or a positive number"]),
+    (["--gamma_init", "inf"], ["--gamma_init must be a finite number (got inf)"]),
     (["--max_images", "0"], ["--max_images must be at least 1"]),
     (["--size_p", "abc"], ["argument --size_p: invalid int value: 'abc'"]),
     (["--mode", "9"], ["argument --mode: invalid choice: 9"]),
