@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test demo benchmark clean-demo
+.PHONY: venv test test-fast test-gpu lint demo benchmark clean-demo
 
 venv: $(VENV)/.installed
 
@@ -13,14 +13,30 @@ $(VENV)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
+# Everything (what CI runs).
 test: venv
 	$(BIN)/python -m pytest tests -q
 
+# Without the `slow` tier (1 GB files, huge images, kill trials, torchrun, stage chains): under 90 s on 2 cores
+# (two pytest workers, one torch thread each).
+test-fast: venv
+	$(BIN)/python -m pytest tests -q -n 2 -m "not slow and not cuda"
+
+# On a machine with an NVIDIA GPU: the CUDA-only code paths, then the benchmark on CUDA.
+test-gpu: venv
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: torch sees no CUDA GPU here')"
+	$(BIN)/python -m pytest tests -q -m cuda -rs
+	$(BIN)/python -m tools.benchmark --device cuda --backbone fcn8_vgg16 --mode 4 --image 2448 --size_p 508 --size_g 508 --sub_batch_size 6 --amp
+	$(BIN)/python -m tools.benchmark --device cuda --backbone fpn_resnet18 --mode 4 --image 2448 --size_p 508 --size_g 508 --sub_batch_size 6 --amp
+
+lint: venv
+	$(BIN)/python -m ruff check .
+
 demo: venv
-	$(BIN)/python tools/demo.py
+	$(BIN)/python -m tools.demo
 
 benchmark: venv
-	$(BIN)/python tools/benchmark.py
+	$(BIN)/python -m tools.benchmark
 
 clean-demo:
 	rm -rf demo

@@ -11,20 +11,37 @@ import argparse
 import math
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from models.backbones import BACKBONES
-from models.fctl import GLOBAL_MODES
-from utils.errors import OptionError
+from models.modes import MODES, mode_spec
+from pipeline.contexts import CONTEXTS
+from utils.errors import ConfigError, FCtLError, Interrupted, render, user_message
 
-MODES = {
-    0: "global: the whole image resized to size_g",
-    1: "local: patches only (the 'pre' model)",
-    2: "medium: patches + medium-context correlation (shared encoder)",
-    3: "self + large: local and global correlations, two-branch fusion",
-    4: "all: local, medium and large correlations, three-branch fusion",
-}
-SUPPORTED_CONTEXTS = (1, 2, 3, 4, 5)
+EXIT_INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
+EXIT_USER_ERROR = 2
+
+
+class OptionError(ConfigError):
+    """A command-line option value, or a combination of options, that cannot work."""
+
+
+def flag_renamer(parser: argparse.ArgumentParser | None):
+    """Turns a library setting name into the parser's flag for it (``size_p`` -> ``--size_p``);
+    names the parser does not have stay as they are."""
+    flags = {}
+    if parser is not None:
+        for action in parser._actions:
+            if action.option_strings:
+                flags.setdefault(action.dest, action.option_strings[0])
+    return lambda name: flags.get(name, name)
+
+
+def report_error(exc: FCtLError, parser: argparse.ArgumentParser | None = None) -> int:
+    """Print ``exc`` as the one ``error: ...`` line on stderr, its settings named by the flags of
+    ``parser``; returns the exit status (130 after an interruption, 2 otherwise)."""
+    print(f"error: {render(user_message(exc), flag_renamer(parser))}", file=sys.stderr)
+    return EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_USER_ERROR
 
 
 class _Parser(argparse.ArgumentParser):
@@ -47,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("what to run")
     run.add_argument("--task_name", default="fctl", help="name of the run: checkpoints <task>.*.pth, logs <log_path>/<task>")
     run.add_argument("--mode", type=int, default=1, choices=sorted(MODES),
-                     help="; ".join(f"{k} {v}" for k, v in MODES.items()))
+                     help="; ".join(f"{k} {m.summary}" for k, m in MODES.items()))
     run.add_argument("--train", action="store_true", help="train (otherwise: test, or --evaluate)")
     run.add_argument("--val", action="store_true",
                      help="with --train: validate every --val_every epochs; alone: same as --evaluate --split crossvali")
@@ -67,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--metrics_path", default=None, help="--evaluate JSON (default <log_path>/<task>/metrics_<split>.json)")
     paths.add_argument("--pre_path", default=None, help="weights of the model itself (mode 4 training: the mode-1 'pre' model)")
     paths.add_argument("--c_path", default=None, help="modes 4: the medium (mode-2) model whose encoder gives the medium context")
-    paths.add_argument("--glo_path", default=None, help="modes 3/4: the global (mode-0) model whose encoder gives the large context")
+    paths.add_argument("--glo_path", default=None,
+                       help="modes 3/4: the global (mode-0) model whose encoder gives the large context")
 
     geo = p.add_argument_group("patches and contexts")
     geo.add_argument("--size_p", type=int, default=508, help="patch side in pixels")
@@ -134,8 +152,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise OptionError(f"--weight_decay must be 0 or a positive number (got {args.weight_decay})")
     if not math.isfinite(args.gamma_init):
         raise OptionError(f"--gamma_init must be a finite number (got {args.gamma_init})")
-    if args.context not in SUPPORTED_CONTEXTS:
-        raise OptionError(f"--context {args.context} is not supported; use one of {SUPPORTED_CONTEXTS}")
+    if args.context not in CONTEXTS:
+        raise OptionError(f"--context {args.context} is not supported; use one of {CONTEXTS}")
     if args.max_images is not None and args.max_images < 1:
         raise OptionError(f"--max_images must be at least 1 (got {args.max_images})")
     if args.train and args.evaluate:
@@ -145,15 +163,13 @@ def check_options(args: argparse.Namespace) -> None:
     if not args.train and args.val:
         args.evaluate = True
         args.split = args.split or "crossvali"
-    if not args.train:
-        if args.mode in GLOBAL_MODES and args.glo_path is None:
-            raise OptionError(f"mode {args.mode} needs --glo_path (the global mode-0 model, e.g. global.epoch.pth)")
-        if args.mode == 4 and args.c_path is None:
-            raise OptionError("mode 4 needs --c_path (the medium mode-2 model, e.g. medium.epoch.pth)")
-        if args.pre_path is None:
-            raise OptionError("testing and --evaluate need --pre_path (the weights to run, e.g. all.epoch.pth)")
-    else:
-        if args.mode in GLOBAL_MODES and args.glo_path is None:
-            raise OptionError(f"training mode {args.mode} needs --glo_path (a trained global mode-0 model; run train_global.sh first)")
-        if args.mode == 4 and args.c_path is None:
-            raise OptionError("training mode 4 needs --c_path (a trained medium mode-2 model; run train_medium.sh first)")
+    for encoder in reversed(mode_spec(args.mode).frozen):
+        if getattr(args, encoder.setting) is not None:
+            continue
+        if args.train:
+            raise OptionError(f"training mode {args.mode} needs --{encoder.setting} (a trained {encoder.role} "
+                              f"mode-{encoder.source_mode} model; run {encoder.stage_script} first)")
+        raise OptionError(f"mode {args.mode} needs --{encoder.setting} (the {encoder.role} mode-{encoder.source_mode} "
+                          f"model, e.g. {encoder.example})")
+    if not args.train and args.pre_path is None:
+        raise OptionError("testing and --evaluate need --pre_path (the weights to run, e.g. all.epoch.pth)")

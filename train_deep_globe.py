@@ -10,6 +10,7 @@ after Ctrl-C (the line says which checkpoint to resume from). Tracebacks are kep
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
@@ -19,21 +20,120 @@ import torch.distributed as dist
 
 from dataset.deepglobe import DeepGlobe, first_images
 from dataset.io import allow_large_images
+from engine.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
 from models.setup import create_model
-from option import parse_options, resolve_checkpoint
-from utils.distributed import barrier, init_distributed, shutdown_distributed
-from utils.errors import FCtLError, Interrupted, OptionError, ResourceError, report_error
-from utils.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
+from option import (
+    EXIT_INTERRUPTED,
+    OptionError,
+    build_parser,
+    flag_renamer,
+    parse_options,
+    report_error,
+    resolve_checkpoint,
+)
+from pipeline.predictor import AMP_DTYPES, PipelineConfig, Predictor, out_of_memory
+from utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
+from utils.errors import FCtLError
 from utils.files import ensure_writable_dir, remove_stale_temporaries
-from utils.inference import PipelineConfig, Predictor
 from utils.logging import setup_logging
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+def _split(args: argparse.Namespace, split: str, labelled: bool):
+    """One split of --data_path as the options ask (bad images skipped or not, --max_images)."""
+    return first_images(DeepGlobe(args.data_path, split, labelled=labelled, skip_bad=args.skip_bad_images),
+                        args.max_images)
 
 
-def _out_of_memory(args, device) -> ResourceError:
-    return ResourceError(f"out of memory on {device} with --sub_batch_size {args.sub_batch_size} (patches per forward "
-                         f"pass): lower --sub_batch_size (e.g. {max(1, args.sub_batch_size // 2)}) or --size_p")
+def _pipeline(args: argparse.Namespace) -> PipelineConfig:
+    return PipelineConfig(args.size_p, args.size_g, args.context, args.sub_batch_size, args.amp,
+                          AMP_DTYPES[args.amp_dtype])
+
+
+def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, info: DistInfo, log) -> None:
+    """Build the training run's objects from the options and fit."""
+    from tensorboardX import SummaryWriter
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from dataset.deepglobe import collate_list
+    from engine.checkpoints import CheckpointPolicy
+    from engine.training import Schedule, Trainer
+    from utils.loss import FocalLoss
+
+    if info.is_main:
+        ensure_writable_dir(args.model_path, "model_path")
+    wrapped = model
+    if info.enabled:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_set = _split(args, "train", labelled=True)
+    val_set = _split(args, "crossvali", labelled=True) if args.val else None
+    sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                 seed=args.seed, drop_last=False)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        collate_fn=collate_list, pin_memory=device.type == "cuda",
+                        persistent_workers=args.num_workers > 0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    checkpoints = CheckpointPolicy(args.model_path, args.task_name, enabled=info.is_main)
+    stale = checkpoints.remove_stale()
+    if stale:
+        log.warning(f"removed {len(stale)} temporary files left in {args.model_path} by an interrupted "
+                    f"checkpoint write (e.g. {os.path.basename(stale[0])}); the .pth files are complete")
+    writer = SummaryWriter(os.path.join(args.log_path, args.task_name)) if info.is_main else None
+    schedule = Schedule(epochs=args.epochs, lr=args.lr, seed=args.seed, val_every=args.val_every)
+    trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(args), schedule, device=device,
+                      dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=args.num_workers,
+                      writer=writer)
+    trainer.fit(resume=args.resume)
+
+
+def _evaluate(args: argparse.Namespace, predictor: Predictor, device: torch.device, info: DistInfo, log_dir: str,
+              log) -> None:
+    split = args.split or "crossvali"
+    tta = bool(args.tta)
+    metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
+    if info.is_main:  # fail now, not after scoring the whole split
+        folder = os.path.dirname(os.path.abspath(metrics_path))
+        if os.path.isdir(metrics_path):
+            raise OptionError(f"--metrics_path {metrics_path} is a folder; give the path of a .json file")
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise OptionError(f"--metrics_path {metrics_path} lies under {folder}, which is a file, not a folder; "
+                              f"give a path in a folder")
+        ensure_writable_dir(folder, "metrics_path")
+    dataset = _split(args, split, labelled=True)
+    started = time.time()
+    try:
+        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers)
+    except torch.OutOfMemoryError:
+        raise out_of_memory(device, predictor.cfg) from None
+    if info.is_main:
+        scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset))
+        write_metrics(metrics_path, scores)
+        log.info(format_scores(scores))
+        log.info(f"{len(dataset)} images ({scores['skipped']} skipped) in {time.time() - started:.1f}s; "
+                 f"metrics written to {metrics_path}")
+
+
+def _predict(args: argparse.Namespace, predictor: Predictor, device: torch.device, info: DistInfo, log) -> None:
+    split = args.split or "test"
+    tta = True if args.tta is None else args.tta
+    dataset = _split(args, split, labelled=False)
+    ensure_writable_dir(args.prediction_path, "prediction_path")
+    if info.is_main:  # leftovers of a killed earlier run; before any process starts writing
+        stale = remove_stale_temporaries(args.prediction_path, "*_mask.png")
+        if stale:
+            log.warning(f"removed {len(stale)} temporary files left in {args.prediction_path} by an interrupted run")
+    barrier()
+    try:
+        summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
+                                  num_workers=args.num_workers)
+    except torch.OutOfMemoryError:
+        raise out_of_memory(device, predictor.cfg) from None
+    if info.is_main:
+        per_image = summary["seconds"] / max(summary["images"], 1)
+        log.info(f"predicted {summary['images']} images ({summary['skipped']} skipped, {summary['patches']} patches, "
+                 f"TTA {'on' if tta else 'off'}) in {summary['seconds']:.1f}s ({per_image:.2f} s/image), "
+                 f"peak memory {summary['peak_memory_mb']:.0f} MB; masks in {args.prediction_path}")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -41,12 +141,12 @@ def run(argv: list[str] | None = None) -> int:
     info, device = init_distributed(args.device)
     log_dir = os.path.join(args.log_path, args.task_name)
     if info.is_main:
-        ensure_writable_dir(log_dir, "--log_path")
-    log = setup_logging(info.rank, os.path.join(log_dir, "train.log" if args.train else "run.log"))
+        ensure_writable_dir(log_dir, "log_path")
+    log = setup_logging(info.rank, os.path.join(log_dir, "train.log" if args.train else "run.log"),
+                        rename=flag_renamer(build_parser()))
     allow_large_images(args.allow_large_images)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    amp_dtype = AMP_DTYPES[args.amp_dtype]
 
     torch.manual_seed(args.seed)  # the initial weights of a fresh model depend on it
     model = create_model(
@@ -60,65 +160,11 @@ def run(argv: list[str] | None = None) -> int:
         model = model.to(memory_format=torch.channels_last)
 
     if args.train:
-        from utils.training import Trainer
-
-        if info.is_main:
-            ensure_writable_dir(args.model_path, "--model_path")
-        wrapped = model
-        if info.enabled:
-            wrapped = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-        Trainer(args, wrapped, device, info, amp_dtype).fit()
-        return 0
-
-    cfg = PipelineConfig(args.size_p, args.size_g, args.context, args.sub_batch_size, args.amp, amp_dtype)
-    predictor = Predictor(model, cfg)
-    if args.evaluate:
-        split = args.split or "crossvali"
-        tta = bool(args.tta)
-        metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
-        if info.is_main:  # fail now, not after scoring the whole split
-            folder = os.path.dirname(os.path.abspath(metrics_path))
-            if os.path.isdir(metrics_path):
-                raise OptionError(f"--metrics_path {metrics_path} is a folder; give the path of a .json file")
-            if os.path.exists(folder) and not os.path.isdir(folder):
-                raise OptionError(f"--metrics_path {metrics_path} lies under {folder}, which is a file, not a folder; "
-                                  f"give a path in a folder")
-            ensure_writable_dir(folder, "--metrics_path")
-        dataset = first_images(DeepGlobe(args.data_path, split, labelled=True, skip_bad=args.skip_bad_images),
-                          args.max_images)
-        started = time.time()
-        try:
-            scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers)
-        except torch.OutOfMemoryError:
-            raise _out_of_memory(args, device) from None
-        if info.is_main:
-            scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset))
-            write_metrics(metrics_path, scores)
-            log.info(format_scores(scores))
-            log.info(f"{len(dataset)} images ({scores['skipped']} skipped) in {time.time() - started:.1f}s; "
-                     f"metrics written to {metrics_path}")
-        return 0
-
-    split = args.split or "test"
-    tta = True if args.tta is None else args.tta
-    dataset = first_images(DeepGlobe(args.data_path, split, labelled=False, skip_bad=args.skip_bad_images), args.max_images)
-    ensure_writable_dir(args.prediction_path, "--prediction_path")
-    if info.is_main:  # leftovers of a killed earlier run; before any process starts writing
-        stale = remove_stale_temporaries(args.prediction_path, "*_mask.png")
-        if stale:
-            log.warning(f"removed {len(stale)} temporary files left in {args.prediction_path} by an interrupted run")
-    barrier()
-    try:
-        summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
-                                  num_workers=args.num_workers)
-    except torch.OutOfMemoryError:
-        raise _out_of_memory(args, device) from None
-    if info.is_main:
-        per_image = summary["seconds"] / max(summary["images"], 1)
-        log.info(f"predicted {summary['images']} images ({summary['skipped']} skipped, {summary['patches']} patches, "
-                 f"TTA {'on' if tta else 'off'}) in {summary['seconds']:.1f}s ({per_image:.2f} s/image), "
-                 f"peak memory {summary['peak_memory_mb']:.0f} MB; masks in {args.prediction_path}")
+        _train(args, model, device, info, log)
+    elif args.evaluate:
+        _evaluate(args, Predictor(model, _pipeline(args)), device, info, log_dir, log)
+    else:
+        _predict(args, Predictor(model, _pipeline(args)), device, info, log)
     return 0
 
 
@@ -138,11 +184,11 @@ def main() -> None:
     try:
         code = run(sys.argv[1:])
     except FCtLError as exc:  # also when raised in a DataLoader worker (report_error unwraps it)
-        code = report_error(exc)
+        code = report_error(exc, build_parser())
     except KeyboardInterrupt:  # outside training (which raises Interrupted with its checkpoint state)
         print("error: interrupted (Ctrl-C); files already written are complete, none is half-written",
               file=sys.stderr)
-        code = Interrupted.exit_code
+        code = EXIT_INTERRUPTED
     except Exception as exc:
         if not _lost_peer(exc):
             raise

@@ -1,4 +1,4 @@
-"""The DeepGlobe land-cover data set as laid out on disk by tools/prepare_deepglobe.py.
+"""The DeepGlobe land-cover data set as laid out on disk by python -m tools.prepare_deepglobe.
 
 Layout: `<data_path>/<dir>/Sat/<id>_sat.{jpg,jpeg,png,tif,tiff}` and `<data_path>/<dir>/Label/<id>_mask.png`,
 with <dir> from SPLIT_DIRS ("offical_crossvali" is the original code's spelling and is kept so that its
@@ -27,7 +27,7 @@ from typing import Any
 from torch.utils.data import Dataset, Subset
 
 from dataset.io import read_image, read_mask
-from utils.errors import DataError, OptionError
+from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def split_folder(split: str) -> str:
     if split in SPLIT_DIRS.values():
         return split
     choices = ", ".join(list(SPLIT_DIRS) + [d for d in SPLIT_DIRS.values() if d not in SPLIT_DIRS])
-    raise OptionError(f"unknown split '{split}'; choose one of: {choices}")
+    raise ConfigError(f"unknown split '{split}'; choose one of: {choices}")
 
 
 def image_id(filename: str) -> str | None:
@@ -65,7 +65,7 @@ def _shown(names: list[str]) -> str:
 
 def list_images(sat_dir: str) -> dict[str, str]:
     """Map id -> image path for every `<id>_sat.<ext>` file in `sat_dir`, sorted by id."""
-    hint = "run tools/prepare_deepglobe.py (or tools/make_synthetic.py) or pass --data_path"
+    hint = "run python -m tools.prepare_deepglobe (or python -m tools.make_synthetic) or pass `data_path`"
     if not os.path.isdir(sat_dir):
         raise DataError(f"image folder not found: {sat_dir}; {hint}")
     found: dict[str, str] = {}
@@ -108,8 +108,8 @@ class DeepGlobe(Dataset):
         self.root = os.path.join(data_path, split_folder(split))
         if not os.path.isdir(data_path):
             raise DataError(
-                f"data folder not found: {data_path}; run tools/prepare_deepglobe.py "
-                f"(or tools/make_synthetic.py) or pass --data_path"
+                f"data folder not found: {data_path}; run python -m tools.prepare_deepglobe "
+                f"(or python -m tools.make_synthetic) or pass `data_path`"
             )
         images = list_images(os.path.join(self.root, "Sat"))
         if ids is not None:
@@ -136,7 +136,7 @@ class DeepGlobe(Dataset):
             f"<id>{MASK_SUFFIX} in {label_dir} (first: {_shown(missing)})"
         )
         if not self.skip_bad or len(missing) == len(images):
-            raise DataError(f"{message}; run tools/prepare_deepglobe.py again or remove those images")
+            raise DataError(f"{message}; run python -m tools.prepare_deepglobe again or remove those images")
         log.warning("%s; leaving them out", message)
         missing_set = set(missing)
         return {i: p for i, p in images.items() if i not in missing_set}

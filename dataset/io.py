@@ -35,8 +35,8 @@ import re
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def allow_large_images(flag: bool) -> None:
 
 def _check_file(path: str, what: str) -> None:
     if not os.path.exists(path):
-        raise DataError(f"{what} not found: {path}; check the path (or re-run tools/prepare_deepglobe.py)")
+        raise DataError(f"{what} not found: {path}; check the path (or re-run python -m tools.prepare_deepglobe)")
     if os.path.isdir(path):
         raise DataError(f"{what} {path} is a folder, not a file")
     if os.path.getsize(path) == 0:
@@ -90,7 +90,7 @@ def _opened(path: str, what: str, load: bool = True) -> Iterator[Image.Image]:
         count = f"{int(found.group(1))} pixels, " if found else ""
         raise DataError(
             f"{what} {path} has {count}more than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels "
-            f"(decompression-bomb guard); pass --allow_large_images if you trust the file"
+            f"(decompression-bomb guard); pass `allow_large_images` if you trust the file"
         ) from None
     except UnidentifiedImageError:
         raise DataError(
@@ -163,10 +163,9 @@ def read_image(path: str) -> torch.Tensor:
     Memory: Pillow decodes the whole file (4 bytes per pixel for RGB, its internal layout); the result
     tensor (3 bytes per pixel) is allocated once and filled from the decoded image about 16 MB at a
     time, so the peak is the decoded image + the result + one band (7 bytes per pixel: about 2.8 GB
-    for 20000 x 20000), and 3 bytes per pixel stay once Pillow's copy is freed on return. Converting
-    the whole image through numpy first needed about 10 bytes per pixel (measured above the
-    interpreter's baseline for a 10000 x 10000 PNG or TIFF: 954 MB before, 736 MB now). In a DataLoader worker the result is allocated in shared
-    memory, so handing it to the main process copies nothing.
+    for 20000 x 20000), and 3 bytes per pixel stay once Pillow's copy is freed on return (converting
+    the whole image through numpy first would need about 10). In a DataLoader worker the result is
+    allocated in shared memory, so handing it to the main process copies nothing.
     """
     with _opened(path, "image") as image:
         height, width = image.height, image.width
@@ -274,8 +273,8 @@ class PngBandWriter:
     temporary sibling) only when every row was written; an error leaves no file behind.
 
     Memory: a band is coloured and compressed ``chunk_bytes`` (about 8 MB) of PNG rows at a time, into
-    one reused buffer, whatever the band's size. ``level`` is zlib's (6, the default, measured 0.25 s
-    per 30 MB of 20000-px-wide mask rows with a 49x ratio; 1 took 0.06 s for 33x).
+    one reused buffer, whatever the band's size. ``level`` is zlib's (6, the default: mask rows
+    compress several dozen times at a small fraction of the prediction's time).
     """
 
     chunk_bytes = 1 << 23
@@ -288,7 +287,7 @@ class PngBandWriter:
         self._file = None
         self._buffer: np.ndarray | None = None
 
-    def __enter__(self) -> "PngBandWriter":
+    def __enter__(self) -> PngBandWriter:
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(folder, exist_ok=True)

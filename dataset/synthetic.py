@@ -3,7 +3,7 @@
 Purpose: a data set that trains on a laptop CPU in minutes and on which the context-using FCtL modes
 (2: medium context, 4: medium + global) can be seen to beat the patch-only mode 1.
 
-Layout written (same as tools/prepare_deepglobe.py, so every tool reads it unchanged):
+Layout written (same as python -m tools.prepare_deepglobe, so every tool reads it unchanged):
   <out>/train/{Sat,Label}, <out>/crossvali/{Sat,Label}, <out>/offical_crossvali/{Sat,Label}
 with `<id>_sat.png` images (PNG: no JPEG noise, exact bytes) and `<id>_mask.png` class-index masks
 ('L' mode). The test split also gets labels so that it can be evaluated. Ids are `train0000`,
@@ -33,13 +33,12 @@ Scene design (land-cover shapes scale with the image, textures are in pixels):
     exact.
   - Class 0 (unknown) is not used.
 
-`context_stats` measures this from the label masks (see the README section for the numbers): the share
+`context_stats` measures this from the label masks (docs/demo.md has the numbers): the share
 of patch windows that show no settlement, and the accuracy on field pixels of three oracles: one that
 sees only the patch (urban in it -> agriculture, barren -> rangeland, neither -> the best constant answer,
 chosen with hindsight, so it is an upper bound for any patch-only model that does not know where its
 patch lies), one that sees the centred 3x window (urban in it -> agriculture), and one that sees the
 whole image.
-The measured numbers are in the README (section "Synthetic data for a quick demo").
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from models.checkpoint import (
 from models.correlation import FCtLCorrelation
 from models.fctl import FCtLNet, build_model
 from models.fusion import AdaptiveFusion
+from models.modes import MODES, Mode, mode_spec
 from models.setup import create_model
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "FCtLCorrelation",
     "FCtLNet",
     "LoadReport",
+    "MODES",
+    "Mode",
     "atomic_save",
     "build_backbone",
     "build_model",
@@ -29,6 +32,7 @@ __all__ = [
     "export_weights",
     "load_state_into",
     "load_weights",
+    "mode_spec",
     "read_checkpoint",
     "released_name",
     "save_weights",

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from models.fcn8 import FCN8
 from models.fpn import FPNResNet
-from utils.errors import OptionError
+from utils.errors import ConfigError
 
 _BUILDERS = {
     # name: (class, constructor arguments besides n_class / head / pretrained)
@@ -25,7 +25,7 @@ BACKBONES = tuple(_BUILDERS)
 
 def _lookup(name: str) -> tuple[type, dict]:
     if name not in _BUILDERS:
-        raise OptionError(f"unknown backbone '{name}'; choose one of {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown `backbone` '{name}'; choose one of {', '.join(BACKBONES)}")
     return _BUILDERS[name]
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from models.fctl import FCtLNet
+from models.modes import MODES
+from utils.distributed import unwrap
 from utils.errors import CheckpointError
 from utils.files import atomic_open
 
@@ -40,14 +41,6 @@ _FUSION_NAME = re.compile(r"(?:in|out)_\d+|trans")
 _ALIAS = re.compile(r"(?:big_)?pool([345])\.(\d+)\.(.+)")
 _ALIAS_OFFSET = {"3": 0, "4": 17, "5": 24}
 _CLASSIFIER = ("vgg.classifier.", "backbone.vgg.classifier.")
-_MODE_FILE = {
-    0: "a mode-0 (global) checkpoint",
-    1: "a mode-1 (pre) checkpoint",
-    2: "a mode-2 (medium) checkpoint",
-    3: "a mode-3 (self+large) checkpoint",
-    4: "a mode-4 (all) checkpoint",
-}
-_RELEASED_EXAMPLE = {0: " such as global.epoch.pth", 2: " such as medium.epoch.pth", 4: " such as all.epoch.pth"}
 
 
 @dataclass
@@ -99,13 +92,6 @@ def _our_name(name: str) -> str:
     return "backbone." + name
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The model inside (Distributed)DataParallel wrappers."""
-    while isinstance(module, (DataParallel, DistributedDataParallel)):
-        module = module.module
-    return module
-
-
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
@@ -114,7 +100,7 @@ def _first_line(exc: BaseException) -> str:
 def _load_file(path: str) -> Any:
     """torch.load with weights_only, memory-mapped when the file is in the zip format."""
     if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path (and --model_path)")
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path (and `model_path`)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} is not a file; give the path of a .pth file")
     if os.path.getsize(path) == 0:
@@ -254,18 +240,18 @@ def _groups(names: list[str], universe: list[str]) -> list[str]:
 
 
 def _describe_file(weights: dict[str, torch.Tensor], meta: dict) -> str:
-    """A guess at what a checkpoint is, for error messages."""
-    if meta.get("mode") in _MODE_FILE:
-        return _MODE_FILE[meta["mode"]]
+    """A guess at what a checkpoint is, for error messages: its recorded mode, else the mode whose
+    context modules it holds (the one with the most of them)."""
+    if meta.get("mode") in MODES:
+        return MODES[meta["mode"]].describe_file()
     present = {k.split(".", 1)[0] for k in weights}
-    if "big" in present:
-        return _MODE_FILE[2]
-    if {"local", "medium", "large", "fusion"} <= present:
-        return _MODE_FILE[4]
-    if {"local", "large", "fusion"} <= present:
-        return _MODE_FILE[3]
+    fitting = [m for m in MODES.values() if set(m.blocks) <= present]
+    most = max((len(m.blocks) for m in fitting), default=-1)
+    if most > 0:
+        return next(m for m in fitting if len(m.blocks) == most).describe_file()
     if present == {"backbone"}:
-        return "a backbone-only (mode-0 global or mode-1 pre) checkpoint"
+        names = " or ".join(f"mode-{m.number} {m.name}" for m in fitting)
+        return f"a backbone-only ({names}) checkpoint"
     return "a checkpoint with groups " + ", ".join(sorted(present))
 
 
@@ -274,7 +260,7 @@ def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool
 
     ``module`` is an FCtLNet (its trainable part is loaded) or a head=False backbone used as a frozen
     encoder (it takes only its own tensors, e.g. ``vgg.features`` of a full model file; the rest is
-    reported as unused). ``what`` names the role or option in messages (e.g. "--glo_path"). Missing
+    reported as unused). ``what`` names the role or option in messages (e.g. "`glo_path`", a backticked setting name). Missing
     tensors are a CheckpointError naming the groups and the likely cause, unless ``allow_missing``, in
     which case they keep their initial values and the report lists them as "starting fresh". Nothing is
     copied when an error is raised. The file is memory-mapped, so tensors nobody needs are never read.
@@ -300,7 +286,7 @@ def load_state_into(
     ``assign`` makes the file's tensors the module's own instead of copying them in (see load_weights)."""
     path = os.fspath(path)
     meta = meta or {}
-    target = _unwrap(module)
+    target = unwrap(module)
     if isinstance(target, FCtLNet):
         slots = target.trainable_state_dict()
         model_backbone, model_classes, role = target.backbone_name, target.n_class, f"mode-{target.mode} model"
@@ -315,7 +301,7 @@ def load_state_into(
     if file_backbone is not None and file_backbone != model_backbone:
         raise CheckpointError(
             f"{what} {path} holds a {file_backbone} model but the {role} uses {model_backbone}; "
-            f"use --backbone {file_backbone} or a {model_backbone} checkpoint"
+            f"use `backbone` {file_backbone} or a {model_backbone} checkpoint"
         )
     stale_norm = next((n for n in weights if n.startswith("backbone.") and n.endswith(".running_mean")), None)
     if stale_norm is not None and model_backbone.startswith("fpn_"):
@@ -339,7 +325,7 @@ def load_state_into(
     missing_groups = _groups(missing, list(slots))
     if missing and not allow_missing:
         if isinstance(target, FCtLNet):
-            expected = _MODE_FILE[target.mode] + _RELEASED_EXAMPLE.get(target.mode, "")
+            expected = target.spec.describe_expected_file()
         else:
             expected = f"a {model_backbone} model"
         raise CheckpointError(
@@ -374,7 +360,7 @@ def export_weights(model: nn.Module) -> dict[str, Any]:
 
     Also the ``model`` entry of a training-state file. The tensors are the model's own (not copies).
     """
-    net = _unwrap(model)
+    net = unwrap(model)
     if not isinstance(net, FCtLNet):
         raise TypeError(f"save_weights expects an FCtLNet, got {type(net).__name__}")
     trainable = net.trainable_state_dict()

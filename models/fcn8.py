@@ -82,8 +82,8 @@ class FCN8(nn.Module):
     context_needs_head = False
     # Patches per pass through the layers up to pool3 when no gradient is recorded (inference, frozen
     # encoders). At full resolution plus 200 px of padding these layers' activations are most of a
-    # sub-batch's memory; two patches at a time cut the peak of the issue-3 benchmark from 2243 to
-    # 1936 MB and, on a CPU, also ran faster (70.9 -> 51.6 s per image), with the same logits.
+    # sub-batch's memory; two patches at a time bound that peak and give the same logits
+    # (docs/performance.md has the benchmark).
     stem_batch = 2
 
     def __init__(self, n_class: int, head: bool = True, pretrained: bool = False) -> None:

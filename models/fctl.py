@@ -1,6 +1,6 @@
-"""FCtLNet: one backbone plus the context modules of the chosen ``--mode``.
+"""FCtLNet: one backbone plus the context modules of the chosen mode.
 
-Modes (the released system's numbering):
+What each mode computes is described in ``models.modes`` (the released system's numbering):
   0 global  - the backbone alone, on the whole image resized;
   1 local   - the backbone alone, on patches ("pre");
   2 medium  - top = top + big(top, context of the medium window through the SAME backbone, with gradients);
@@ -9,9 +9,9 @@ Modes (the released system's numbering):
               frozen context encoder), large(top, global context)).
 A "context" is what the backbone's ``context`` gives: pool5 for FCN8 (as released), the head features
 pooled to the top grid for the FPNs (see FPNResNet.context_features for why not their top). The global
-context comes from a frozen ``global_encoder`` (modes 3 and 4) via ``encode_global``, once per image.
-Frozen encoders hold only what ``context`` needs (FCN8: VGG features only), never require grad and
-always stay in eval mode; they get their weights from their own checkpoints (see models/checkpoint.py).
+context comes from a frozen ``global_encoder`` via ``encode_global``, once per image. Frozen encoders
+hold only what ``context`` needs (FCN8: VGG features only), never require grad and always stay in eval
+mode; they get their weights from their own checkpoints (see models/checkpoint.py).
 """
 
 import torch
@@ -20,12 +20,9 @@ import torch.nn as nn
 from models.backbones import build_backbone, build_context_encoder
 from models.correlation import FCtLCorrelation
 from models.fusion import AdaptiveFusion
-from utils.errors import OptionError
+from models.modes import ENCODERS, Mode, mode_spec
 
-MODES = (0, 1, 2, 3, 4)
-MEDIUM_MODES = (2, 4)  # forward takes the medium context of each patch
-GLOBAL_MODES = (3, 4)  # a frozen global encoder (--glo_path) gives forward its global_context
-FROZEN = ("context_encoder", "global_encoder")
+FROZEN = tuple(encoder.attribute for encoder in ENCODERS)
 
 
 class FCtLNet(nn.Module):
@@ -34,27 +31,25 @@ class FCtLNet(nn.Module):
     def __init__(self, mode: int, backbone: str = "fcn8_vgg16", n_class: int = 7, pretrained: bool = False,
                  gamma_init: float = 0.0) -> None:
         super().__init__()
-        if mode not in MODES:
-            raise OptionError(f"unknown --mode {mode}; choose 0 (global), 1 (local), 2 (medium), 3 (self+large) or 4 (all)")
-        self._mode = mode
+        spec = mode_spec(mode)
+        self._spec = spec
         self._backbone_name = backbone
         self.n_class = n_class
         self.backbone = build_backbone(backbone, n_class, head=True, pretrained=pretrained)
         channels, context = self.backbone.top_channels, self.backbone.context_channels
-        if mode == 2:
+        # Attribute names are the released ones: checkpoints are matched by them.
+        if spec.shared_medium:
             self.big = FCtLCorrelation(channels, context, gamma_init)
-        elif mode == 3:
+        if spec.self_correlation:
             self.local = FCtLCorrelation(channels, gamma=gamma_init)
-            self.large = FCtLCorrelation(channels, context, gamma_init)
-            self.fusion = AdaptiveFusion(channels, 2)
-        elif mode == 4:
-            self.local = FCtLCorrelation(channels, gamma=gamma_init)
+        if spec.frozen_medium:
             self.medium = FCtLCorrelation(channels, context, gamma_init)
+        if spec.large:
             self.large = FCtLCorrelation(channels, context, gamma_init)
-            self.fusion = AdaptiveFusion(channels, 3)
-            self.context_encoder = self._frozen(backbone, n_class)
-        if mode in GLOBAL_MODES:
-            self.global_encoder = self._frozen(backbone, n_class)
+        if spec.fused_branches:
+            self.fusion = AdaptiveFusion(channels, spec.fused_branches)
+        for encoder in spec.frozen:
+            setattr(self, encoder.attribute, self._frozen(backbone, n_class))
 
     @staticmethod
     def _frozen(backbone: str, n_class: int) -> nn.Module:
@@ -63,8 +58,13 @@ class FCtLNet(nn.Module):
         return encoder.eval()
 
     @property
+    def spec(self) -> Mode:
+        """What this model's mode needs (see models.modes)."""
+        return self._spec
+
+    @property
     def mode(self) -> int:
-        return self._mode
+        return self._spec.number
 
     @property
     def backbone_name(self) -> str:
@@ -73,12 +73,12 @@ class FCtLNet(nn.Module):
     @property
     def needs_medium(self) -> bool:
         """Whether ``forward`` needs the medium context of each patch."""
-        return self._mode in MEDIUM_MODES
+        return self._spec.needs_medium
 
     @property
     def needs_global(self) -> bool:
         """Whether ``forward`` needs ``global_context`` from ``encode_global``."""
-        return self._mode in GLOBAL_MODES
+        return self._spec.needs_global
 
     def frozen_encoders(self) -> list[nn.Module]:
         """The frozen context/global encoders this mode has (possibly none)."""
@@ -94,7 +94,7 @@ class FCtLNet(nn.Module):
     def encode_global(self, global_image: torch.Tensor) -> torch.Tensor:
         """global_image (1,3,g,g) in [0,1] -> context of the frozen global encoder (1,C',hg,wg), without grad."""
         if not self.needs_global:
-            raise RuntimeError(f"mode {self._mode} has no global encoder")
+            raise RuntimeError(f"mode {self.mode} has no global encoder")
         with torch.no_grad():
             return self.global_encoder.context(global_image)
 
@@ -107,10 +107,11 @@ class FCtLNet(nn.Module):
         """x (B,3,p,p) patches; medium (B,3,p,p) contexts (modes 2, 4); global_context (1|B,C',hg,wg) from
         ``encode_global`` (modes 3, 4) -> logits (B,n_class,p,p). Modes 0/1 ignore the contexts."""
         if self.needs_medium and medium is None:
-            raise ValueError(f"mode {self._mode} needs the medium context of each patch")
+            raise ValueError(f"mode {self.mode} needs the medium context of each patch")
         if self.needs_global and global_context is None:
-            raise ValueError(f"mode {self._mode} needs global_context from encode_global()")
-        if self._mode == 2:
+            raise ValueError(f"mode {self.mode} needs global_context from encode_global()")
+        spec = self._spec
+        if spec.shared_medium:
             # Patches and contexts go through the shared backbone as ONE batch: one pass instead of two.
             # Neither backbone normalises across the batch (FCN8 has no normalisation, the FPN-ResNets
             # use GroupNorm), so this equals two separate passes.
@@ -120,12 +121,16 @@ class FCtLNet(nn.Module):
             top = top + self.big(top, context)
         else:
             skips, top = self.backbone.encode(x)
-        if self._mode == 3:
-            top = top + self.fusion([self.local(top, top), self.large(top, global_context)])
-        elif self._mode == 4:
+        branches = []  # in the released fusion order: local, medium, large
+        if spec.self_correlation:
+            branches.append(self.local(top, top))
+        if spec.frozen_medium:
             with torch.no_grad():
                 medium_context = self.context_encoder.context(medium)
-            branches = [self.local(top, top), self.medium(top, medium_context), self.large(top, global_context)]
+            branches.append(self.medium(top, medium_context))
+        if spec.large:
+            branches.append(self.large(top, global_context))
+        if branches:
             top = top + self.fusion(branches)
         return self.backbone.decode(skips, top, (x.shape[2], x.shape[3]))
 

@@ -10,9 +10,8 @@ features before the classifier, pooled to the top grid (``context_features``).
 Normalisation is GroupNorm (32 groups) everywhere, the ResNet body included, never BatchNorm. A training
 batch here is the patches of ONE image, so batch statistics carry image-level information into every
 patch: a "patch-only" mode-1 model learns to read the scene from them during training and loses it at
-test time, when running statistics replace them (on the demo data such a model scored 93 mIoU with batch
-statistics and 57 with running ones; see the README), and the context modules, whose job that is, never learn. GroupNorm
-normalises each patch on its own, the same in training and test. From ImageNet, the convolutions and the
+test time, when running statistics replace them, and the context modules, whose job that is, never learn.
+GroupNorm normalises each patch on its own, the same in training and test. From ImageNet, the convolutions and the
 BatchNorm scale/shift are taken over; the running statistics have no counterpart and are dropped.
 """
 
@@ -120,11 +119,9 @@ class FPNResNet(nn.Module):
         """The context that FCtL's correlation blocks read: ``head_features`` averaged over the cells of
         the top grid, (B,128,h_top,w_top).
 
-        Not ``top``: in these networks the top level hardly carries what a context should tell. On the
-        CPU demo's data (README, "The CPU demo"; tools/context_probe.py), the scene type moved a global
-        model's top, averaged over positions, by 4% of its size, and correlation blocks trained on it
-        learned nothing in 224 steps; it moved the head features, which the classifier reads, by 62%,
-        and the same blocks then lifted field accuracy on blind patches from 59% to 89%.
+        Not ``top``: in these networks the top level hardly carries what a context should tell, while
+        the head features, which the classifier reads, do (``python -m tools.context_probe`` measures
+        both on the demo's data; docs/demo.md).
         """
         return F.adaptive_avg_pool2d(self.head_features(skips, top), top.shape[-2:])
 

@@ -27,6 +27,6 @@ def imagenet_state_dict(weights: WeightsEnum) -> dict[str, torch.Tensor]:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
             f"cannot get the ImageNet weights {file_name} ({type(exc).__name__}: {reason}); run with "
-            f"--no_pretrained, or download {weights.url} by hand and place it as "
+            f"`no_pretrained`, or download {weights.url} by hand and place it as "
             f"{os.path.join(folder, file_name)} (replacing any partial file there)"
         ) from exc

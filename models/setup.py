@@ -1,4 +1,4 @@
-"""Building a ready-to-run FCtLNet from the command-line choices (mode, backbone, checkpoint paths)."""
+"""Building a ready-to-run FCtLNet from the choices of a run (mode, backbone, checkpoint paths)."""
 
 import contextlib
 import logging
@@ -6,7 +6,8 @@ import logging
 import torch
 
 from models.checkpoint import load_weights
-from models.fctl import GLOBAL_MODES, FCtLNet, build_model
+from models.fctl import FCtLNet, build_model
+from models.modes import ENCODERS, mode_spec
 from utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -37,27 +38,28 @@ def create_model(
     """
     # For inference with every part coming from a file, build on the meta device: no memory is spent
     # on random initial weights, and the loads below make the memory-mapped file tensors the model's.
-    complete = (not training and pre_path is not None and (mode not in GLOBAL_MODES or glo_path is not None)
-                and (mode != 4 or c_path is not None))
+    spec = mode_spec(mode)
+    paths = {"c_path": c_path, "glo_path": glo_path}
+    complete = not training and pre_path is not None and all(paths[e.setting] is not None for e in spec.frozen)
     with torch.device("meta") if complete else contextlib.nullcontext():
         model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
                             gamma_init=gamma_init)
     if pre_path is not None:
-        log.info(load_weights(model, pre_path, what="--pre_path", allow_missing=training, assign=not training).summary())
-    encoders = (("--c_path", c_path, "context_encoder", (4,)), ("--glo_path", glo_path, "global_encoder", GLOBAL_MODES))
-    for option, path, attribute, modes in encoders:
-        if mode not in modes:
+        log.info(load_weights(model, pre_path, what="`pre_path`", allow_missing=training, assign=not training).summary())
+    for encoder in ENCODERS:
+        path, setting = paths[encoder.setting], f"`{encoder.setting}`"
+        if encoder not in spec.frozen:
             if path is not None:
-                log.warning("%s is not used in mode %d; ignored", option, mode)
+                log.warning("%s is not used in mode %d; ignored", setting, mode)
             continue
         if path is None:
-            log.warning("mode %d without %s: the frozen %s keeps random weights", mode, option, attribute)
+            log.warning("mode %d without %s: the frozen %s keeps random weights", mode, setting, encoder.attribute)
             continue
-        log.info(load_weights(getattr(model, attribute), path, what=option, allow_missing=False,
+        log.info(load_weights(getattr(model, encoder.attribute), path, what=setting, allow_missing=False,
                               assign=not training).summary())
     if complete:
         leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if leftover:
             raise CheckpointError(f"the checkpoints left {len(leftover)} tensors unset (e.g. {leftover[0]}); "
-                                  f"pass complete files for --pre_path/--c_path/--glo_path")
+                                  f"pass complete files for `pre_path`/`c_path`/`glo_path`")
     return model.train(training)

@@ -1,10 +1,32 @@
-"""Shared fixtures: fake released checkpoints (about 1 GB each, so they are written once per session)."""
+"""Shared fixtures and the test tiers.
 
+Tiers (markers declared in pyproject.toml): ``slow`` marks what needs 1 GB checkpoint files, huge
+images, kill trials or torchrun; every test that uses the ``released_checkpoints`` fixture (three
+1 GB files) is marked here, the others in their modules. ``cuda`` tests are skipped, with the reason,
+where torch sees no CUDA GPU.
+"""
+
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.released_layout import KINDS, make_released_checkpoint
+from models.released_layout import KINDS, make_released_checkpoint
+
+SLOW_FIXTURES = {"released_checkpoints"}
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test-fast: one torch thread per pytest worker
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False here)")
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if "cuda" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ is its own. For every configuration the script reports seconds per image, patche
 number of bare network forwards (the floor the pipeline can reach), the pipeline's overhead over that
 floor, GFLOPs per patch (counted with torch.utils.flop_counter) and peak memory.
 
-    python tools/benchmark.py                                   # the issue-3 setting, see --help
-    python tools/benchmark.py --backbone fpn_resnet18 --mode 4 --image 2448 --size_p 508 --size_g 508
-    python tools/benchmark.py --streaming --sizes 2048 4096 8192 16384 --backbone stand_in --mode 1 \
+    python -m tools.benchmark                                   # the issue-3 setting, see --help
+    python -m tools.benchmark --backbone fpn_resnet18 --mode 4 --image 2448 --size_p 508 --size_g 508
+    python -m tools.benchmark --streaming --sizes 2048 4096 8192 16384 --backbone stand_in --mode 1 \
         --size_p 508 --size_g 508 --no-tta --channels_last --threads 1
 
 Checkpoints: by default random weights are written in the released layout (``--released_layout``,
@@ -19,7 +19,7 @@ Streaming (``--streaming``): for each of ``--sizes`` a fresh process makes a squ
 ``PngBandWriter``, the path ``train_deep_globe.py`` takes in test mode, and reports its peak memory
 next to the image's own size: peak RSS minus (RSS before the image + the image) is what the pipeline
 itself needs, which must not grow like the image does. ``--backbone stand_in`` is the cheap stand-in
-network of the tests (tests/stand_in.py) so that 16384 px runs in seconds on a CPU; any real backbone
+network of the tests (models/stand_in.py) so that 16384 px runs in seconds on a CPU; any real backbone
 works too. On CUDA the GPU's peak allocation is reported as well.
 """
 
@@ -33,8 +33,9 @@ import sys
 import tempfile
 import time
 
+from models.modes import mode_spec
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def _setup(opts: argparse.Namespace):
@@ -42,7 +43,7 @@ def _setup(opts: argparse.Namespace):
     import torch
 
     from models.setup import create_model
-    from utils.inference import PipelineConfig, Predictor
+    from pipeline.predictor import AMP_DTYPES, PipelineConfig, Predictor
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -52,8 +53,7 @@ def _setup(opts: argparse.Namespace):
         torch.backends.cudnn.benchmark = True
     paths = json.loads(opts.paths) if opts.paths else {}
     if opts.backbone == "stand_in":
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
-        from stand_in import StandIn
+        from models.stand_in import StandIn
 
         model = StandIn(opts.mode, channels=opts.stand_in_channels)
     else:
@@ -63,8 +63,7 @@ def _setup(opts: argparse.Namespace):
     channels_last = device.type == "cuda" if opts.channels_last is None else opts.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    amp_dtype = torch.bfloat16 if opts.amp_dtype == "bf16" else torch.float16
-    cfg = PipelineConfig(opts.size_p, opts.size_g, opts.context, opts.sub_batch_size, opts.amp, amp_dtype)
+    cfg = PipelineConfig(opts.size_p, opts.size_g, opts.context, opts.sub_batch_size, opts.amp, AMP_DTYPES[opts.amp_dtype])
     return device, model, Predictor(model, cfg)
 
 
@@ -128,7 +127,7 @@ def _worker(opts: argparse.Namespace) -> dict:
     from utils.logging import peak_memory_mb
 
     device, model, predictor = _setup(opts)
-    amp_dtype = torch.bfloat16 if opts.amp_dtype == "bf16" else torch.float16
+    amp_dtype = predictor.cfg.amp_dtype
     image = torch.randint(0, 256, (3, opts.image, opts.image), dtype=torch.uint8, device=device)
 
     def sync():
@@ -179,14 +178,14 @@ def _worker(opts: argparse.Namespace) -> dict:
     }
 
 
-def _released_files(folder: str, n_class: int = 7) -> dict:
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from released_layout import make_released_checkpoint
+def _released_files(folder: str, spec, n_class: int = 7) -> dict:
+    """Released-layout files for the model of ``spec`` and its frozen encoders: {"pre"|"c"|"glo": path}."""
+    from models.released_layout import make_released_checkpoint
 
     paths = {}
-    for kind, key in (("all", "pre"), ("medium", "c"), ("global", "glo")):
-        path = os.path.join(folder, f"{kind}.epoch.pth")
-        make_released_checkpoint(kind, path, seed=0, n_class=n_class)
+    for example, key in ((spec.example, "pre"), *((e.example, e.setting.split("_")[0]) for e in spec.frozen)):
+        path = os.path.join(folder, example)
+        make_released_checkpoint(example.split(".")[0], path, seed=0, n_class=n_class)
         paths[key] = path
     return paths
 
@@ -215,8 +214,8 @@ def _streaming(opts: argparse.Namespace) -> None:
               f"{'peak-before-image':>18}")
     print(header + ("" if not opts.device or opts.device == "cpu" else f" {'GPU peak MB':>12}"), flush=True)
     for size in opts.sizes:
-        cmd = [sys.executable, __file__, "--stream_worker", *argv, "--image", str(size)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "tools.benchmark", "--stream_worker", *argv, "--image", str(size)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         results.append(r)
         line = (f"{size:>7} {r['patches']:>8} {r['seconds']:>8.1f} {r['image_mb']:>9.0f} "
@@ -272,12 +271,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        if opts.released_layout and opts.backbone == "fcn8_vgg16" and opts.mode == 4:
-            print("writing released-layout checkpoints (3 x ~1 GB) ...", flush=True)
-            paths = _released_files(tmp)
+        spec = mode_spec(opts.mode)
+        if opts.released_layout and opts.backbone == "fcn8_vgg16" and spec.example is not None:
+            print(f"writing released-layout checkpoints ({1 + len(spec.frozen)} x ~1 GB) ...", flush=True)
+            paths = _released_files(tmp, spec)
         argv = _strip(sys.argv[1:], "--json", 1)
-        cmd = [sys.executable, __file__, "--worker", "--paths", json.dumps(paths)] + argv
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "tools.benchmark", "--worker", "--paths", json.dumps(paths)] + argv
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
         result = json.loads(out.stdout.strip().splitlines()[-1])
     overhead = 100 * (result["seconds_per_image"] / result["bare_seconds"] - 1) if result["bare_seconds"] else 0.0
     print(f"{result['backbone']} mode {result['mode']} image {result['image']}px patch {result['size_p']} "

@@ -32,17 +32,18 @@ from collections.abc import Callable
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from dataset.deepglobe import DeepGlobe
+from dataset.synthetic import BARREN, FIELD_LABELS, URBAN
+from models.fctl import FCtLNet
+from models.setup import create_model
+from option import report_error
+from pipeline.contexts import global_view
+from pipeline.grid import make_grid
+from pipeline.units import patch_units
+from utils.errors import FCtLError
+from utils.loss import FocalLoss
 
-from dataset.deepglobe import DeepGlobe  # noqa: E402
-from dataset.synthetic import BARREN, FIELD_LABELS, URBAN  # noqa: E402
-from models.fctl import FCtLNet  # noqa: E402
-from models.setup import create_model  # noqa: E402
-from utils.contexts import crop_patches, global_view  # noqa: E402
-from utils.errors import FCtLError, report_error  # noqa: E402
-from utils.grid import make_grid, pad_to_min  # noqa: E402
-from utils.loss import FocalLoss  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FIELD_SHARE = 0.9  # a top position counts as field when at least this share of its cell is field
 CONTEXT_MODULES = ("local", "large", "fusion")
@@ -111,14 +112,11 @@ def global_features(encode: Encoder, images: list[torch.Tensor], labels: list[to
 def cache_patches(model: FCtLNet, image: torch.Tensor, label: torch.Tensor, p: int, size_g: int,
                   cue: torch.Tensor | None) -> dict:
     """One scene's frozen features: patch skips and tops, global context (+ the scene cue), patch labels."""
-    image, _ = pad_to_min(image, p)
-    label, _ = pad_to_min(label[None], p)
-    boxes = make_grid(image.shape[-2], image.shape[-1], p).boxes()
-    rows, cols = [t for t, _ in boxes], [c for _, c in boxes]
     with torch.no_grad():
-        skips, top = model.backbone.encode(crop_patches(image, rows, cols, p).float().div_(255))
-        global_context = model.encode_global(global_view(image, size_g))
-    y = crop_patches(label, rows, cols, p)[:, 0].long()
+        # Every patch of the scene in one unit (the training pipeline's patches, labels and global context).
+        x, y, _, global_context = next(patch_units(model, image, label, size_p=p, size_g=size_g, context=1,
+                                                   sub_batch_size=len(make_grid(*image.shape[-2:], p).boxes())))
+        skips, top = model.backbone.encode(x)
     if cue is not None:
         global_context = global_context + scene_signs([label])[0] * cue.view(1, -1, 1, 1)
     return {"skips": skips, "top": top, "global_context": global_context, "y": y}
@@ -198,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _probe(args)
     except FCtLError as error:
-        return report_error(error)
+        return report_error(error, parser)
     return 0
 
 

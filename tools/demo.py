@@ -19,14 +19,15 @@ import time
 import numpy as np
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from dataset.classes import index_to_colour
+from dataset.io import read_image, read_mask
+from dataset.synthetic import AGRICULTURE, MIN_SIZE, RANGELAND, generate
+from models.modes import mode_spec
+from option import report_error
+from utils.errors import FCtLError
+from utils.files import ensure_writable_dir
 
-from dataset.classes import index_to_colour  # noqa: E402
-from dataset.io import read_image, read_mask  # noqa: E402
-from dataset.synthetic import AGRICULTURE, MIN_SIZE, RANGELAND, generate  # noqa: E402
-from utils.errors import FCtLError, report_error  # noqa: E402
-from utils.files import ensure_writable_dir  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STAGES = [
     # (task, mode, extra options, label in the table)
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _demo(args)
     except FCtLError as error:
-        return report_error(error)
+        return report_error(error, parser)
     return 0
 
 
@@ -109,7 +110,7 @@ def _demo(args: argparse.Namespace) -> None:
     models = os.path.join(args.out, "models")
     logs = os.path.join(args.out, "runs")
     predictions = os.path.join(args.out, "predictions")
-    ensure_writable_dir(args.out, "--out")
+    ensure_writable_dir(args.out, "out")
     # Always (about a second): deterministic, and it drops the surplus of an earlier, larger run.
     generate(data, n_train=args.train_images, n_val=args.val_images, n_test=4, size=args.size, seed=args.seed)
     common = [sys.executable, "train_deep_globe.py", "--backbone", args.backbone, "--data_path", data,
@@ -117,7 +118,7 @@ def _demo(args: argparse.Namespace) -> None:
               "--device", "cpu", "--no_pretrained", "--seed", str(args.seed)]
     seconds, scores = {}, {}
     for task, mode, extra, _ in STAGES:
-        epochs = args.global_epochs if mode == 0 else args.epochs
+        epochs = args.global_epochs if mode_spec(mode).whole_image else args.epochs
         seconds[task] = _run(common + ["--task_name", task, "--mode", str(mode), "--train", "--epochs", str(epochs),
                                        "--lr", str(args.lr), "--batch_size", "1", "--sub_batch_size", "16",
                                        "--num_workers", "0"] + SHORT_RUN + extra)

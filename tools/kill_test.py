@@ -1,6 +1,6 @@
 """Fault injection: SIGKILL a training run at random moments and check that what it leaves is usable.
 
-    python tools/kill_test.py --trials 50 --seed 0
+    python -m tools.kill_test --trials 50 --seed 0
 
 Each trial starts train_deep_globe.py (fpn_resnet18, mode 1, 64 px patches on a tiny synthetic data set,
 one image per epoch, validation every epoch; with --resume when <task>.last.pth exists) and kills it,
@@ -34,11 +34,10 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from models.checkpoint import read_checkpoint
+from utils.errors import CheckpointError
 
-from models.checkpoint import read_checkpoint  # noqa: E402
-from utils.errors import CheckpointError  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TASK = "kill"
 EPOCH_BAR = re.compile(r"epoch \d+/\d+: ")  # tqdm's bar of a training epoch has started

@@ -1,6 +1,6 @@
 """Write the synthetic DeepGlobe-format demo data set (design: dataset/synthetic.py).
 
-    python tools/make_synthetic.py --out data/synthetic --train 40 --val 12 --test 8 --size 256 --seed 0
+    python -m tools.make_synthetic --out data/synthetic --train 40 --val 12 --test 8 --size 256 --seed 0
 
 Prints, for the written validation and test masks, how much the field labels depend on context.
 """
@@ -12,15 +12,14 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from dataset.deepglobe import SPLIT_DIRS
+from dataset.io import read_mask
+from dataset.synthetic import MIN_SIZE, context_stats, generate
+from option import report_error
+from utils.errors import FCtLError
 
-from dataset.deepglobe import SPLIT_DIRS  # noqa: E402
-from dataset.io import read_mask  # noqa: E402
-from dataset.synthetic import MIN_SIZE, context_stats, generate  # noqa: E402
-from utils.errors import FCtLError, report_error  # noqa: E402
 
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/synthetic", help="output folder (default: data/synthetic)")
     parser.add_argument("--train", type=int, default=40, help="training images")
@@ -29,6 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=256, help=f"image side in pixels (>= {MIN_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--patch", type=int, default=96, help="patch size used for the context report")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("train", "val", "test"):
         if getattr(args, name) < 0:
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = generate(args.out, args.train, args.val, args.test, args.size, args.seed)
     except FCtLError as error:
-        return report_error(error)
+        return report_error(error, build_parser())
     seconds = time.perf_counter() - start
     counts = ", ".join(f"{split} {len(ids)}" for split, ids in written.items())
     print(f"wrote {counts} images of {args.size}x{args.size} to {args.out} in {seconds:.1f} s")

@@ -1,6 +1,6 @@
 """Arrange the official DeepGlobe Land Cover download into the folders the training code reads.
 
-    python tools/prepare_deepglobe.py --src /path/to/deepglobe/train --dst data
+    python -m tools.prepare_deepglobe --src /path/to/deepglobe/train --dst data
 
 Input: the download folder with flat `<id>_sat.jpg` images and `<id>_mask.png` colour masks (the files
 are also looked for in `<src>/train`, the layout of the Kaggle archive). Output, following the split lists
@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from dataset.deepglobe import MASK_SUFFIX, SPLIT_DIRS, image_id  # noqa: E402
-from dataset.io import allow_large_images, image_size, read_image, read_mask, write_index_png  # noqa: E402
-from utils.errors import DataError, FCtLError, report_error  # noqa: E402
+from dataset.deepglobe import MASK_SUFFIX, SPLIT_DIRS, image_id
+from dataset.io import allow_large_images, image_size, read_image, read_mask, write_index_png
+from option import report_error
+from utils.errors import DataError, FCtLError
 
 log = logging.getLogger("prepare_deepglobe")
 
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = prepare(args.src, args.dst, args.splits_dir, link=not args.copy, verify=args.verify)
     except FCtLError as error:
-        return report_error(error)
+        return report_error(error, parser)
     print("\n".join(format_report(report, args.dst)))
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from utils.tta import to_view
+from utils.dihedral import to_view
 
 
 def random_flip_rotate(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils.errors import OptionError
+from utils.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,17 +30,24 @@ class DistInfo:
         return self.rank == 0
 
 
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The model inside any (Distributed)DataParallel wrappers (the module itself when unwrapped)."""
+    while isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        module = module.module
+    return module
+
+
 def select_device(requested: str | None, local_rank: int = 0) -> torch.device:
-    """--device, or cuda (this process's GPU under torchrun) when available, else cpu."""
+    """The requested device, or cuda (this process's GPU under torchrun) when available, else cpu."""
     if requested is None:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise OptionError(f"--device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"`device` {requested!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+            raise ConfigError("`device` cuda was asked for but no CUDA GPU is visible; use `device` cpu")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
     return device

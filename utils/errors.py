@@ -1,41 +1,51 @@
-"""Error types for mistakes a user can fix.
+"""Error types for problems a user can fix.
 
-Each carries one line that names the offending file or option and says what to do. The entry script
-prints it as ``error: <message>`` and exits with status 2 (``exit_code``) instead of showing a traceback,
-because a wrong path or a truncated download is not a bug in this code.
+Each carries one line that names the offending file or setting and says what to do. A setting is
+written in backticks under the name the library takes it by (`size_p`, `pre_path`, `skip_bad`): a
+library caller reads the keyword they passed, and a front end shows the same message under its own
+names (the command line turns `size_p` into ``--size_p``) with ``render``. Exit statuses and flag
+names belong to the command line, not here.
 """
 
 from __future__ import annotations
 
-import sys
+import re
+from collections.abc import Callable
+
+_SETTING = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 class FCtLError(Exception):
     """Base class: a user-facing, one-line problem description."""
 
-    exit_code = 2
-
 
 class DataError(FCtLError):
-    """An image, mask, folder or split list that cannot be used as it is."""
+    """An image, mask, folder, split list or output file that cannot be used or written as it is."""
 
 
 class CheckpointError(FCtLError):
     """A checkpoint file that is unreadable or does not fit the requested model."""
 
 
-class OptionError(FCtLError):
-    """A command-line option value that cannot work."""
+class ConfigError(FCtLError):
+    """A setting (patch size, mode, device, ...) whose value cannot work."""
 
 
 class ResourceError(FCtLError):
-    """The machine ran out of something (GPU memory) with the chosen options."""
+    """The machine ran out of something (memory, disk) with the chosen settings."""
+
+
+class TrainingFault(FCtLError):
+    """Training cannot go on (non-finite loss or weights, out of memory); the last good checkpoint is kept."""
 
 
 class Interrupted(FCtLError):
     """The user stopped the run (Ctrl-C); the message says what is on disk."""
 
-    exit_code = 130
+
+def render(message: str, rename: Callable[[str], str]) -> str:
+    """``message`` with every backticked setting name replaced by ``rename(name)``."""
+    return _SETTING.sub(lambda match: rename(match.group(1)), message)
 
 
 _WORKER_PREFIX = "Caught "
@@ -57,9 +67,3 @@ def user_message(exc: BaseException) -> str:
         if last.startswith(name + ": "):
             return last[len(name) + 2:]
     return last.split(": ", 1)[-1]
-
-
-def report_error(exc: FCtLError) -> int:
-    """Print ``exc`` as the one ``error: ...`` line on stderr; returns the exit status to use."""
-    print(f"error: {user_message(exc)}", file=sys.stderr)
-    return exc.exit_code

@@ -17,7 +17,8 @@ import contextlib
 import glob
 import os
 import tempfile
-from typing import IO, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import IO
 
 from utils.errors import DataError
 
@@ -25,8 +26,10 @@ TEMP_SUFFIX = ".tmp"
 TEMP_SUFFIX_GLOB = ".*" + TEMP_SUFFIX  # what atomic_open appends to the final name: ".<random>.tmp"
 
 
-def ensure_writable_dir(path: str, option: str) -> str:
-    """Create ``path`` if needed and check that files can be created in it; ``option`` names the flag."""
+def ensure_writable_dir(path: str, setting: str) -> str:
+    """Create ``path`` if needed and check that files can be created in it; ``setting`` names the
+    caller's setting that gave the path (e.g. "prediction_path"), for the message."""
+    option = f"`{setting}`"
     if os.path.exists(path) and not os.path.isdir(path):
         raise DataError(f"{option} {path} is a file, not a folder; pass a folder (it is created if missing)")
     try:

@@ -1,7 +1,11 @@
-"""Logging that plays well with tqdm bars and with several processes.
+"""Logging that plays well with progress bars, batch systems and several processes.
 
 Only rank 0 prints INFO; other ranks print warnings and errors, prefixed with their rank, so a
 multi-GPU run reads like a single one. Messages go through ``tqdm.write`` so they never tear a bar.
+
+Progress (``progress``): a tqdm bar when stderr is a terminal; when it is a file or a pipe (nohup,
+Slurm, CI) plain lines instead, one when the work starts and one each time another few percent are
+done, so a log holds a dozen readable lines rather than thousands of carriage-return redraws.
 """
 
 from __future__ import annotations
@@ -10,11 +14,17 @@ import logging
 import os
 import resource
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from utils.errors import render
+
 LOGGER_NAME = "fctl"
+PACKAGES = ("dataset", "engine", "models", "pipeline", "utils")
 
 
 class _TqdmHandler(logging.Handler):
@@ -25,8 +35,24 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(rank: int = 0, log_file: str | None = None) -> logging.Logger:
-    """Configure the project's logger once per process; optionally also append to ``log_file``."""
+class _RenamingFormatter(logging.Formatter):
+    """Shows backticked setting names in messages under the front end's names (see utils.errors)."""
+
+    def __init__(self, fmt: str, rename: Callable[[str], str] | None) -> None:
+        super().__init__(fmt)
+        self.rename = rename
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if self.rename is None else render(text, self.rename)
+
+
+def setup_logging(rank: int = 0, log_file: str | None = None,
+                  rename: Callable[[str], str] | None = None) -> logging.Logger:
+    """Configure the project's logger once per process; optionally also append to ``log_file``.
+
+    ``rename`` maps the backticked setting names in messages to the caller's names (the command line
+    passes its flags)."""
     root = logging.getLogger(LOGGER_NAME)
     root.handlers.clear()
     root.setLevel(logging.INFO)
@@ -34,16 +60,16 @@ def setup_logging(rank: int = 0, log_file: str | None = None) -> logging.Logger:
     prefix = "" if rank == 0 else f"[rank {rank}] "
     console = _TqdmHandler()
     console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    console.setFormatter(logging.Formatter(prefix + "%(message)s"))
+    console.setFormatter(_RenamingFormatter(prefix + "%(message)s", rename))
     root.addHandler(console)
     if log_file is not None and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.setFormatter(_RenamingFormatter("%(asctime)s %(levelname)s %(message)s", rename))
         root.addHandler(handler)
     # Modules log through children of this logger ("fctl.data", ...); route the packages' own
     # loggers here too so their warnings are not lost when they use logging.getLogger(__name__).
-    for package in ("dataset", "models", "utils"):
+    for package in PACKAGES:
         child = logging.getLogger(package)
         child.handlers = root.handlers
         child.setLevel(logging.INFO)
@@ -55,9 +81,94 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logging.getLogger(LOGGER_NAME if name is None else f"{LOGGER_NAME}.{name}")
 
 
-def progress(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
-    """A tqdm bar on stderr that is silent on non-zero ranks and when disabled."""
-    return tqdm(iterable, disable=not enabled, dynamic_ncols=True, file=sys.stderr, **kwargs)
+class PlainProgress:
+    """Progress as plain lines on a stream that is not a terminal (the part of tqdm's interface used here).
+
+    Prints ``<desc>: <n>/<total> <unit> (<percent>) <elapsed>, <left> left <postfix>`` when it starts,
+    each time another ``step`` percent are done (with no known total: every ``interval`` seconds), and
+    at the end. A bar with ``leave=False`` (the patches of one image, inside a bar over images) prints
+    nothing: the enclosing bar reports.
+    """
+
+    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", leave: bool = True, file=None, step: float = 10.0, interval: float = 60.0,
+                 **_: Any) -> None:
+        self.iterable = iterable
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.total, self.desc, self.unit = total, desc, unit
+        self.step = step
+        self.quiet = not leave
+        self.interval = interval
+        self.file = file or sys.stderr
+        self.n = 0
+        self.postfix = ""
+        self.started = self._shown_at = time.monotonic()
+        self._next_percent = self.step
+        self._closed = False
+        self._line()
+
+    def _line(self) -> None:
+        if self.quiet:
+            return
+        elapsed = time.monotonic() - self.started
+        parts = [f"{self.desc}: {self.n}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"]
+        if self.total:
+            parts.append(f"({100 * self.n / self.total:.0f}%) {elapsed:.0f}s")
+            if 0 < self.n < self.total:
+                parts[-1] += f", {elapsed * (self.total - self.n) / self.n:.0f}s left"
+        else:
+            parts.append(f"{elapsed:.0f}s")
+        if self.postfix:
+            parts.append(self.postfix)
+        try:
+            print(" ".join(parts), file=self.file, flush=True)
+        except (OSError, ValueError):  # a closed or full log must not stop the work
+            pass
+        self._shown_at = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.total:
+            if 100 * self.n / self.total >= self._next_percent and self.n < self.total:
+                self._line()
+                while self._next_percent <= 100 * self.n / self.total:
+                    self._next_percent += self.step
+        elif time.monotonic() - self._shown_at >= self.interval:
+            self._line()
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = " ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._line()
+
+    def __iter__(self) -> Iterator:
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress(iterable: Iterable | None = None, *, enabled: bool = True, file=None, **kwargs):
+    """Progress over ``iterable`` (or ``total`` updates) on stderr: a tqdm bar on a terminal, plain
+    lines (``PlainProgress``) on a file or pipe, nothing on non-zero ranks or when not ``enabled``."""
+    stream = file or sys.stderr
+    if not enabled:
+        return tqdm(iterable, disable=True, **kwargs)
+    if not getattr(stream, "isatty", lambda: False)():
+        return PlainProgress(iterable, file=stream, **kwargs)
+    return tqdm(iterable, dynamic_ncols=True, file=stream, **kwargs)
 
 
 def process_memory_mb(field: str = "VmHWM") -> float:

@@ -1,0 +1,1 @@
+"""The engine: training (steps, epochs, checkpoint policy) and evaluation/prediction over data sets."""

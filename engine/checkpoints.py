@@ -1,0 +1,93 @@
+"""Checkpoint policy of a training run: which files are written, when, and what a resume reads.
+
+Files, all ``<model_path>/<task_name>.<tag>.pth``:
+- ``epoch<E>``: the weights after epoch E, kept on the released schedule (``keep_epoch``: every 5
+  epochs, and every epoch from epoch 34 on);
+- ``epoch``: the weights after the last epoch (what the next stage reads);
+- ``best``: the weights of the best validation mIoU so far;
+- ``last``: the full training state after the last completed epoch (weights, optimizer, schedule
+  position, RNG), written last of an epoch's files, so ``--resume`` continues exactly.
+Every file is written atomically (a kill leaves the previous complete file); temporaries that a
+SIGKILL left behind are removed by ``remove_stale``. Only the main process writes (``enabled``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from glob import escape as glob_escape
+from typing import Any
+
+import torch
+
+from models.checkpoint import atomic_save, read_checkpoint, save_weights
+from utils.errors import CheckpointError
+from utils.files import remove_stale_temporaries
+
+
+def keep_epoch(epoch: int) -> bool:
+    """The released schedule for ``epoch<E>`` files (1-based E): every 5 epochs, and every epoch from 34."""
+    return epoch % 5 == 0 or epoch >= 34
+
+
+class CheckpointPolicy:
+    """Where one run's checkpoints go and which are kept (see the module doc)."""
+
+    def __init__(self, model_path: str, task_name: str, *, enabled: bool = True,
+                 keep: Callable[[int], bool] = keep_epoch) -> None:
+        self.model_path = model_path
+        self.task_name = task_name
+        self.enabled = enabled
+        self.keep = keep
+        self.saved_epoch: int | None = None  # epoch held by the ``last`` file (None: none written yet)
+
+    def path(self, tag: str) -> str:
+        """``<model_path>/<task_name>.<tag>.pth`` (tags: epoch<E>, epoch, best, last)."""
+        return os.path.join(self.model_path, f"{self.task_name}.{tag}.pth")
+
+    def remove_stale(self) -> list[str]:
+        """Delete temporaries of interrupted writes of this task; returns their paths."""
+        if not self.enabled:
+            return []
+        return remove_stale_temporaries(self.model_path, f"{glob_escape(self.task_name)}.*.pth")
+
+    def save_best(self, model: torch.nn.Module) -> None:
+        if self.enabled:
+            save_weights(model, self.path("best"))
+
+    def end_of_epoch(self, model: torch.nn.Module, epoch: int, epochs: int, state: dict[str, Any]) -> None:
+        """After epoch ``epoch`` (1-based) of ``epochs``: the kept weight files, then the training state."""
+        if self.enabled:
+            if self.keep(epoch):
+                save_weights(model, self.path(f"epoch{epoch}"))
+            if epoch == epochs:
+                save_weights(model, self.path("epoch"))
+            atomic_save(state, self.path("last"))
+        self.saved_epoch = epoch
+
+    def kept(self) -> str:
+        """Where a stopped run can go on from, for messages (names only files that exist)."""
+        if self.saved_epoch is None:
+            return "no epoch was completed, so nothing was saved: start again without `resume`"
+        return f"{self.path('last')} holds the end of epoch {self.saved_epoch}: continue with `resume`"
+
+    def final_weights(self) -> str | None:
+        """The ``epoch`` file if this run has written or found it, else None."""
+        path = self.path("epoch")
+        return path if os.path.exists(path) else None
+
+    def read_last(self, mode: int, backbone: str) -> tuple[dict, dict, dict]:
+        """(weights, meta, extra) of the ``last`` file, checked to be a training state of this model."""
+        path = self.path("last")
+        if not os.path.exists(path):
+            raise CheckpointError(f"`resume`: {path} does not exist; start without `resume` or check "
+                                  f"`model_path`/`task_name`")
+        weights, meta, extra = read_checkpoint(path, with_extra=True)
+        if meta["kind"] != "training-state":
+            raise CheckpointError(f"`resume`: {path} holds only weights, not a training state (optimizer, epoch); "
+                                  f"start without `resume` and pass it as `pre_path` instead")
+        if extra.get("mode") != mode or extra.get("backbone") != backbone:
+            raise CheckpointError(f"`resume`: {path} is a mode-{extra.get('mode')} {extra.get('backbone')} run, not "
+                                  f"mode {mode} {backbone}; use another `task_name`")
+        self.saved_epoch = extra["epoch"]
+        return weights, meta, extra

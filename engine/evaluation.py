@@ -1,0 +1,150 @@
+"""Evaluation on a labelled split and prediction of a test split.
+
+Both iterate over the images this process owns (all of them, or every world_size-th under torchrun),
+run the ``Predictor`` on the device and either accumulate a confusion matrix (summed across processes
+at the end) or write colour masks. Image decoding happens in DataLoader workers, so reading the next
+JPEG overlaps with the network on the current one.
+
+Memory. Predictions are consumed band by band (the confusion matrix is updated, or the PNG written,
+per band), so no full-size prediction exists. The loaders prefetch one image per worker (not torch's
+two) and do not pin: with N workers at most N + 1 images are in memory (the one being predicted and
+one being read by each worker), and a 1.2 GB scene is not copied again into page-locked memory
+(the host-to-device copy of one image per several seconds of work gains nothing from pinning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from dataset.classes import CLASS_NAMES
+from dataset.io import PngBandWriter
+from pipeline.predictor import Predictor
+from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
+from utils.errors import DataError
+from utils.files import atomic_write
+from utils.logging import get_logger, peak_memory_mb, progress
+from utils.metrics import ConfusionMatrix
+from utils.workers import iterate
+
+log = get_logger("eval")
+
+
+def _loader(dataset, info: DistInfo, num_workers: int) -> DataLoader:
+    """This process's images, one at a time (sizes may differ); ``None`` for a skipped bad image."""
+    mine = Subset(dataset, shard(list(range(len(dataset))), info))
+    extra = {"prefetch_factor": 1} if num_workers > 0 else {}
+    return DataLoader(mine, batch_size=None, num_workers=num_workers, pin_memory=False, **extra)
+
+
+def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: DistInfo, *, tta: bool,
+                     num_workers: int = 0, desc: str = "evaluate", want_sample: bool = False):
+    """Score ``dataset`` (labelled); returns (scores dict, optional first (image, label, prediction) sample).
+
+    Images the dataset skipped (``DeepGlobe(skip_bad=True)`` yields None for them, with a warning) are
+    counted in ``scores['skipped']``; when every image was skipped there is nothing to score and a
+    DataError says so (on every process: the counts are summed first).
+    """
+    confusion = ConfusionMatrix(predictor.net.n_class, device)
+    sample = None
+    skipped = torch.zeros(1, dtype=torch.int64, device=device)
+    predictor.net.eval()
+    loader = _loader(dataset, info, num_workers)
+    with iterate(loader) as items:
+        for item in progress(items, total=len(loader), enabled=info.is_main, desc=desc, unit="img"):
+            if item is None:
+                skipped += 1
+                continue
+            image = item["image"].to(device)
+            label = item["label"].to(device)
+            keep = want_sample and sample is None
+            bands = []
+            for y0, band in predictor.mask_bands(image, tta=tta):
+                confusion.update(band, label[y0:y0 + band.shape[0]])
+                if keep:
+                    bands.append(band.cpu())
+            if keep:
+                sample = (item["image"], item["label"], torch.cat(bands))
+            del item, image, label  # the next image is not read into memory beside this one
+    confusion.all_reduce_()
+    all_reduce_sum(skipped)
+    _check_not_all_skipped(dataset, int(skipped.item()))
+    scores = confusion.scores()
+    scores["skipped"] = int(skipped.item())
+    return scores, sample
+
+
+def _check_not_all_skipped(dataset, skipped: int) -> None:
+    total = len(dataset)
+    if total and skipped == total:
+        raise DataError(f"all {total} images of {_where(dataset)} were unreadable and skipped (`skip_bad_images`); "
+                        f"nothing was scored or written: fix or replace the files listed in the warnings above")
+
+
+def _where(dataset) -> str:
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "root", "the split")
+
+
+def format_scores(scores: dict) -> str:
+    """A plain-text table: per-class IoU, then mIoU (classes 1..6), mean F1 and pixel accuracy."""
+    lines = [f"{'class':<12}{'IoU':>8}"]
+    for name, iou in zip(CLASS_NAMES, scores["iou"]):
+        lines.append(f"{name:<12}{100 * iou:>8.2f}")
+    lines.append(f"{'mIoU':<12}{100 * scores['miou']:>8.2f}   (classes 1..{len(CLASS_NAMES) - 1})")
+    lines.append(f"{'F1':<12}{100 * scores['f1']:>8.2f}")
+    lines.append(f"{'accuracy':<12}{100 * scores['accuracy']:>8.2f}")
+    return "\n".join(lines)
+
+
+def write_metrics(path: str, scores: dict) -> None:
+    """Metrics JSON, written atomically (a failed write leaves any earlier file of that name as it was)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, lambda f: json.dump(scores, f, indent=2), mode="w")
+    except OSError as exc:
+        raise DataError(f"cannot write metrics file {path} ({exc.strerror or exc}); pass a writable `metrics_path` "
+                        f"on a disk with free space") from None
+
+
+def predict_dataset(predictor: Predictor, dataset, out_dir: str, device: torch.device, info: DistInfo, *,
+                    tta: bool, num_workers: int = 0) -> dict:
+    """Write ``<out_dir>/<id>_mask.png`` (DeepGlobe colours) for every image this process owns.
+
+    Skipped images (see ``evaluate_dataset``) are counted in the summary's ``skipped``."""
+    started = time.time()
+    done = skipped = patches = 0
+    predictor.net.eval()
+    loader = _loader(dataset, info, num_workers)
+    with iterate(loader) as items:
+        for item in progress(items, total=len(loader), enabled=info.is_main, desc="predict", unit="img"):
+            if item is None:
+                skipped += 1
+                continue
+            image = item["image"].to(device)
+            image_id = item["id"]
+            del item
+            height, width = image.shape[-2:]
+            n = predictor.patches_per_image(height, width, tta)
+            path = os.path.join(out_dir, f"{image_id}_mask.png")
+            # Bands go to the PNG as soon as they are final: memory does not grow with the image height.
+            with progress(total=n, enabled=info.is_main and n > 0, desc=image_id, unit="patch", leave=False) as inner, \
+                    PngBandWriter(path, height, width) as writer:
+                for _, band in predictor.mask_bands(image, tta=tta, progress=inner):
+                    writer.write(band.cpu().numpy())
+            done += 1
+            patches += n
+            del image
+    counts = all_reduce_sum(torch.tensor([done, skipped, patches], dtype=torch.int64, device=device))
+    _check_not_all_skipped(dataset, int(counts[1]))
+    # Under torchrun: images and patches summed over the processes; seconds and peak memory those of the
+    # slowest and the largest process.
+    worst = all_reduce_max(torch.tensor([time.time() - started, peak_memory_mb(device)], dtype=torch.float64,
+                                        device=device))
+    return {"images": int(counts[0]), "skipped": int(counts[1]), "patches": int(counts[2]),
+            "seconds": float(worst[0]), "peak_memory_mb": float(worst[1])}

@@ -1,0 +1,69 @@
+"""Fake released FCtL checkpoints for tests: the exact key/shape layout of all/medium/global.epoch.pth.
+
+LAYOUT is the released key layout (from fctl_checkpoint_keys.json): per file, rows (key, shape, canonical),
+canonical None when the key is its own canonical key; alias rows (pool3.*, big_pool5.*, ...) name the
+tensor they share. ``make_released_checkpoint`` writes such a file the way nn.DataParallel training saved
+them: a plain state dict, ``module.`` keys, every alias the SAME tensor object (one storage in the file),
+random values, and VGG's classifier in full size (zeros: it is never read, and zeros are cheap to make).
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+KINDS = ("all", "medium", "global")
+N_CLASS_LAYERS = ("module.output.6.", "module.adj_pool3.", "module.adj_pool4.", "module.up_")
+CLASSIFIER = "module.vgg.classifier."
+
+def _read_layout() -> dict[str, tuple[tuple[str, tuple[int, ...], str | None], ...]]:
+    """The key layout file shipped next to this module :
+    per file, rows (key, shape, canonical key or None when the key is its own canonical name)."""
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "released_keys.json")) as handle:
+        raw = json.load(handle)
+    return {kind: tuple((key, tuple(shape), None if canonical == key else canonical) for key, shape, canonical in rows)
+            for kind, rows in raw.items()}
+
+
+LAYOUT = _read_layout()
+
+
+def canonical_key(kind: str, key: str) -> str:
+    """The key of the tensor that ``key`` shares in the released ``kind`` file."""
+    for row_key, _, canonical in LAYOUT[kind]:
+        if row_key == key:
+            return canonical or row_key
+    raise KeyError(key)
+
+
+def released_shapes(kind: str, n_class: int = 7) -> dict[str, tuple[int, ...]]:
+    """Canonical key -> shape of the released ``kind`` file, for a model with ``n_class`` classes."""
+    shapes = {}
+    for key, shape, canonical in LAYOUT[kind]:
+        if canonical is None:
+            if key.startswith(N_CLASS_LAYERS):
+                shape = tuple(n_class if i < 2 and d == 7 else d for i, d in enumerate(shape))
+            shapes[key] = shape
+    return shapes
+
+
+def make_released_checkpoint(
+    kind: str, path: str | Path, seed: int, n_class: int = 7, dtype: torch.dtype = torch.float32
+) -> None:
+    """Write a fake released ``kind`` checkpoint ("all", "medium" or "global") to ``path``.
+
+    Values are random (scaled by 1/sqrt(fan_in) so a forward pass stays finite), the classifier is
+    zeros; aliases are the same tensor object as their canonical key, as in the real files.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, shape in released_shapes(kind, n_class).items():
+        if key.startswith(CLASSIFIER):
+            tensors[key] = torch.zeros(shape, dtype=dtype)
+            continue
+        scale = 1.0 / math.sqrt(math.prod(shape[1:])) if len(shape) > 1 else 0.01
+        tensors[key] = (torch.randn(shape, generator=generator) * scale).to(dtype)
+    state = {key: tensors[canonical or key] for key, _, canonical in LAYOUT[kind]}
+    torch.save(state, path)

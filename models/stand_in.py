@@ -1,0 +1,59 @@
+"""A tiny network with FCtLNet's interface, for testing the pipeline at sizes a CPU handles in seconds.
+
+It is deliberately NOT rotation-equivariant (3x3 convolutions with random weights) and it uses both
+contexts, so a mistake in how views, boxes, windows or the global image are mapped changes its output.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.modes import Mode, mode_spec
+
+
+class _Encoder(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+class StandIn(nn.Module):
+    """Mode 0-4 stand-in: out = head(enc(x) + enc(medium) + corner of global_context)."""
+
+    backbone_name = "stand_in"
+    n_class = 7
+
+    def __init__(self, mode: int = 4, channels: int = 8, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.spec: Mode = mode_spec(mode)
+        self.mode = mode
+        self.encoder = _Encoder(channels)
+        self.context_encoder = _Encoder(channels)
+        self.global_encoder = _Encoder(channels)
+        self.head = nn.Conv2d(channels, self.n_class, 3, padding=1)
+
+    @property
+    def needs_medium(self) -> bool:
+        return self.spec.needs_medium
+
+    @property
+    def needs_global(self) -> bool:
+        return self.spec.needs_global
+
+    def encode_global(self, image: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.global_encoder(image)
+
+    def forward(self, x, medium=None, global_context=None):
+        h = self.encoder(x)
+        if self.needs_medium:
+            h = h + self.context_encoder(medium)
+        if self.needs_global:
+            # The corner value, not a mean: it changes when the global image is turned the wrong way.
+            h = h + global_context[:, :, :1, :1].expand(x.shape[0], -1, -1, -1)
+        return self.head(h)

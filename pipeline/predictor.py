@@ -1,0 +1,233 @@
+"""Whole-image inference: patch grid, contexts, sub-batched forwards, logit merge and TTA.
+
+The released system runs each of the 8 test-time views through the whole pipeline in its own,
+rotated frame and sums the raw logits. We do exactly that, but without building a rotated copy of the
+image or a canvas per view: each view's patch grid is laid out in the view's frame, every patch box is
+mapped back to the original frame, the crop (and its medium-context window) is taken from the original
+image and turned into the view, and the logits are turned back and added to ONE canvas in the original
+frame. Because the whole image is never rotated, non-square images are not cropped (the original's
+defect), and memory is the image, one sub-batch and a band of the canvas (see ``Predictor``).
+
+Jobs (view, box) are independent, so sub-batches may mix views: that is batched TTA for free.
+
+Streaming. The jobs of all views come in rows, top to bottom (``pipeline.views.schedule``). Within a
+row the jobs run left to right, and ``pipeline.merge.BandMerger`` finalises the canvas column tile by
+column tile, so what stays in memory besides the image is: the grid's vertical overlap across the
+width (float32), a few p x p tiles, one sub-batch, and the band of final rows (uint8 for masks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.contexts import global_view, linear_taps, medium_contexts
+from pipeline.grid import make_grid, pad_to_min
+from pipeline.merge import BandMerger, argmax_classes
+from pipeline.views import Job, schedule, view_shape
+from utils.dihedral import VIEWS, View, from_view, to_view
+from utils.distributed import unwrap
+from utils.errors import ResourceError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Geometry and batching of the patch pipeline (the options of the same names)."""
+
+    size_p: int
+    size_g: int
+    context: int = 3
+    sub_batch_size: int = 6
+    amp: bool = False
+    amp_dtype: torch.dtype = torch.bfloat16
+
+
+def out_of_memory(device: torch.device, cfg: PipelineConfig) -> ResourceError:
+    """The error for a forward pass that ran out of memory, with the settings that lower it."""
+    return ResourceError(f"out of memory on {device} with `sub_batch_size` {cfg.sub_batch_size} (patches per "
+                         f"forward pass): lower `sub_batch_size` (e.g. {max(1, cfg.sub_batch_size // 2)}) or "
+                         f"`size_p`")
+
+
+def _autocast(device: torch.device, cfg: PipelineConfig):
+    if not cfg.amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=cfg.amp_dtype)
+
+
+def _uses_channels_last(net: torch.nn.Module) -> bool:
+    """True when the network's convolution weights are stored channels_last (``model.to(memory_format=...)``)."""
+    for param in net.parameters():
+        if param.dim() == 4 and param.shape[-1] * param.shape[-2] > 1:
+            return param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+    return False
+
+
+class Predictor:
+    """Turns whole images into logits / masks with an ``FCtLNet`` (any mode, any backbone).
+
+    ``image`` arguments are uint8 tensors (3, H, W) already on the model's device; the image stays
+    uint8 and only crops and context windows are converted to float, so a large scene costs 3 bytes
+    per pixel. Results come as horizontal bands (``logit_bands``, ``mask_bands``) handed out as soon as
+    no pending patch can touch them (see the module doc): memory besides the image does not grow with
+    the image height, and grows with its width only by the grid's overlap rows (about 50 x W x C float32
+    values) and the band being filled.
+    """
+
+    band_values = 1 << 22  # float values per band of the mode-0 path (resized whole image, upsampled)
+    # Column tiles of the merger are max(4 * size_p, merge_tile) wide: wide enough that the per-tile
+    # work (widen, argmax, shrink) is a few large operations, narrow enough that the tiles under the
+    # current patches (at most two) stay small next to a row of the image.
+    merge_tile = 2048
+
+    def __init__(self, model: torch.nn.Module, cfg: PipelineConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.net = unwrap(model)
+        self.channels_last = _uses_channels_last(self.net)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def views(self, tta: bool) -> list[View]:
+        return list(VIEWS) if tta else [VIEWS[0]]
+
+    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # --- global-image path (mode 0) -----------------------------------------------------------------
+    def _global_bands(self, image: torch.Tensor, views: list[View], output: str) -> Iterator[tuple[int, torch.Tensor]]:
+        """Logits of the resized image, summed over views at the small scale, upsampled band by band.
+
+        Upsampling is linear and commutes with flips and quarter turns, so summing the views before
+        upsampling equals upsampling each view's logits and summing (the original's order). Each band
+        of about ``band_values`` floats is made from the two bilinear taps of each of its rows
+        (``linear_taps``) and then resized along the width, so nothing of the full size exists and the
+        cost is a few operations per output value.
+        """
+        height, width = image.shape[-2:]
+        small = self._memory_format(global_view(image, self.cfg.size_g))
+        total = None
+        for view in views:
+            with _autocast(self.device, self.cfg):
+                logits = self.model(to_view(small, view)).float()[0]
+            total = from_view(logits, view) if total is None else total + from_view(logits, view)
+        total = total.contiguous()
+        i_v, w_v = linear_taps(total.shape[-2], height, total.device)
+        rows = max(1, min(height, self.band_values // (total.shape[0] * width)))
+        for y0 in range(0, height, rows):
+            y1 = min(y0 + rows, height)
+            near = (total.index_select(1, i_v[0, y0:y1]) * w_v[0, y0:y1, None]
+                    + total.index_select(1, i_v[1, y0:y1]) * w_v[1, y0:y1, None])  # (C, rows, g)
+            # Along the width interpolate() itself (the height's scale of 1 is the identity).
+            band = F.interpolate(near.unsqueeze(0), size=(y1 - y0, width), mode="bilinear", align_corners=False)[0]
+            yield y0, argmax_classes(band) if output == "mask" else band
+
+    # --- patch path ----------------------------------------------------------------------------------
+    def jobs(self, height: int, width: int, views: list[View]) -> list[Job]:
+        """Every (view index, top, left) job of an (already padded) image, in the order they are run."""
+        return [job for _, _, row in schedule(height, width, views, self.cfg.size_p) for job in row]
+
+    def global_contexts(self, image: torch.Tensor, views: list[View]) -> torch.Tensor | None:
+        """Global context (frozen global encoder) of every view's resized image: (V, C, hg, wg), or None."""
+        if not self.net.needs_global:
+            return None
+        small = self._memory_format(global_view(image, self.cfg.size_g))
+        with _autocast(self.device, self.cfg):
+            return torch.cat([self.net.encode_global(to_view(small, v)) for v in views]).float()
+
+    def _run(self, image: torch.Tensor, views: list[View], contexts_g: torch.Tensor | None,
+             jobs: list[Job]) -> list[torch.Tensor]:
+        """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them)."""
+        p = self.cfg.size_p
+        # One pass from the uint8 image into the float batch (in the network's memory format): each
+        # crop is turned into its view as a strided view of the image and converted while copied.
+        x = torch.empty((len(jobs), image.shape[0], p, p), device=image.device,
+                        memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        for xi, (vi, t, l) in zip(x, jobs):
+            xi.copy_(to_view(image[:, t:t + p, l:l + p], views[vi]))
+        x.div_(255)
+        medium = None
+        if self.net.needs_medium:
+            m = medium_contexts(image, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, self.cfg.context)
+            medium = self._memory_format(torch.stack([to_view(mi, views[vi]) for mi, (vi, _, _) in zip(m, jobs)]))
+        g = None if contexts_g is None else contexts_g[[vi for vi, _, _ in jobs]]
+        with _autocast(self.device, self.cfg):
+            logits = self.model(x, medium=medium, global_context=g)
+        logits = logits.float()
+        return [from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, jobs)]
+
+    def _tagged_batches(self, image: torch.Tensor, views: list[View]):
+        """(tags, logits) per sub-batch over the schedule; a tag is (row end, row bottom, job)."""
+        height, width = image.shape[-2:]
+        contexts_g = self.global_contexts(image, views)
+        tagged = ((end, bottom, job) for end, bottom, row in schedule(height, width, views, self.cfg.size_p) for job in row)
+        while True:
+            batch = list(itertools.islice(tagged, self.cfg.sub_batch_size))
+            if not batch:
+                return
+            yield batch, self._run(image, views, contexts_g, [job for _, _, job in batch])
+
+    @torch.inference_mode()
+    def _bands(self, image: torch.Tensor, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
+        views = self.views(tta)
+        height, width = image.shape[-2:]
+        if self.net.spec.whole_image:
+            yield from self._global_bands(image, views, output)
+            return
+        padded, _ = pad_to_min(image, self.cfg.size_p)
+        p_height, p_width = padded.shape[-2:]
+        merger = BandMerger(self.net.n_class, p_height, p_width, padded.device, output=output,
+                            tile=max(4 * self.cfg.size_p, self.merge_tile))
+        row_end = None
+
+        def cropped(band: tuple[int, torch.Tensor]):
+            y0, rows = band
+            if y0 >= height:
+                return None
+            return y0, rows[..., :height - y0, :width]
+
+        for batch, logits in self._tagged_batches(padded, views):
+            for (end, bottom, (_, top, left)), patch in zip(batch, logits):
+                if end != row_end:
+                    if row_end is not None and (band := cropped(merger.end_row())) is not None:
+                        yield band
+                    merger.begin_row(end, bottom)
+                    row_end = end
+                merger.add(patch, top, left)
+            if progress is not None:
+                progress.update(len(batch))
+        if row_end is not None and (band := cropped(merger.end_row())) is not None:
+            yield band
+        if (rest := merger.finish()) is not None and (band := cropped(rest)) is not None:
+            yield band
+
+    def logit_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Summed logits of one image over the chosen views, as (first row, (C, h, W) float32) bands."""
+        return self._bands(image, tta, progress, "logits")
+
+    def mask_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
+        """Class map of one image as (first row, (h, W) uint8) bands (ties go to the lower class)."""
+        return self._bands(image, tta, progress, "mask")
+
+    def logits(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
+        """Summed logits (C, H, W) float32 of one image (whole canvas: for images that fit)."""
+        return torch.cat([band for _, band in self.logit_bands(image, tta, progress)], dim=1)
+
+    def predict(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
+        """Class map (H, W) uint8 of one image."""
+        return torch.cat([band for _, band in self.mask_bands(image, tta, progress)], dim=0)
+
+    def patches_per_image(self, height: int, width: int, tta: bool) -> int:
+        if self.net.spec.whole_image:
+            return 0
+        h, w = max(height, self.cfg.size_p), max(width, self.cfg.size_p)
+        return sum(len(make_grid(*view_shape(h, w, v), self.cfg.size_p)) for v in self.views(tta))
