@@ -43,7 +43,7 @@ def _as_image(image: torch.Tensor) -> torch.Tensor:
     return image
 
 
-def _as_list(values: Positions) -> list[int]:
+def as_list(values: Positions) -> list[int]:
     """Patch positions as Python ints (one transfer for a device tensor, not one per element)."""
     if isinstance(values, torch.Tensor):
         return [int(v) for v in values.reshape(-1).tolist()]
@@ -51,7 +51,7 @@ def _as_list(values: Positions) -> list[int]:
 
 
 def _positions(tops: Positions, lefts: Positions) -> tuple[list[int], list[int]]:
-    top_list, left_list = _as_list(tops), _as_list(lefts)
+    top_list, left_list = as_list(tops), as_list(lefts)
     if len(top_list) != len(left_list):
         raise ValueError(f"{len(top_list)} tops but {len(left_list)} lefts")
     return top_list, left_list

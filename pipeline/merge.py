@@ -20,17 +20,9 @@ into a float32 canvas.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-Positions = torch.Tensor | Sequence[int]
-
-
-def _as_list(values: Positions) -> list[int]:
-    if isinstance(values, torch.Tensor):
-        return [int(v) for v in values.reshape(-1).tolist()]
-    return [int(v) for v in values]
+from pipeline.contexts import Positions, as_list
 
 
 def add_patches(canvas: torch.Tensor, logits: torch.Tensor, tops: Positions, lefts: Positions) -> None:
@@ -45,7 +37,7 @@ def add_patches(canvas: torch.Tensor, logits: torch.Tensor, tops: Positions, lef
         raise ValueError(
             f"logits of shape {tuple(logits.shape)} do not fit a canvas of shape {tuple(canvas.shape)}"
         )
-    top_list, left_list = _as_list(tops), _as_list(lefts)
+    top_list, left_list = as_list(tops), as_list(lefts)
     if len(top_list) != logits.shape[0] or len(left_list) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} patches but {len(top_list)} tops and {len(left_list)} lefts")
     p = int(logits.shape[-1])

@@ -25,7 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-        if "cuda" in item.keywords and not torch.cuda.is_available():
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
             item.add_marker(no_gpu)
 
 
@@ -75,3 +75,19 @@ def fpn_pre_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
     torch.manual_seed(7)
     save_weights(build_model(1, "fpn_resnet18"), str(folder / "pre.pth"))
     return str(folder)
+
+
+@pytest.fixture
+def epoch_of_run(monkeypatch) -> dict:
+    """{"epoch": index of the epoch being trained (0-based)}, kept up to date during a run."""
+    current = {"epoch": -1}
+    from engine.training import Trainer
+
+    original = Trainer.train_epoch
+
+    def train_epoch(self, epoch):
+        current["epoch"] = epoch
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+    return current

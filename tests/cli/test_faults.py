@@ -44,20 +44,6 @@ def saved_epoch(path: pathlib.Path) -> int:
     return extra["epoch"]
 
 
-@pytest.fixture
-def epoch_of_run(monkeypatch) -> dict:
-    """{"epoch": index of the epoch being trained (0-based)}, kept up to date during a run."""
-    current = {"epoch": -1}
-    original = Trainer.train_epoch
-
-    def train_epoch(self, epoch):
-        current["epoch"] = epoch
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
-    return current
-
-
 # --- non-finite loss and weights -----------------------------------------------------------------------
 
 def poison_loss(monkeypatch, current: dict, from_epoch: int) -> None:

@@ -13,7 +13,7 @@ import pathlib
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import engine.training
 from dataset.deepglobe import collate_list
@@ -23,6 +23,8 @@ from models.checkpoint import read_checkpoint
 from models.fctl import FCtLNet, build_model
 from pipeline.predictor import AMP_DTYPES, PipelineConfig
 from tests.cli.helpers import list_files, run_cli, tiny_args
+from tests.cli.test_errors import expect_error
+from tests.engine.test_training import Scenes
 from utils.loss import FocalLoss
 
 pytestmark = pytest.mark.cuda
@@ -37,23 +39,6 @@ def keep_cudnn_benchmark():
     saved = torch.backends.cudnn.benchmark
     yield
     torch.backends.cudnn.benchmark = saved
-
-
-class Scenes(Dataset):
-    """Items shaped like DeepGlobe's (CPU uint8): an image brighter where the label is 1 (as in
-    tests/engine/test_training.py)."""
-
-    def __init__(self, n: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.labels = [(torch.rand(SIZE, SIZE, generator=g) > 0.5).to(torch.uint8) for _ in range(n)]
-        self.images = [(lab * 120 + torch.randint(0, 100, (3, SIZE, SIZE), generator=g)).to(torch.uint8)
-                       for lab in self.labels]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"id": f"s{i}", "image": self.images[i], "label": self.labels[i], "path": f"s{i}.png"}
 
 
 def make_trainer(amp: str | None = None, *, mode: int = 1, folder=None, epochs: int = 2, images: int = 3,
@@ -211,34 +196,6 @@ def test_cli_evaluates_and_predicts_on_cuda_with_fp16(tiny_data, fpn_pre_folder,
 
 # --- out of memory on CUDA ------------------------------------------------------------------------------
 
-def expect_error(capsys, argv: list[str], *needles: str, code: int = 2) -> str:
-    """Run the CLI; the exit status is ``code``, no traceback, and the last stderr line is ``error: ...``
-    holding every needle. Returns that line."""
-    status = run_cli(*argv)
-    err = capsys.readouterr().err
-    assert status == code, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("error: out of memory on cuda"), err[-3000:]
-    for needle in needles:
-        assert needle in line, line
-    return line
-
-
-@pytest.fixture
-def epoch_of_run(monkeypatch) -> dict:
-    """{"epoch": index of the epoch being trained (0-based)}, kept up to date during a run."""
-    current = {"epoch": -1}
-    original = Trainer.train_epoch
-
-    def train_epoch(self, epoch):
-        current["epoch"] = epoch
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
-    return current
-
-
 def raise_out_of_memory(monkeypatch, current: dict | None = None, from_epoch: int = 0) -> None:
     """FCtLNet.forward raises CUDA's out-of-memory error (from epoch ``from_epoch`` of a run when given)."""
     original = FCtLNet.forward
@@ -257,7 +214,7 @@ def test_out_of_memory_on_cuda_in_evaluation_and_test_mode(mode, tiny_data, fpn_
     raise_out_of_memory(monkeypatch)
     argv = cuda_args(tiny_data, fpn_pre_folder, str(tmp_path / "logs"), "--mode", "1", "--pre_path", "pre.pth",
                      "--prediction_path", str(tmp_path / "pred"), "--metrics_path", str(tmp_path / "m.json"), *mode)
-    expect_error(capsys, argv, "with --sub_batch_size 8", "lower --sub_batch_size (e.g. 4)")
+    expect_error(capsys, argv, "out of memory on cuda", "with --sub_batch_size 8", "lower --sub_batch_size (e.g. 4)")
     assert list_files(str(tmp_path / "pred")) == []
     assert not (tmp_path / "m.json").exists()
 
@@ -265,7 +222,7 @@ def test_out_of_memory_on_cuda_in_evaluation_and_test_mode(mode, tiny_data, fpn_
 def test_out_of_memory_on_cuda_in_the_first_epoch_says_nothing_was_saved(tiny_data, tmp_path, monkeypatch, capsys):
     raise_out_of_memory(monkeypatch)
     models = tmp_path / "models"
-    expect_error(capsys, train_args(tiny_data, models, "--epochs", "1", "--max_images", "1"),
+    expect_error(capsys, train_args(tiny_data, models, "--epochs", "1", "--max_images", "1"), "out of memory on cuda",
                  "with --sub_batch_size 8", "lower --sub_batch_size (e.g. 4)", "no epoch was completed",
                  "start again without --resume")
     assert list_files(str(models)) == []
@@ -275,7 +232,7 @@ def test_out_of_memory_on_cuda_in_epoch_2_names_the_last_file(tiny_data, tmp_pat
     raise_out_of_memory(monkeypatch, epoch_of_run, from_epoch=1)
     models = tmp_path / "models"
     last = models / "t.last.pth"
-    expect_error(capsys, train_args(tiny_data, models, "--epochs", "2", "--max_images", "1"),
+    expect_error(capsys, train_args(tiny_data, models, "--epochs", "2", "--max_images", "1"), "out of memory on cuda",
                  "with --sub_batch_size 8", "lower --sub_batch_size (e.g. 4)", f"{last} holds the end of epoch 1",
                  "continue with --resume")
     assert list_files(str(models)) == ["t.last.pth"]
