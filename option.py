@@ -18,8 +18,12 @@ from models.modes import MODES, mode_spec
 from pipeline.contexts import CONTEXTS
 from utils.errors import ConfigError, FCtLError, Interrupted, render, user_message
 
-EXIT_INTERRUPTED = 130  # the shell's status for a run stopped by SIGINT
 EXIT_USER_ERROR = 2
+
+
+def exit_status_of_signal(signum: int) -> int:
+    """The shell's convention for a run stopped by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + int(signum)
 
 
 class OptionError(ConfigError):
@@ -39,9 +43,9 @@ def flag_renamer(parser: argparse.ArgumentParser | None):
 
 def report_error(exc: FCtLError, parser: argparse.ArgumentParser | None = None) -> int:
     """Print ``exc`` as the one ``error: ...`` line on stderr, its settings named by the flags of
-    ``parser``; returns the exit status (130 after an interruption, 2 otherwise)."""
+    ``parser``; returns the exit status (128 + the signal after an interruption, 2 otherwise)."""
     print(f"error: {render(user_message(exc), flag_renamer(parser))}", file=sys.stderr)
-    return EXIT_INTERRUPTED if isinstance(exc, Interrupted) else EXIT_USER_ERROR
+    return exit_status_of_signal(exc.signum) if isinstance(exc, Interrupted) else EXIT_USER_ERROR
 
 
 class _Parser(argparse.ArgumentParser):

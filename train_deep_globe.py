@@ -4,8 +4,9 @@ Run ``python train_deep_globe.py --help`` for the options; the shell scripts nex
 staged recipe of the paper. Under ``torchrun --nproc_per_node=N`` the same command uses N processes.
 
 Exit status: 0 on success; 2 with one line ``error: <what and what to do>`` on stderr for every problem
-the user can fix (bad option, file, checkpoint, unwritable folder, non-finite loss, out of memory); 130
-after Ctrl-C (the line says which checkpoint to resume from). Tracebacks are kept for bugs.
+the user can fix (bad option, file, checkpoint, unwritable folder, non-finite loss, out of memory, a
+full disk); 128 + the signal after Ctrl-C (130), SIGTERM (143) or SIGHUP (129), the line saying which
+checkpoint to resume from. Tracebacks are kept for bugs.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ import time
 import torch
 import torch.distributed as dist
 
-from dataset.deepglobe import DeepGlobe, first_images
+from dataset.deepglobe import DeepGlobe, first_images, item_bytes
 from dataset.io import allow_large_images
 from engine.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
 from models.setup import create_model
 from option import (
-    EXIT_INTERRUPTED,
     OptionError,
     build_parser,
+    exit_status_of_signal,
     flag_renamer,
     parse_options,
     report_error,
@@ -33,9 +34,10 @@ from option import (
 )
 from pipeline.predictor import AMP_DTYPES, PipelineConfig, Predictor, out_of_memory
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
-from utils.errors import FCtLError
+from utils.errors import FCtLError, describe_signal, signal_of
 from utils.files import ensure_writable_dir, remove_stale_temporaries
-from utils.logging import setup_logging
+from utils.logging import SafeWriter, setup_logging
+from utils.workers import check_shared_memory, stop_on_signals, worker_init
 
 
 def _split(args: argparse.Namespace, split: str, labelled: bool):
@@ -51,11 +53,10 @@ def _pipeline(args: argparse.Namespace) -> PipelineConfig:
 
 def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, info: DistInfo, log) -> None:
     """Build the training run's objects from the options and fit."""
-    from tensorboardX import SummaryWriter
     from torch.utils.data import DataLoader, DistributedSampler
 
     from dataset.deepglobe import collate_list
-    from engine.checkpoints import CheckpointPolicy
+    from engine.checkpoints import FIXED_ON_RESUME, CheckpointPolicy
     from engine.training import Schedule, Trainer
     from utils.loss import FocalLoss
 
@@ -67,11 +68,13 @@ def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.devic
             model, device_ids=[device.index] if device.type == "cuda" else None)
     train_set = _split(args, "train", labelled=True)
     val_set = _split(args, "crossvali", labelled=True) if args.val else None
+    # Each worker prefetches 2 batches (torch's default) of batch_size images.
+    check_shared_memory(args.num_workers, 2 * args.num_workers * args.batch_size, item_bytes(train_set))
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=args.seed, drop_last=False)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
                         collate_fn=collate_list, pin_memory=device.type == "cuda",
-                        persistent_workers=args.num_workers > 0)
+                        persistent_workers=args.num_workers > 0, worker_init_fn=worker_init)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
     checkpoints = CheckpointPolicy(args.model_path, args.task_name, enabled=info.is_main)
@@ -79,11 +82,11 @@ def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.devic
     if stale:
         log.warning(f"removed {len(stale)} temporary files left in {args.model_path} by an interrupted "
                     f"checkpoint write (e.g. {os.path.basename(stale[0])}); the .pth files are complete")
-    writer = SummaryWriter(os.path.join(args.log_path, args.task_name)) if info.is_main else None
+    writer = SafeWriter(os.path.join(args.log_path, args.task_name)) if info.is_main else None
     schedule = Schedule(epochs=args.epochs, lr=args.lr, seed=args.seed, val_every=args.val_every)
     trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(args), schedule, device=device,
                       dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=args.num_workers,
-                      writer=writer)
+                      writer=writer, settings={name: getattr(args, name) for name in FIXED_ON_RESUME})
     trainer.fit(resume=args.resume)
 
 
@@ -182,13 +185,15 @@ def main() -> None:
     """Run, turning user errors into one ``error:`` line and an exit status (see the module doc)."""
     code = 0
     try:
-        code = run(sys.argv[1:])
+        with stop_on_signals():  # SIGTERM / SIGHUP stop the run as Ctrl-C does
+            code = run(sys.argv[1:])
     except FCtLError as exc:  # also when raised in a DataLoader worker (report_error unwraps it)
         code = report_error(exc, build_parser())
-    except KeyboardInterrupt:  # outside training (which raises Interrupted with its checkpoint state)
-        print("error: interrupted (Ctrl-C); files already written are complete, none is half-written",
-              file=sys.stderr)
-        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # outside training (which raises Interrupted with its checkpoint state)
+        signum = signal_of(exc)
+        print(f"error: interrupted ({describe_signal(signum)}); files already written are complete, none is "
+              f"half-written", file=sys.stderr)
+        code = exit_status_of_signal(signum)
     except Exception as exc:
         if not _lost_peer(exc):
             raise

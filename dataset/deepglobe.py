@@ -26,7 +26,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
-from dataset.io import read_image, read_mask
+from dataset.io import image_size, read_image, read_mask
 from utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,21 @@ def collate_list(batch: list[Item | None]) -> dict[str, Any]:
     out: dict[str, Any] = {key: [item[key] for item in items] for key in ("id", "image", "label", "path")}
     out["skipped"] = len(batch) - len(items)
     return out
+
+
+def item_bytes(dataset: Dataset) -> int:
+    """Bytes of one item (uint8 image and label) judged by the first image's header: what a DataLoader
+    worker hands over through shared memory per image (0 for an empty or unknown data set)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    paths = getattr(dataset, "image_paths", [])
+    if not paths:
+        return 0
+    try:
+        height, width = image_size(paths[0])
+    except DataError:
+        return 0  # the read itself reports the file
+    return (3 + int(getattr(dataset, "labelled", False))) * height * width
 
 
 def first_images(dataset: Dataset, max_images: int | None) -> Dataset:

@@ -22,7 +22,14 @@ import torch
 
 from models.checkpoint import atomic_save, read_checkpoint, save_weights
 from utils.errors import CheckpointError
-from utils.files import remove_stale_temporaries
+from utils.files import ensure_free_space, remove_stale_temporaries
+
+# Settings a resumed run must share with the run it continues: they fix the number of steps per epoch
+# and the poly schedule built on it (batch_size, max_images), what the model learns from (size_p,
+# size_g, context), and the image order and augmentation streams (seed). Everything else may change:
+# epochs (at least those done), lr and weight_decay (a lower lr after a stop), sub_batch_size,
+# num_workers, device, amp and amp_dtype, validation.
+FIXED_ON_RESUME = ("batch_size", "max_images", "size_p", "size_g", "context", "seed")
 
 
 def keep_epoch(epoch: int) -> bool:
@@ -44,6 +51,15 @@ class CheckpointPolicy:
     def path(self, tag: str) -> str:
         """``<model_path>/<task_name>.<tag>.pth`` (tags: epoch<E>, epoch, best, last)."""
         return os.path.join(self.model_path, f"{self.task_name}.{tag}.pth")
+
+    def check_space(self, model: torch.nn.Module) -> None:
+        """Before the first epoch: the disk must hold an epoch's files (weights, and the training
+        state with Adam's two moments per weight) with room for a temporary copy during a write."""
+        if not self.enabled:
+            return
+        os.makedirs(self.model_path, exist_ok=True)
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        ensure_free_space(self.model_path, 5 * weight_bytes / 2**20, "model_path", "this model's checkpoints")
 
     def remove_stale(self) -> list[str]:
         """Delete temporaries of interrupted writes of this task; returns their paths."""
@@ -76,8 +92,10 @@ class CheckpointPolicy:
         path = self.path("epoch")
         return path if os.path.exists(path) else None
 
-    def read_last(self, mode: int, backbone: str) -> tuple[dict, dict, dict]:
-        """(weights, meta, extra) of the ``last`` file, checked to be a training state of this model."""
+    def read_last(self, mode: int, backbone: str, settings: dict | None = None,
+                  epochs: int | None = None) -> tuple[dict, dict, dict]:
+        """(weights, meta, extra) of the ``last`` file, checked to be a training state of this model,
+        of the same ``FIXED_ON_RESUME`` settings (where both record them) and of at most ``epochs``."""
         path = self.path("last")
         if not os.path.exists(path):
             raise CheckpointError(f"`resume`: {path} does not exist; start without `resume` or check "
@@ -89,5 +107,14 @@ class CheckpointPolicy:
         if extra.get("mode") != mode or extra.get("backbone") != backbone:
             raise CheckpointError(f"`resume`: {path} is a mode-{extra.get('mode')} {extra.get('backbone')} run, not "
                                   f"mode {mode} {backbone}; use another `task_name`")
+        recorded = extra.get("settings") or {}
+        for name in FIXED_ON_RESUME:
+            if name in recorded and settings and name in settings and recorded[name] != settings[name]:
+                raise CheckpointError(f"`resume`: {path} was trained with `{name}` {recorded[name]}, this run asks "
+                                      f"for {settings[name]}; resume with the same `{name}` (it fixes the steps, "
+                                      f"schedule and data of the run) or start a new `task_name`")
+        if epochs is not None and extra["epoch"] > epochs:
+            raise CheckpointError(f"`resume`: {path} holds {extra['epoch']} epochs, more than the `epochs` {epochs} "
+                                  f"asked for; pass `epochs` {extra['epoch']} or more")
         self.saved_epoch = extra["epoch"]
         return weights, meta, extra

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from dataset.classes import CLASS_NAMES
+from dataset.deepglobe import item_bytes
 from dataset.io import PngBandWriter
 from pipeline.predictor import Predictor
 from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
@@ -29,7 +30,7 @@ from utils.errors import DataError
 from utils.files import atomic_write
 from utils.logging import get_logger, peak_memory_mb, progress
 from utils.metrics import ConfusionMatrix
-from utils.workers import iterate
+from utils.workers import check_shared_memory, iterate, worker_init
 
 log = get_logger("eval")
 
@@ -38,7 +39,9 @@ def _loader(dataset, info: DistInfo, num_workers: int) -> DataLoader:
     """This process's images, one at a time (sizes may differ); ``None`` for a skipped bad image."""
     mine = Subset(dataset, shard(list(range(len(dataset))), info))
     extra = {"prefetch_factor": 1} if num_workers > 0 else {}
-    return DataLoader(mine, batch_size=None, num_workers=num_workers, pin_memory=False, **extra)
+    check_shared_memory(num_workers, num_workers, item_bytes(dataset))
+    return DataLoader(mine, batch_size=None, num_workers=num_workers, pin_memory=False, worker_init_fn=worker_init,
+                      **extra)
 
 
 def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: DistInfo, *, tta: bool,

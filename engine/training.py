@@ -36,12 +36,12 @@ from torch.utils.data import DataLoader
 from dataset.classes import CLASS_NAMES, index_to_colour
 from engine.checkpoints import CheckpointPolicy
 from engine.evaluation import evaluate_dataset
-from models.checkpoint import export_weights, load_state_into
+from models.checkpoint import export_weights, load_state_into, save_weights
 from pipeline.predictor import PipelineConfig, Predictor, out_of_memory
 from pipeline.units import Unit, patch_units, whole_image_units
 from utils.augment import random_flip_rotate
 from utils.distributed import DistInfo, all_reduce_sum, unwrap
-from utils.errors import DataError, Interrupted, TrainingFault
+from utils.errors import DataError, Interrupted, TrainingFault, describe_signal, signal_of
 from utils.logging import get_logger, peak_memory_mb, progress
 from utils.metrics import ConfusionMatrix
 from utils.schedule import poly_lr, set_lr
@@ -75,14 +75,16 @@ class Trainer:
     epoch when it has ``set_epoch``; criterion: logits (B, C, p, p) float32, labels (B, p, p) -> loss;
     checkpoints: where files go (None: nothing is written); val_set: a labelled data set scored every
     ``schedule.val_every`` epochs and after the last (None: no validation), read by ``val_workers``
-    processes; writer: a tensorboardX-like ``add_scalar``/``add_image`` sink or None.
+    processes; writer: a tensorboardX-like ``add_scalar``/``add_image`` sink or None; settings: the
+    run's values of ``engine.checkpoints.FIXED_ON_RESUME``, recorded in the training state and
+    compared when it is resumed.
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                  criterion: torch.nn.Module, cfg: PipelineConfig, schedule: Schedule, *,
                  device: torch.device, dist_info: DistInfo | None = None,
                  checkpoints: CheckpointPolicy | None = None,
-                 val_set=None, val_workers: int = 0, writer=None) -> None:
+                 val_set=None, val_workers: int = 0, writer=None, settings: dict | None = None) -> None:
         self.model = model
         self.net = unwrap(model)
         self.optimizer = optimizer
@@ -96,6 +98,7 @@ class Trainer:
         self.val_set = val_set
         self.val_workers = val_workers
         self.writer = writer
+        self.settings = dict(settings or {})
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and cfg.amp_dtype == torch.float16)
         self.state = TrainState()
         self.skipped = 0  # unreadable training images skipped, summed over epochs
@@ -115,6 +118,7 @@ class Trainer:
             "mode": self.net.mode,
             "backbone": self.net.backbone_name,
             "rng_cpu": torch.get_rng_state(),
+            "settings": self.settings,
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -136,11 +140,20 @@ class Trainer:
         """Continue from the policy's ``last`` file: weights, optimizer, scaler, position and RNG."""
         if self.checkpoints is None:
             raise ValueError("resume needs a CheckpointPolicy")
-        weights, meta, extra = self.checkpoints.read_last(self.net.mode, self.net.backbone_name)
+        weights, meta, extra = self.checkpoints.read_last(self.net.mode, self.net.backbone_name, self.settings,
+                                                          self.schedule.epochs)
         path = self.checkpoints.path("last")
         load_state_into(self.net, weights, path, what="`resume`", allow_missing=False, meta=meta)
+        # The optimizer's moments come from the file; its hyper-parameters are this run's (a lower `lr`
+        # or another `weight_decay` after a stop take effect; the learning rate is set every step anyway).
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(extra["optimizer"])
-        self.scaler.load_state_dict(extra["scaler"])
+        for group, values in zip(self.optimizer.param_groups, hyper):
+            group.update(values)
+        if self.scaler.is_enabled() and extra.get("scaler"):
+            self.scaler.load_state_dict(extra["scaler"])
+        elif self.scaler.is_enabled():
+            log.info("the resumed run did not train in fp16: the fp16 loss scaler starts fresh")
         self.state = TrainState(extra["epoch"], extra["iteration"], extra["best_miou"])
         torch.set_rng_state(extra["rng_cpu"])
         if self.device.type == "cuda" and "rng_cuda" in extra:
@@ -319,19 +332,30 @@ class Trainer:
             self.checkpoints.end_of_epoch(self.net, self.state.epoch, epochs, self.training_state())
         return line
 
+    def _nothing_to_do(self) -> None:
+        """A resumed run whose epochs are all done: make sure the final weights exist, and say where."""
+        epochs = self.schedule.epochs
+        if self.checkpoints is not None and self.checkpoints.enabled and self.checkpoints.final_weights() is None:
+            # Killed between the last epoch's writes: the resumed weights are that epoch's.
+            save_weights(self.net, self.checkpoints.path("epoch"))
+        log.info(f"nothing to do: all {epochs} epochs are already done")
+
     def fit(self, resume: bool = False) -> TrainState:
         """Train the remaining epochs (after ``resume`` from the ``last`` file when asked)."""
         epochs = self.schedule.epochs
+        if self.checkpoints is not None:
+            self.checkpoints.check_space(self.net)
         if resume:
             self.resume()
         if self.state.epoch >= epochs:
-            log.info(f"nothing to do: {self.state.epoch} of {epochs} epochs already done")
+            self._nothing_to_do()
         started = time.time()
         try:
             while self.state.epoch < epochs:
                 log.info(self.run_epoch())
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted (Ctrl-C); {self._kept()}") from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as StopSignal
+            signum = signal_of(exc)
+            raise Interrupted(f"interrupted ({describe_signal(signum)}); {self._kept()}", signum) from None
         except torch.OutOfMemoryError:
             raise TrainingFault(f"{out_of_memory(self.device, self.cfg)}. {self._kept()}") from None
         finally:
@@ -340,7 +364,8 @@ class Trainer:
         if self.skipped:
             log.warning(f"skipped {self.skipped} unreadable training images (`skip_bad_images`; an image is counted "
                         f"once per epoch, on this process)")
-        weights = "" if self.checkpoints is None else f"; weights {self.checkpoints.path('epoch')}"
+        final = None if self.checkpoints is None else self.checkpoints.final_weights()
+        weights = f"; weights {final}" if final else ""
         log.info(f"training done: {self.state.epoch} epochs in {time.time() - started:.1f}s, "
                  f"peak memory {peak_memory_mb(self.device):.0f} MB{weights}")
         return self.state

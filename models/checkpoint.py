@@ -60,6 +60,7 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
     missing_groups: list[str] = field(default_factory=list)
     unexpected_groups: list[str] = field(default_factory=list)
+    converted: list[str] = field(default_factory=list)  # the file precision of each tensor converted on load
 
     def summary(self) -> str:
         """One line for the log."""
@@ -70,6 +71,8 @@ class LoadReport:
             parts.append(f"unused {len(self.unexpected)} ({', '.join(self.unexpected_groups)})")
         if self.missing:
             parts.append(f"starting fresh: {', '.join(self.missing_groups)}")
+        if self.converted:
+            parts.append(f"converted {len(self.converted)} from {'/'.join(sorted(set(self.converted)))} to float32")
         return "; ".join(parts)
 
 
@@ -255,7 +258,8 @@ def _describe_file(weights: dict[str, torch.Tensor], meta: dict) -> str:
     return "a checkpoint with groups " + ", ".join(sorted(present))
 
 
-def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool, assign: bool = False) -> LoadReport:
+def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool, assign: bool = False,
+                 source_mode: int | None = None) -> LoadReport:
     """Copy a checkpoint file's tensors into ``module`` by name and report what happened.
 
     ``module`` is an FCtLNet (its trainable part is loaded) or a head=False backbone used as a frozen
@@ -268,7 +272,8 @@ def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool
     instead of being copied into: for inference this halves the peak memory of loading.
     """
     weights, meta = read_checkpoint(path)
-    return load_state_into(module, weights, path, what=what, allow_missing=allow_missing, meta=meta, assign=assign)
+    return load_state_into(module, weights, path, what=what, allow_missing=allow_missing, meta=meta, assign=assign,
+                           source_mode=source_mode)
 
 
 def load_state_into(
@@ -280,10 +285,22 @@ def load_state_into(
     allow_missing: bool,
     meta: dict | None = None,
     assign: bool = False,
+    source_mode: int | None = None,
 ) -> LoadReport:
     """``load_weights`` for weights already read by ``read_checkpoint`` (``path`` only names the file in
     messages; ``meta`` is read_checkpoint's meta, for the backbone/class checks and the report).
-    ``assign`` makes the file's tensors the module's own instead of copying them in (see load_weights)."""
+    ``assign`` makes the file's tensors the module's own instead of copying them in (see load_weights).
+
+    Besides names and shapes, what a file holds must be usable by the model it goes into:
+    - its stage: a file that records its mode (ours do) must be of the model's mode, except when
+      training starts from it (``allow_missing``: e.g. a mode-1 "pre" file starting mode 4), and for a
+      frozen encoder of ``source_mode`` (the mode whose model provides that encoder); for inference
+      a file must not hold context modules the model lacks (it belongs to another mode);
+    - its values: every loaded floating tensor must be finite (NaN or inf would predict class 0
+      everywhere, or surface later as a diverging loss);
+    - its precision: floating tensors of another precision (a half-precision export) are converted to
+      the model's; non-floating tensors where the model has floating ones are refused.
+    The checks read only the tensors that are loaded (the file is memory-mapped)."""
     path = os.fspath(path)
     meta = meta or {}
     target = unwrap(module)
@@ -333,7 +350,9 @@ def load_state_into(
             f"{released_name(missing[0])}) needed by the {role}: it looks like {_describe_file(weights, meta)}; "
             f"the {role} needs {expected}"
         )
+    _check_stage(target, weights, meta, path, what, role, allow_missing, source_mode)
     loaded = [n for n in slots if n in weights]
+    weights, converted = _usable_values(weights, slots, loaded, path, what)
     if assign:
         # The module's tensors become the (memory-mapped) file tensors: no second copy in RAM.
         prefix = "" if isinstance(target, FCtLNet) else "backbone."
@@ -352,7 +371,67 @@ def load_state_into(
         ignored=list(meta.get("ignored", [])),
         missing_groups=missing_groups,
         unexpected_groups=_groups(unexpected, list(weights)),
+        converted=converted,
     )
+
+
+def _check_stage(target: nn.Module, weights: dict[str, torch.Tensor], meta: dict, path: str, what: str, role: str,
+                 allow_missing: bool, source_mode: int | None) -> None:
+    """The file's stage (recorded mode, or the context modules it holds) fits its use (see load_state_into)."""
+    recorded = meta.get("mode")
+    if isinstance(target, FCtLNet):
+        if allow_missing:
+            return
+        if recorded is not None and recorded != target.mode:
+            raise CheckpointError(f"{what} {path} is {_recorded_file(recorded)} but the {role} needs "
+                                  f"{target.spec.describe_expected_file()}")
+        extra = sorted({n.split(".", 1)[0] for n in weights} - {"backbone", *target.spec.blocks})
+        if extra:
+            raise CheckpointError(f"{what} {path} holds context modules the {role} does not have ({', '.join(extra)}): "
+                                  f"it looks like {_describe_file(weights, meta)}; the {role} needs "
+                                  f"{target.spec.describe_expected_file()}")
+    elif source_mode is not None and recorded is not None and recorded != source_mode:
+        raise CheckpointError(f"{what} {path} is {_recorded_file(recorded)}, but the {role} comes from "
+                              f"{MODES[source_mode].describe_expected_file()}")
+
+
+_CHECK_CHUNK = 1 << 22  # values checked at a time: the largest released tensor has 103M
+
+
+def _non_finite(tensor: torch.Tensor) -> int:
+    """How many values of ``tensor`` are NaN or infinite, checked a chunk at a time so that no
+    temporary of the tensor's size is made (the file's tensors are memory-mapped)."""
+    flat = tensor.reshape(-1)
+    if all(bool(torch.isfinite(flat[i:i + _CHECK_CHUNK]).all()) for i in range(0, flat.numel(), _CHECK_CHUNK)):
+        return 0
+    return sum(int((~torch.isfinite(flat[i:i + _CHECK_CHUNK])).sum()) for i in range(0, flat.numel(), _CHECK_CHUNK))
+
+
+def _recorded_file(mode: Any) -> str:
+    return MODES[mode].describe_file() if mode in MODES else f"a mode-{mode} checkpoint"
+
+
+def _usable_values(weights: dict[str, torch.Tensor], slots: dict[str, torch.Tensor], loaded: list[str], path: str,
+                   what: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """(``weights`` with the loaded tensors checked for finite values and converted to the slots'
+    precision, the names of the converted tensors)."""
+    usable, converted = dict(weights), []
+    for name in loaded:
+        tensor, slot = weights[name], slots[name]
+        if not slot.is_floating_point():
+            continue
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{what} {path}: {released_name(name)} holds {tensor.dtype} values where the model "
+                                  f"has {slot.dtype} weights; the file is not a weights file of this model: pick another")
+        bad = _non_finite(tensor)
+        if bad:
+            raise CheckpointError(f"{what} {path}: {released_name(name)} holds {bad} NaN or infinite values (of "
+                                  f"{tensor.numel()}); the file is damaged or comes from a diverged run: pick another "
+                                  f"checkpoint (an earlier epoch)")
+        if tensor.dtype != slot.dtype:
+            usable[name] = tensor.to(slot.dtype)
+            converted.append(f"{tensor.dtype}".replace("torch.", ""))
+    return usable, converted
 
 
 def export_weights(model: nn.Module) -> dict[str, Any]:

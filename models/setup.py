@@ -56,7 +56,7 @@ def create_model(
             log.warning("mode %d without %s: the frozen %s keeps random weights", mode, setting, encoder.attribute)
             continue
         log.info(load_weights(getattr(model, encoder.attribute), path, what=setting, allow_missing=False,
-                              assign=not training).summary())
+                              assign=not training, source_mode=encoder.source_mode).summary())
     if complete:
         leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if leftover:

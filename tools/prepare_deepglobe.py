@@ -17,6 +17,7 @@ status 2 only when none of the listed images was found.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from dataset.deepglobe import MASK_SUFFIX, SPLIT_DIRS, image_id
 from dataset.io import allow_large_images, image_size, read_image, read_mask, write_index_png
 from option import report_error
 from utils.errors import DataError, FCtLError
+from utils.files import ensure_writable_dir
 
 log = logging.getLogger("prepare_deepglobe")
 
@@ -81,20 +83,33 @@ def read_split_list(path: str) -> list[str]:
 
 
 def index_download(src: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(id -> image path, id -> mask path) for the files in `src` and `src/train` (first found wins)."""
+    """(id -> image path, id -> mask path) for the files in `src` and `src/train`.
+
+    An id found twice (in both folders, or as <id>_sat.jpg and <id>_sat.png) is a DataError unless the
+    two files hold the same bytes: which one to use is the user's choice, never ours."""
     if not os.path.isdir(src):
         raise DataError(f"download folder not found: {src}; pass --src with the folder holding <id>_sat.jpg files")
     images: dict[str, str] = {}
     masks: dict[str, str] = {}
+    conflicts: list[tuple[str, str]] = []
     for folder in (src, os.path.join(src, "train")):
         if not os.path.isdir(folder):
             continue
         for name in sorted(os.listdir(folder)):
             key = image_id(name)
-            if key is not None:
-                images.setdefault(key, os.path.join(folder, name))
-            elif name.endswith(MASK_SUFFIX):
-                masks.setdefault(name[: -len(MASK_SUFFIX)], os.path.join(folder, name))
+            found = images if key is not None else masks if name.endswith(MASK_SUFFIX) else None
+            if found is None:
+                continue
+            key = key if key is not None else name[: -len(MASK_SUFFIX)]
+            path = os.path.join(folder, name)
+            if key in found and not filecmp.cmp(found[key], path, shallow=False):
+                conflicts.append((found[key], path))
+            found.setdefault(key, path)
+    if conflicts:
+        first, second = conflicts[0]
+        more = f" ({len(conflicts) - 1} more such pairs)" if len(conflicts) > 1 else ""
+        raise DataError(f"two different files for one id in the download: {first} and {second}{more}; remove or "
+                        f"rename one of each pair so that --src holds one image and one mask per id")
     return images, masks
 
 
@@ -147,10 +162,8 @@ def _prepare_split(
     progress: bool,
 ) -> tuple[SplitReport, str | None]:
     report = SplitReport(split=split, listed=len(ids))
-    sat_dir = os.path.join(dst, SPLIT_DIRS[split], "Sat")
-    label_dir = os.path.join(dst, SPLIT_DIRS[split], "Label")
-    os.makedirs(sat_dir, exist_ok=True)
-    os.makedirs(label_dir, exist_ok=True)
+    sat_dir = ensure_writable_dir(os.path.join(dst, SPLIT_DIRS[split], "Sat"), "dst")
+    label_dir = ensure_writable_dir(os.path.join(dst, SPLIT_DIRS[split], "Label"), "dst")
     link_failure = None
     for key in tqdm(ids, desc=f"{split:>9}", unit="img", disable=not progress):
         source = images.get(key)
@@ -206,6 +219,7 @@ def prepare(
             f"none of the {total} images listed in {splits_dir} is in {src} (looked for <id>_sat.jpg there and "
             f"in its train/ folder); pass --src with the folder of the official download"
         )
+    ensure_writable_dir(dst, "dst")  # before any file is placed, not halfway through a split
     report = PrepareReport(splits=[])
     for split in SPLITS:
         split_report, failure = _prepare_split(split, lists[split], images, masks, dst, link, verify, progress)

@@ -37,19 +37,38 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+def available_devices() -> list[str]:
+    """The devices this program can run on here: cpu, and each visible CUDA GPU."""
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+
+
 def select_device(requested: str | None, local_rank: int = 0) -> torch.device:
-    """The requested device, or cuda (this process's GPU under torchrun) when available, else cpu."""
+    """The requested device, or cuda (this process's GPU under torchrun) when available, else cpu.
+
+    Only devices this program runs on are accepted (cpu and visible CUDA GPUs; torch knows more
+    device types, e.g. meta, mps or xpu, which the pipeline does not support); anything else is a
+    ConfigError that lists what this machine has."""
     if requested is None:
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    have = f"this machine has {', '.join(available_devices())}"
     try:
         device = torch.device(requested)
-    except RuntimeError:
-        raise ConfigError(f"`device` {requested!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("`device` cuda was asked for but no CUDA GPU is visible; use `device` cpu")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"`device` {requested!r} is not a device; {have}") from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise ConfigError(f"`device` {requested!r}: the CPU is one device; {have}")
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ConfigError(f"`device` {requested!r}: device type {device.type!r} is not supported by this program; "
+                          f"{have}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"`device` {requested!r} was asked for but no CUDA GPU is visible "
+                          f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); {have}")
+    if device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    if device.index >= torch.cuda.device_count():
+        raise ConfigError(f"`device` {requested!r}: there is no GPU {device.index}; {have}")
     return device
 
 

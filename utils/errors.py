@@ -10,6 +10,7 @@ names belong to the command line, not here.
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Callable
 
 _SETTING = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
@@ -40,7 +41,31 @@ class TrainingFault(FCtLError):
 
 
 class Interrupted(FCtLError):
-    """The user stopped the run (Ctrl-C); the message says what is on disk."""
+    """The run was stopped by a signal (Ctrl-C, or SIGTERM / SIGHUP from a scheduler or a closed
+    terminal); the message says what is on disk. ``signum`` is the signal's number."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+class StopSignal(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM or SIGHUP arrives (see ``utils.workers.stop_on_signals``),
+    so every ``except KeyboardInterrupt`` that handles Ctrl-C handles them the same way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+def signal_of(exc: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt (SIGINT for a plain Ctrl-C)."""
+    return getattr(exc, "signum", signal.SIGINT)
+
+
+def describe_signal(signum: int) -> str:
+    """'Ctrl-C' for SIGINT, else the signal's name (SIGTERM, SIGHUP)."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 def render(message: str, rename: Callable[[str], str]) -> str:

@@ -16,19 +16,24 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
-from utils.errors import DataError
+from utils.errors import DataError, ResourceError
 
 TEMP_SUFFIX = ".tmp"
 TEMP_SUFFIX_GLOB = ".*" + TEMP_SUFFIX  # what atomic_open appends to the final name: ".<random>.tmp"
 
 
-def ensure_writable_dir(path: str, setting: str) -> str:
-    """Create ``path`` if needed and check that files can be created in it; ``setting`` names the
-    caller's setting that gave the path (e.g. "prediction_path"), for the message."""
+MIN_FREE_MB = 16  # what an output folder must have free at the start (a log, a few masks)
+
+
+def ensure_writable_dir(path: str, setting: str, min_free_mb: float = MIN_FREE_MB) -> str:
+    """Create ``path`` if needed and check that files can be created in it and that its disk has
+    ``min_free_mb`` free (cheap now, and a full disk would otherwise show only after hours of work);
+    ``setting`` names the caller's setting that gave the path (e.g. "prediction_path"), for the message."""
     option = f"`{setting}`"
     if os.path.exists(path) and not os.path.isdir(path):
         raise DataError(f"{option} {path} is a file, not a folder; pass a folder (it is created if missing)")
@@ -38,7 +43,17 @@ def ensure_writable_dir(path: str, setting: str) -> str:
         raise DataError(f"cannot create output folder {path} ({exc.strerror}); pass a writable {option}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise DataError(f"output folder {path} is not writable; pass a writable {option} or fix its permissions")
+    ensure_free_space(path, min_free_mb, setting)
     return path
+
+
+def ensure_free_space(path: str, need_mb: float, setting: str, what: str = "") -> None:
+    """ResourceError unless the disk holding ``path`` has ``need_mb`` MB free (``what`` says for what)."""
+    free = shutil.disk_usage(path).free / 2**20
+    if free < need_mb:
+        purpose = f" for {what}" if what else ""
+        raise ResourceError(f"the disk of `{setting}` {path} has {free:.1f} MB free, less than the {need_mb:.0f} MB "
+                            f"needed{purpose}; free space there or pass another `{setting}`")
 
 
 @contextlib.contextmanager

@@ -10,10 +10,12 @@ done, so a log holds a dozen readable lines rather than thousands of carriage-re
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -33,6 +35,81 @@ class _TqdmHandler(logging.Handler):
             tqdm.write(self.format(record), file=sys.stderr)
         except Exception:  # logging must never raise into the caller
             self.handleError(record)
+
+
+class _LogFile(logging.FileHandler):
+    """A log file that a full disk or a vanished folder cannot stop the run with: on the first failed
+    write it closes, says so once on the console and leaves the logger (the console keeps logging)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        root = logging.getLogger(LOGGER_NAME)
+        root.removeHandler(self)
+        error = sys.exc_info()[1]
+        with contextlib.suppress(Exception):
+            self.close()
+        root.warning(f"the log file {self.baseFilename} stopped ({error}); logging goes on here only: "
+                     f"free space in `log_path` to keep it")
+
+
+class SafeWriter:
+    """tensorboardX's SummaryWriter, except that a failure to write (a full disk, a removed folder)
+    costs the tensorboard logs, not the run: it is said once as a warning and later calls do nothing.
+
+    tensorboardX writes from a thread of its own, where such a failure would print a thread traceback,
+    block the next calls on its full queue and then the interpreter's exit on that queue; the thread's
+    exception is caught here (through ``threading.excepthook`` while the writer is open), turned into
+    the same one warning, and the queue is released.
+    """
+
+    def __init__(self, logdir: str, **kwargs: Any) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.logdir = logdir
+        self.failed: BaseException | None = None
+        self._previous_hook = threading.excepthook
+        try:
+            self._writer = SummaryWriter(logdir, **kwargs)
+        except Exception as error:  # e.g. no room for its queue's semaphore in /dev/shm
+            self._fail(error)
+            return
+        threading.excepthook = self._thread_failed
+
+    def _thread_failed(self, args: threading.ExceptHookArgs) -> None:
+        if type(args.thread).__name__ == "_EventLoggerThread" and args.exc_value is not None:
+            self._fail(args.exc_value)
+            return
+        self._previous_hook(args)
+
+    def _fail(self, error: BaseException) -> None:
+        if self.failed is None:
+            self.failed = error
+            # Its writer thread is gone: let the process exit without waiting for that thread's queue.
+            writer = getattr(getattr(self, "_writer", None), "file_writer", None)
+            queue = getattr(getattr(writer, "event_writer", None), "_event_queue", None)
+            if hasattr(queue, "cancel_join_thread"):
+                queue.cancel_join_thread()
+            get_logger().warning(f"tensorboard logs in {self.logdir} stopped ({error}); training goes on: free "
+                                 f"space in `log_path` to keep them")
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> None:
+        if self.failed is not None:
+            return
+        try:
+            getattr(self._writer, name)(*args, **kwargs)
+        except Exception as error:  # whatever the writer raises, the run goes on
+            self._fail(error)
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        self._call("add_scalar", *args, **kwargs)
+
+    def add_image(self, *args: Any, **kwargs: Any) -> None:
+        self._call("add_image", *args, **kwargs)
+
+    def close(self) -> None:
+        if threading.excepthook == self._thread_failed:
+            threading.excepthook = self._previous_hook
+        if self.failed is None:  # after a failure, closing would flush (and fail) again or wait on the queue
+            self._call("close")
 
 
 class _RenamingFormatter(logging.Formatter):
@@ -64,7 +141,7 @@ def setup_logging(rank: int = 0, log_file: str | None = None,
     root.addHandler(console)
     if log_file is not None and rank == 0:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        handler = logging.FileHandler(log_file)
+        handler = _LogFile(log_file)
         handler.setFormatter(_RenamingFormatter("%(asctime)s %(levelname)s %(message)s", rename))
         root.addHandler(handler)
     # Modules log through children of this logger ("fctl.data", ...); route the packages' own
