@@ -144,6 +144,7 @@ def assert_one_error_line(out: subprocess.CompletedProcess, *needles: str) -> st
     return line
 
 
+@pytest.mark.slow  # fault injection: a real tmpfs, a CLI process
 @needs_namespace
 @pytest.mark.parametrize("size, needle", [("1m", "needed; free space there"), ("24m", "for this model's checkpoints")])
 def test_a_full_disk_for_checkpoints_stops_before_the_first_epoch(size, needle, tiny_data, tmp_path):
@@ -153,6 +154,7 @@ def test_a_full_disk_for_checkpoints_stops_before_the_first_epoch(size, needle, 
     assert "epoch 1/1 loss" not in out.stderr  # stopped at start-up, not after an epoch
 
 
+@pytest.mark.slow  # fault injection: a real tmpfs, a CLI process
 @needs_namespace
 def test_a_full_disk_for_logs_stops_at_start_up(tiny_data, tmp_path):
     logs = str(tmp_path / "logs")
@@ -162,6 +164,7 @@ def test_a_full_disk_for_logs_stops_at_start_up(tiny_data, tmp_path):
     assert not (tmp_path / "models").exists()
 
 
+@pytest.mark.slow  # fault injection: a real tmpfs, a CLI process
 @needs_namespace
 def test_small_shared_memory_with_workers_is_one_line(tmp_path):
     from dataset.synthetic import generate
@@ -174,6 +177,7 @@ def test_small_shared_memory_with_workers_is_one_line(tmp_path):
     assert_one_error_line(out, "shared memory", "/dev/shm", "--num_workers 0")
 
 
+@pytest.mark.slow  # fault injection: a real tmpfs
 @needs_namespace
 def test_tensorboard_and_the_log_file_on_a_disk_that_fills_up_cost_only_the_logs(tmp_path):
     """SafeWriter and the log file on a 2 MB tmpfs that the events fill: one warning each, no traceback,
@@ -266,6 +270,7 @@ def test_sigterm_during_evaluation_says_nothing_is_half_written(weights, tmp_pat
 
 # --- 5. resume edge cases -------------------------------------------------------------------------------
 
+@pytest.mark.slow  # two CLI training runs
 def test_resume_when_every_epoch_is_done_names_only_files_that_exist(tiny_data, tmp_path, capsys):
     models = tmp_path / "models"
     assert run_cli(*train_args(tiny_data, models)) == 0
@@ -279,6 +284,7 @@ def test_resume_when_every_epoch_is_done_names_only_files_that_exist(tiny_data, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # four CLI runs
 def test_resume_refuses_fewer_epochs_than_done_and_changed_fixed_settings(tiny_data, tmp_path, capsys):
     models = tmp_path / "models"
     assert run_cli(*train_args(tiny_data, models, "--epochs", "2")) == 0
@@ -291,6 +297,7 @@ def test_resume_refuses_fewer_epochs_than_done_and_changed_fixed_settings(tiny_d
     assert {name: (models / name).read_bytes() for name in list_files(str(models))} == before
 
 
+@pytest.mark.slow  # fp16 autocast on the CPU, two CLI runs
 def test_resume_may_change_precision_workers_sub_batch_and_learning_rate(tiny_data, tmp_path, capsys):
     models = tmp_path / "models"
     assert run_cli(*train_args(tiny_data, models)) == 0

@@ -214,8 +214,8 @@ class _Recording(Predictor):
 
 @pytest.mark.parametrize("mode, shape, p, sub_batch, output", [
     pytest.param(1, (3000, 2000), 508, 8, "mask", marks=pytest.mark.slow),  # a 6-megapixel image, TTA
-    (4, (1000, 1500), 256, 7, "mask"),
-    (4, (1000, 1500), 256, 7, "logits"),
+    pytest.param(4, (1000, 1500), 256, 7, "mask", marks=pytest.mark.slow),  # 1.5 megapixels, mode 4, TTA
+    pytest.param(4, (1000, 1500), 256, 7, "logits", marks=pytest.mark.slow),
 ])
 def test_streamed_bands_equal_the_whole_canvas_with_tta(mode, shape, p, sub_batch, output):
     """The same logits summed into one full canvas in one piece give the very same logits and class map."""
