@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from pipeline.sources import ImageSource, TensorSource
 from utils.errors import ConfigError
 
 CONTEXTS = (1, 2, 3, 4, 5)
@@ -104,38 +105,29 @@ def context_window(top: int, left: int, p: int, context: int) -> tuple[int, int,
 
 
 def medium_contexts(
-    image: torch.Tensor, tops: Positions, lefts: Positions, p: int, context: int
+    image: torch.Tensor | ImageSource, tops: Positions, lefts: Positions, p: int, context: int
 ) -> torch.Tensor:
     """Medium contexts of the patches at (tops[i], lefts[i]): centred c*p windows shrunk to p x p.
 
-    image: float (3, H, W) or (1, 3, H, W) in [0, 1], or uint8 in [0, 255] (each window is then
-    converted on its own, so a large scene never exists as floats). Returns (N, 3, p, p) float on
-    image's device. Parts of a window outside the image are black (0), as if the whole image had been
-    padded.
+    image: a source (``pipeline.sources``) or a tensor: float (3, H, W) or (1, 3, H, W) in [0, 1], or
+    uint8 in [0, 255] (each window is then converted on its own, so a large scene never exists as
+    floats). Returns (N, 3, p, p) float on the image's device. Parts of a window outside the image are
+    black (0), as if the whole image had been padded.
     Windows are resized one at a time, so the extra memory is one window (3 x (c*p)^2 values)
-    whatever N is; a window that lies fully inside the image is resized straight from the image
-    without a copy. context 1 returns the patches themselves.
+    whatever N is; a window that lies fully inside an in-memory image is resized straight from the
+    image without a copy. context 1 returns the patches themselves.
     """
-    image = _as_image(image)
+    source = image if not isinstance(image, torch.Tensor) else TensorSource(_as_image(image))
     _check_context(context)
-    if not (image.is_floating_point() or image.dtype == torch.uint8):
-        raise TypeError(f"medium_contexts needs a float or uint8 image, got {image.dtype}")
-    height, width = int(image.shape[-2]), int(image.shape[-1])
+    dtype = source.image.dtype if isinstance(source, TensorSource) else torch.uint8
+    if not (dtype.is_floating_point or dtype == torch.uint8):
+        raise TypeError(f"medium_contexts needs a float or uint8 image, got {dtype}")
     top_list, left_list = _positions(tops, lefts)
-    channels = int(image.shape[0])
-    out = torch.empty((len(top_list), channels, p, p), device=image.device,
-                      dtype=image.dtype if image.is_floating_point() else torch.float32)
+    out = torch.empty((len(top_list), 3, p, p), device=source.device,
+                      dtype=dtype if dtype.is_floating_point else torch.float32)
     for i, (top, left) in enumerate(zip(top_list, left_list)):
         y0, x0, side = context_window(top, left, p, context)
-        y1, x1 = y0 + side, x0 + side
-        iy0, ix0, iy1, ix1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
-        if (iy0, ix0, iy1, ix1) == (y0, x0, y1, x1):
-            window = image[:, y0:y1, x0:x1]
-        else:
-            window = image.new_zeros((channels, side, side))
-            if iy1 > iy0 and ix1 > ix0:
-                window[:, iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = image[:, iy0:iy1, ix0:ix1]
-        out[i] = _resize(_to_unit_float(window).unsqueeze(0), p)[0]
+        out[i] = _resize(_to_unit_float(source.window(y0, x0, side, side)).unsqueeze(0), p)[0]
     return out
 
 
@@ -149,22 +141,25 @@ _STRIP_THRESHOLD = 1 << 26
 
 
 def resize_weights(length: int, size: int, device: torch.device | str | None = None,
-                   antialias: bool = True) -> torch.Tensor:
-    """(length, size) matrix W with resize(v) = v @ W for any 1-D signal v of ``length`` values.
+                   antialias: bool = True, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """(stop - start, size) rows of the matrix W with resize(v) = v @ W for any 1-D signal v of
+    ``length`` values (all ``length`` rows by default).
 
     Obtained by resizing unit vectors with the very same ``interpolate`` call (bilinear, which is
     linear and separable), a block of rows at a time, so resizing with these matrices strip by strip
-    gives the direct resize's numbers without ever holding the large side whole.
+    gives the direct resize's numbers without ever holding the large side whole. Each row is computed
+    on its own, so a row has the same value whichever range it was asked for with.
     """
-    out = torch.empty(length, size, device=device)
+    stop = length if stop is None else stop
+    out = torch.empty(stop - start, size, device=device)
     block = 1024
-    for start in range(0, length, block):
-        stop = min(start + block, length)
-        eye = torch.zeros(1, 1, stop - start, length, device=device)
-        rows = torch.arange(stop - start, device=device)
-        eye[0, 0, rows, rows + start] = 1.0
-        out[start:stop] = F.interpolate(eye, size=(stop - start, size), mode="bilinear", antialias=antialias,
-                                        align_corners=False)[0, 0]
+    for first in range(start, stop, block):
+        last = min(first + block, stop)
+        eye = torch.zeros(1, 1, last - first, length, device=device)
+        rows = torch.arange(last - first, device=device)
+        eye[0, 0, rows, rows + first] = 1.0
+        out[first - start:last - start] = F.interpolate(eye, size=(last - first, size), mode="bilinear",
+                                                        antialias=antialias, align_corners=False)[0, 0]
     return out
 
 
@@ -182,38 +177,62 @@ def linear_taps(length: int, size: int, device: torch.device | str | None = None
     return index, weights
 
 
-def _resize_in_strips(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Antialiased bilinear resize of a large uint8 (C, H, W) image, about 64 MB of floats at a time.
+def strip_rows(channels: int, width: int) -> int:
+    """Rows per strip of a strip pass: about 64 MB of float32 (16 M values) whatever the width."""
+    return max(1, (1 << 24) // (channels * width))
+
+
+def resize_in_strips(read_rows, channels: int, height: int, width: int, size: tuple[int, int],
+                     device: torch.device | str | None = None) -> torch.Tensor:
+    """Antialiased bilinear resize of a large uint8 (C, H, W) image to (1, C, *size) float, one strip
+    of ``strip_rows`` rows at a time; ``read_rows(top, bottom)`` gives the uint8 (C, rows, W) strip.
 
     The resize is separable: each horizontal strip is resized along the width by ``interpolate`` itself
     (a scale of 1 along the height is the identity, so these are exactly the direct resize's horizontal
     weights, about 2W/size taps per output), and the vertical pass is accumulated over the strips with
-    the vertical weight matrix: out = sum over strips of Wv[strip]^T . strip_resized. For a 20000 px
-    side this measured about 15x faster than multiplying each strip by a dense (W, size) matrix.
+    the strip's rows of the vertical weight matrix: out = sum over strips of Wv[strip]^T . strip_resized.
+    Only one strip and its rows of Wv exist at a time, so memory does not depend on the image's size;
+    the numbers depend only on the image and the width (through the strip height), not on where the
+    strips come from. For a 20000 px side this measured about 15x faster than multiplying each strip by
+    a dense (W, size) matrix.
     """
-    channels, height, width = image.shape
-    w_v = resize_weights(height, size, image.device)
-    out = torch.zeros(channels, size, size, device=image.device)
-    rows = max(1, (1 << 24) // (channels * width))
+    out_h, out_w = size
+    out = torch.zeros(channels, out_h, out_w, device=device)
+    rows = strip_rows(channels, width)
     for start in range(0, height, rows):
-        strip = image[:, start:start + rows].float().div_(255)
-        narrow = F.interpolate(strip.unsqueeze(0), size=(strip.shape[1], size), mode="bilinear",
+        stop = min(start + rows, height)
+        strip = read_rows(start, stop).float().div_(255)
+        narrow = F.interpolate(strip.unsqueeze(0), size=(strip.shape[1], out_w), mode="bilinear",
                                antialias=True, align_corners=False)[0]
-        out += torch.matmul(w_v[start:start + rows].T, narrow)
+        out += torch.matmul(resize_weights(height, out_h, device, start=start, stop=stop).T, narrow)
     return out.unsqueeze(0)
 
 
-def global_view(image: torch.Tensor, size_g: int) -> torch.Tensor:
+def global_view(image: torch.Tensor | ImageSource, size_g: int, shape: tuple[int, int] | None = None) -> torch.Tensor:
     """The large context: the whole image resized to size_g x size_g (PIL-style bilinear).
 
-    image: float (3, H, W) or (1, 3, H, W) in [0, 1], or uint8 in [0, 255]. Returns float
-    (1, 3, size_g, size_g) on its device; a float image already of that size comes back as a view of
-    the input, not a copy. A large uint8 image is resized strip by strip (same numbers up to float
-    rounding), so a 20000 px scene never exists as a 4.8 GB float copy.
+    image: a float (3, H, W) or (1, 3, H, W) tensor in [0, 1], a uint8 one in [0, 255], or a source.
+    Returns float (1, 3, size_g, size_g) on its device; a float image already of that size comes back
+    as a view of the input, not a copy. A large uint8 image (more than 64 M values) is resized strip by
+    strip (same numbers up to float rounding), so a 20000 px scene never exists as a 4.8 GB float copy;
+    a source of that size is read strip by strip, and a smaller one is read whole and resized as a
+    tensor, so a source and the tensor of the same image give the same numbers. ``shape`` (sources
+    only) is the (height, width) to resize, zeros below and right of the source: the padded image.
     """
     if size_g <= 0:
         raise ConfigError(f"global size {size_g} must be positive; pass a larger `size_g`")
+    if isinstance(image, TensorSource):
+        image = image.image
+    if not isinstance(image, torch.Tensor):
+        height, width = shape or (image.height, image.width)
+        if 3 * height * width > _STRIP_THRESHOLD:
+            source = image
+            return resize_in_strips(lambda top, bottom: source.strip(top, bottom, width), 3, height, width,
+                                    (size_g, size_g), source.device)
+        image = image.window(0, 0, height, width)
     image = _as_image(image)
     if not image.is_floating_point() and image.numel() > _STRIP_THRESHOLD:
-        return _resize_in_strips(image, size_g)
+        channels, height, width = image.shape
+        return resize_in_strips(lambda top, bottom: image[:, top:bottom], channels, height, width, (size_g, size_g),
+                                image.device)
     return _resize(_to_unit_float(image).unsqueeze(0), size_g)

@@ -70,6 +70,24 @@ def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
     return index
 
 
+OUTPUTS = ("mask", "logits", "confidence")
+
+
+def top_probability(sums: torch.Tensor, counts: torch.Tensor | float) -> torch.Tensor:
+    """uint8 round(255 x the largest softmax probability) of the mean logits ``sums / counts``.
+
+    sums: (C, ...) float; counts: how many logits were summed at each pixel (a number, or (...)).
+    The mean, not the sum, is what a single network output would be: overlaps and TTA views add
+    logits up, which would make the softmax sharper where more patches overlap.
+    """
+    scale = 1.0 / counts if not isinstance(counts, torch.Tensor) else counts.float().reciprocal()
+    best = sums.max(dim=0).values
+    total = torch.zeros_like(best)
+    for c in range(sums.shape[0]):
+        total += torch.exp((sums[c] - best) * scale)
+    return total.reciprocal_().mul_(255).round_().to(torch.uint8)
+
+
 class BandMerger:
     """Sums patch logits and hands out finished horizontal bands, holding only what is still open.
 
@@ -77,8 +95,10 @@ class BandMerger:
     patches no later patch touches the rows above ``end``; ``add(logits, top, left)`` adds one patch of
     the row (tops at or below the first unreleased row ``y0``, lefts in non-decreasing order);
     ``end_row()`` returns ``(y0, band)`` with the final rows [y0, end) and moves ``y0`` to ``end``.
-    A band is a uint8 class map (h, W) (``output="mask"``) or the float32 logits (C, h, W)
-    (``output="logits"``).
+    A band is a uint8 class map (h, W) (``output="mask"``), the float32 logits (C, h, W)
+    (``output="logits"``) or, for ``output="confidence"``, uint8 (2, h, W): the class map and
+    ``top_probability``; then every patch carries a last channel of ones (C + 1 channels), whose sum
+    counts the logits summed at each pixel.
 
     Memory. The canvas is kept as column tiles of ``tile`` columns. A tile the current row has not yet
     reached holds only the rows carried over from earlier rows; when the row's first patch reaches it,
@@ -97,11 +117,12 @@ class BandMerger:
 
     def __init__(self, n_class: int, height: int, width: int, device: torch.device | str | None = None,
                  output: str = "mask", tile: int = 512) -> None:
-        if output not in ("mask", "logits"):
-            raise ValueError(f"output must be 'mask' or 'logits', got {output!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if tile < 1:
             raise ValueError(f"tile width must be positive, got {tile}")
         self.n_class, self.height, self.width = n_class, height, width
+        self.channels = n_class + 1 if output == "confidence" else n_class
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.output, self.tile = output, tile
         self.y0 = 0  # first row not yet handed out
@@ -118,8 +139,8 @@ class BandMerger:
 
     def _zeros(self, rows: int, cols: int) -> torch.Tensor:
         if self._channels_last:
-            return torch.zeros((rows, cols, self.n_class), dtype=torch.float32, device=self.device).permute(2, 0, 1)
-        return torch.zeros((self.n_class, rows, cols), dtype=torch.float32, device=self.device)
+            return torch.zeros((rows, cols, self.channels), dtype=torch.float32, device=self.device).permute(2, 0, 1)
+        return torch.zeros((self.channels, rows, cols), dtype=torch.float32, device=self.device)
 
     @property
     def held_values(self) -> int:
@@ -136,16 +157,18 @@ class BandMerger:
             raise ValueError(f"a row reaching row {bottom} does not fit a {self.height}-row canvas")
         self._end, self._bottom = end, max(bottom, end)
         self._next, self._last_left = 0, 0
-        shape = (end - self.y0, self.width) if self.output == "mask" else (self.n_class, end - self.y0, self.width)
-        self._band = torch.zeros(shape, dtype=torch.uint8 if self.output == "mask" else torch.float32,
+        rows = end - self.y0
+        shape = {"mask": (rows, self.width), "logits": (self.n_class, rows, self.width),
+                 "confidence": (2, rows, self.width)}[self.output]
+        self._band = torch.zeros(shape, dtype=torch.float32 if self.output == "logits" else torch.uint8,
                                  device=self.device)
 
     def add(self, logits: torch.Tensor, top: int, left: int) -> None:
         """Add one patch (C, p, p) at (top, left) of the full canvas into the open row."""
         if self._end is None:
             raise RuntimeError("add() outside a row; call begin_row() first")
-        if logits.dim() != 3 or logits.shape[0] != self.n_class or logits.shape[1] != logits.shape[2]:
-            raise ValueError(f"a patch must be ({self.n_class}, p, p), got {tuple(logits.shape)}")
+        if logits.dim() != 3 or logits.shape[0] != self.channels or logits.shape[1] != logits.shape[2]:
+            raise ValueError(f"a patch must be ({self.channels}, p, p), got {tuple(logits.shape)}")
         p = int(logits.shape[-1])
         top, left = int(top), int(left)
         if top < self.y0:
@@ -157,7 +180,7 @@ class BandMerger:
             raise ValueError(f"patches of a row must come left to right: {left} after {self._last_left}")
         self._last_left = left
         if self._channels_last is None:
-            self._channels_last = logits.stride(0) == 1 and self.n_class > 1
+            self._channels_last = logits.stride(0) == 1 and self.channels > 1
             if self._channels_last:
                 self._tiles = [self._relayout(t) for t in self._tiles]
         # Tiles wholly left of this patch are final for this row: no later patch of it reaches them.
@@ -193,6 +216,11 @@ class BandMerger:
             head = tile[:, :done]
             if self.output == "mask":
                 self._band[:done, x0:x1] = argmax_classes(head)
+            elif self.output == "confidence":
+                sums = head[: self.n_class]
+                self._band[0, :done, x0:x1] = argmax_classes(sums)
+                # Rows no patch reached (only in the last band of a padded canvas) count 0: probability 0.
+                self._band[1, :done, x0:x1] = top_probability(sums, head[self.n_class].clamp(min=1))
             else:
                 self._band[:, :done, x0:x1] = head
         # A clone, not a view: the head's memory is given back.

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from pipeline.contexts import global_view, linear_taps, medium_contexts
 from pipeline.grid import make_grid, pad_to_min
-from pipeline.merge import BandMerger, argmax_classes
+from pipeline.merge import OUTPUTS, BandMerger, argmax_classes, top_probability
+from pipeline.sources import ImageSource, TensorSource
 from pipeline.views import Job, schedule, view_shape
 from utils.dihedral import VIEWS, View, from_view, to_view
 from utils.distributed import unwrap
@@ -70,14 +71,18 @@ def _uses_channels_last(net: torch.nn.Module) -> bool:
     return False
 
 
+Image = torch.Tensor | ImageSource
+
+
 class Predictor:
     """Turns whole images into logits / masks with an ``FCtLNet`` (any mode, any backbone).
 
-    ``image`` arguments are uint8 tensors (3, H, W) already on the model's device; the image stays
-    uint8 and only crops and context windows are converted to float, so a large scene costs 3 bytes
-    per pixel. Results come as horizontal bands (``logit_bands``, ``mask_bands``) handed out as soon as
-    no pending patch can touch them (see the module doc): memory besides the image does not grow with
-    the image height, and grows with its width only by the grid's overlap rows (about 50 x W x C float32
+    ``image`` arguments are uint8 tensors (3, H, W) already on the model's device, or image sources
+    (``pipeline.sources``: a file read window by window, never whole). A tensor stays uint8 and only
+    crops and context windows are converted to float, so a large scene costs 3 bytes per pixel.
+    Results come as horizontal bands (``logit_bands``, ``mask_bands``) handed out as soon as no
+    pending patch can touch them (see the module doc): memory besides the image does not grow with the
+    image height, and grows with its width only by the grid's overlap rows (about 50 x W x C float32
     values) and the band being filled.
     """
 
@@ -104,7 +109,7 @@ class Predictor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # --- global-image path (mode 0) -----------------------------------------------------------------
-    def _global_bands(self, image: torch.Tensor, views: list[View], output: str) -> Iterator[tuple[int, torch.Tensor]]:
+    def _global_bands(self, source: ImageSource, views: list[View], output: str) -> Iterator[tuple[int, torch.Tensor]]:
         """Logits of the resized image, summed over views at the small scale, upsampled band by band.
 
         Upsampling is linear and commutes with flips and quarter turns, so summing the views before
@@ -113,8 +118,8 @@ class Predictor:
         (``linear_taps``) and then resized along the width, so nothing of the full size exists and the
         cost is a few operations per output value.
         """
-        height, width = image.shape[-2:]
-        small = self._memory_format(global_view(image, self.cfg.size_g))
+        height, width = source.height, source.width
+        small = self._memory_format(global_view(source, self.cfg.size_g))
         total = None
         for view in views:
             with _autocast(self.device, self.cfg):
@@ -129,63 +134,83 @@ class Predictor:
                     + total.index_select(1, i_v[1, y0:y1]) * w_v[1, y0:y1, None])  # (C, rows, g)
             # Along the width interpolate() itself (the height's scale of 1 is the identity).
             band = F.interpolate(near.unsqueeze(0), size=(y1 - y0, width), mode="bilinear", align_corners=False)[0]
-            yield y0, argmax_classes(band) if output == "mask" else band
+            if output == "mask":
+                yield y0, argmax_classes(band)
+            elif output == "confidence":  # every pixel is the sum of one value per view
+                yield y0, torch.stack([argmax_classes(band), top_probability(band, len(views))])
+            else:
+                yield y0, band
 
     # --- patch path ----------------------------------------------------------------------------------
     def jobs(self, height: int, width: int, views: list[View]) -> list[Job]:
         """Every (view index, top, left) job of an (already padded) image, in the order they are run."""
         return [job for _, _, row in schedule(height, width, views, self.cfg.size_p) for job in row]
 
-    def global_contexts(self, image: torch.Tensor, views: list[View]) -> torch.Tensor | None:
-        """Global context (frozen global encoder) of every view's resized image: (V, C, hg, wg), or None."""
+    def global_contexts(self, image: Image, views: list[View],
+                        shape: tuple[int, int] | None = None) -> torch.Tensor | None:
+        """Global context (frozen global encoder) of every view's resized image: (V, C, hg, wg), or None.
+        ``shape``: the padded (height, width) of a source (see ``global_view``)."""
         if not self.net.needs_global:
             return None
-        small = self._memory_format(global_view(image, self.cfg.size_g))
+        small = self._memory_format(global_view(image, self.cfg.size_g, shape))
         with _autocast(self.device, self.cfg):
             return torch.cat([self.net.encode_global(to_view(small, v)) for v in views]).float()
 
-    def _run(self, image: torch.Tensor, views: list[View], contexts_g: torch.Tensor | None,
-             jobs: list[Job]) -> list[torch.Tensor]:
-        """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them)."""
+    def _run(self, source: ImageSource, views: list[View], contexts_g: torch.Tensor | None,
+             jobs: list[Job], counts: bool) -> list[torch.Tensor]:
+        """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them);
+        with ``counts`` a channel of ones is appended, so that the merged canvas counts the sums."""
         p = self.cfg.size_p
         # One pass from the uint8 image into the float batch (in the network's memory format): each
         # crop is turned into its view as a strided view of the image and converted while copied.
-        x = torch.empty((len(jobs), image.shape[0], p, p), device=image.device,
+        x = torch.empty((len(jobs), 3, p, p), device=source.device,
                         memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         for xi, (vi, t, l) in zip(x, jobs):
-            xi.copy_(to_view(image[:, t:t + p, l:l + p], views[vi]))
+            xi.copy_(to_view(source.window(t, l, p, p), views[vi]))
         x.div_(255)
         medium = None
         if self.net.needs_medium:
-            m = medium_contexts(image, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, self.cfg.context)
+            m = medium_contexts(source, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, self.cfg.context)
             medium = self._memory_format(torch.stack([to_view(mi, views[vi]) for mi, (vi, _, _) in zip(m, jobs)]))
         g = None if contexts_g is None else contexts_g[[vi for vi, _, _ in jobs]]
         with _autocast(self.device, self.cfg):
             logits = self.model(x, medium=medium, global_context=g)
         logits = logits.float()
+        if counts:
+            logits = torch.cat([logits, logits.new_ones((logits.shape[0], 1, p, p))], dim=1)
         return [from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, jobs)]
 
-    def _tagged_batches(self, image: torch.Tensor, views: list[View]):
+    def _tagged_batches(self, source: ImageSource, shape: tuple[int, int], views: list[View], counts: bool):
         """(tags, logits) per sub-batch over the schedule; a tag is (row end, row bottom, job)."""
-        height, width = image.shape[-2:]
-        contexts_g = self.global_contexts(image, views)
+        height, width = shape
+        contexts_g = self.global_contexts(source, views, shape)
         tagged = ((end, bottom, job) for end, bottom, row in schedule(height, width, views, self.cfg.size_p) for job in row)
         while True:
             batch = list(itertools.islice(tagged, self.cfg.sub_batch_size))
             if not batch:
                 return
-            yield batch, self._run(image, views, contexts_g, [job for _, _, job in batch])
+            yield batch, self._run(source, views, contexts_g, [job for _, _, job in batch], counts)
 
     @torch.inference_mode()
-    def _bands(self, image: torch.Tensor, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
+    def _bands(self, image: Image, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         views = self.views(tta)
-        height, width = image.shape[-2:]
+        p = self.cfg.size_p
+        if isinstance(image, torch.Tensor):
+            height, width = image.shape[-2:]
+            if self.net.spec.whole_image:
+                source = TensorSource(image)
+            else:  # an in-memory image is padded once; a source reads zeros beyond its edges instead
+                source = TensorSource(pad_to_min(image, p)[0])
+        else:
+            source = image
+            height, width = source.height, source.width
         if self.net.spec.whole_image:
-            yield from self._global_bands(image, views, output)
+            yield from self._global_bands(source, views, output)
             return
-        padded, _ = pad_to_min(image, self.cfg.size_p)
-        p_height, p_width = padded.shape[-2:]
-        merger = BandMerger(self.net.n_class, p_height, p_width, padded.device, output=output,
+        p_height, p_width = max(height, p), max(width, p)
+        merger = BandMerger(self.net.n_class, p_height, p_width, source.device, output=output,
                             tile=max(4 * self.cfg.size_p, self.merge_tile))
         row_end = None
 
@@ -195,7 +220,7 @@ class Predictor:
                 return None
             return y0, rows[..., :height - y0, :width]
 
-        for batch, logits in self._tagged_batches(padded, views):
+        for batch, logits in self._tagged_batches(source, (p_height, p_width), views, output == "confidence"):
             for (end, bottom, (_, top, left)), patch in zip(batch, logits):
                 if end != row_end:
                     if row_end is not None and (band := cropped(merger.end_row())) is not None:
@@ -210,19 +235,24 @@ class Predictor:
         if (rest := merger.finish()) is not None and (band := cropped(rest)) is not None:
             yield band
 
-    def logit_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
+    def logit_bands(self, image: Image, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
         """Summed logits of one image over the chosen views, as (first row, (C, h, W) float32) bands."""
         return self._bands(image, tta, progress, "logits")
 
-    def mask_bands(self, image: torch.Tensor, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Class map of one image as (first row, (h, W) uint8) bands (ties go to the lower class)."""
-        return self._bands(image, tta, progress, "mask")
+    def mask_bands(self, image: Image, tta: bool = False, progress=None,
+                   confidence: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+        """Class map of one image as (first row, (h, W) uint8) bands (ties go to the lower class).
 
-    def logits(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
+        With ``confidence`` each band is (2, h, W) uint8: the class map and the top-1 softmax
+        probability x 255 (rounded) of the mean logits, i.e. the summed logits divided by how many
+        patches and views were summed at that pixel (``merge.top_probability``)."""
+        return self._bands(image, tta, progress, "confidence" if confidence else "mask")
+
+    def logits(self, image: Image, tta: bool = False, progress=None) -> torch.Tensor:
         """Summed logits (C, H, W) float32 of one image (whole canvas: for images that fit)."""
         return torch.cat([band for _, band in self.logit_bands(image, tta, progress)], dim=1)
 
-    def predict(self, image: torch.Tensor, tta: bool = False, progress=None) -> torch.Tensor:
+    def predict(self, image: Image, tta: bool = False, progress=None) -> torch.Tensor:
         """Class map (H, W) uint8 of one image."""
         return torch.cat([band for _, band in self.mask_bands(image, tta, progress)], dim=0)
 

@@ -81,6 +81,34 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary sibling path for writers that open files by name (GDAL); renamed to ``path`` when
+    the block succeeds (after an fsync), deleted when it fails."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=folder)
+    except OSError as exc:
+        raise DataError(f"cannot write {path} ({exc.strerror}); check that {folder} exists and is writable") from None
+    os.close(fd)
+    try:
+        yield tmp
+        descriptor = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+        _sync_folder(folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _sync_folder(folder: str) -> None:
     """Make the rename itself durable (the folder entry), where the platform allows it."""
     if not hasattr(os, "O_DIRECTORY"):

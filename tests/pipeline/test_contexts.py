@@ -112,10 +112,18 @@ def test_uint8_images_give_the_float_results():
 
 
 def test_strip_resize_of_large_images_matches_the_direct_resize():
-    from pipeline.contexts import _resize_in_strips
+    from pipeline.contexts import resize_in_strips
 
     torch.manual_seed(4)
     image = torch.randint(0, 256, (3, 1500, 1100), dtype=torch.uint8)
     direct = global_view(image.float() / 255, 96)
-    strips = _resize_in_strips(image, 96)
+    strips = resize_in_strips(lambda top, bottom: image[:, top:bottom], 3, 1500, 1100, (96, 96))
     torch.testing.assert_close(strips, direct, rtol=0, atol=2e-5)
+
+
+def test_rows_of_the_resize_matrix_do_not_depend_on_the_range_asked_for():
+    from pipeline.contexts import resize_weights
+
+    whole = resize_weights(3000, 97)
+    for start, stop in ((0, 5), (1023, 1025), (1700, 3000), (2999, 3000)):
+        assert torch.equal(resize_weights(3000, 97, start=start, stop=stop), whole[start:stop])

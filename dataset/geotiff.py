@@ -1,0 +1,149 @@
+"""Writing single-band uint8 GeoTIFFs (class maps, confidences) band by band, never whole in memory.
+
+``GeoTiffBandWriter`` receives rows top to bottom, as the pipeline finalises them, and writes them
+into a tiled (512 x 512), deflate-compressed GeoTIFF with the scene's CRS and transform, so the mask
+lies exactly on the scene in a GIS. Rows are collected into whole tile rows before they are written
+(512 x W bytes), so GDAL never has to compress a tile twice. A class map gets the class palette as
+its colour table and, where the scene has a nodata mask, the nodata value ``NODATA`` (255).
+
+With ``cog=True`` the finished GeoTIFF is turned into a Cloud-Optimized GeoTIFF (GDAL's COG driver:
+internal overviews made with nearest-neighbour sampling, so every overview pixel is a real class).
+The file appears under its final name only when it is complete (``utils.files.atomic_path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+
+from utils.errors import DataError
+from utils.files import atomic_path
+
+NODATA = 255
+TILE = 512
+
+
+def _colormap(palette: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    table = {i: (int(r), int(g), int(b), 255) for i, (r, g, b) in enumerate(palette)}
+    table[NODATA] = (0, 0, 0, 0)
+    return table
+
+
+class GeoTiffBandWriter:
+    """Context manager writing an (height, width) uint8 raster row band by row band.
+
+    profile: ``RasterScene.profile()`` (height, width, crs, transform; crs and transform may be None).
+    palette: (C, 3) uint8 colours of the class indices, or None for a grey band (confidence).
+    nodata: the value written where the scene has no data, or None.
+    """
+
+    def __init__(self, path: str, profile: dict, *, palette: np.ndarray | None = None, nodata: int | None = None,
+                 cog: bool = False) -> None:
+        self.path, self.profile, self.palette, self.nodata, self.cog = path, profile, palette, nodata, cog
+        self.height, self.width = int(profile["height"]), int(profile["width"])
+        self._rows = 0
+        self._buffer = np.zeros((min(TILE, self.height), self.width), dtype=np.uint8)
+        self._filled = 0
+        self._written = 0
+        self._stack = contextlib.ExitStack()
+        self._dst = None
+
+    def _fail(self, exc: BaseException) -> DataError:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        lines = str(exc).strip().splitlines()
+        text = getattr(exc, "strerror", None) or (lines[0] if lines else type(exc).__name__)
+        return DataError(f"cannot write {os.path.basename(self.path)} into folder {folder} ({text}); choose a "
+                         f"writable folder with free space")
+
+    def __enter__(self) -> GeoTiffBandWriter:
+        import rasterio
+
+        try:
+            self._final_tmp = self._stack.enter_context(atomic_path(self.path))
+            self._tmp = self._final_tmp
+            if self.cog:  # the plain GeoTIFF first, converted into the final temporary at the end
+                self._tmp = self._stack.enter_context(_scratch(self._final_tmp + ".tif"))
+            tiled = self.width >= TILE and self.height >= TILE
+            options = dict(blockxsize=TILE, blockysize=TILE) if tiled else {}
+            self._dst = rasterio.open(
+                self._tmp, "w", driver="GTiff", height=self.height, width=self.width, count=1, dtype="uint8",
+                crs=self.profile.get("crs"), transform=self.profile.get("transform"), nodata=self.nodata,
+                tiled=tiled, compress="deflate", BIGTIFF="IF_SAFER", **options)
+            if self.palette is not None:
+                self._dst.write_colormap(1, _colormap(self.palette))
+        except DataError:
+            self._stack.close()
+            raise
+        except Exception as exc:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise self._fail(exc) from None
+        return self
+
+    def write(self, rows: np.ndarray) -> None:
+        """Append the next rows (h, width) uint8."""
+        rows = np.asarray(rows)
+        if rows.ndim != 2 or rows.shape[1] != self.width or self._rows + rows.shape[0] > self.height:
+            raise ValueError(f"a band of shape {rows.shape} does not fit the {self.height}x{self.width} raster "
+                             f"after {self._rows} rows")
+        start = 0
+        while start < rows.shape[0]:
+            take = min(rows.shape[0] - start, self._buffer.shape[0] - self._filled)
+            self._buffer[self._filled:self._filled + take] = rows[start:start + take]
+            self._filled += take
+            start += take
+            if self._filled == self._buffer.shape[0] or self._rows + start == self.height:
+                self._flush()
+        self._rows += rows.shape[0]
+
+    def _flush(self) -> None:
+        from rasterio.windows import Window
+
+        if not self._filled:
+            return
+        y0 = self._written
+        try:
+            self._dst.write(self._buffer[:self._filled], 1, window=Window(0, y0, self.width, self._filled))
+        except Exception as exc:
+            raise self._fail(exc) from None
+        self._written = y0 + self._filled
+        self._filled = 0
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None:
+                self._flush()
+                if self._written != self.height:
+                    raise ValueError(f"{self.path}: only {self._written} of {self.height} rows were written")
+            try:
+                self._dst.close()
+            except Exception as error:
+                if exc_type is None:
+                    raise self._fail(error) from None
+            if exc_type is None and self.cog:
+                _to_cog(self._tmp, self._final_tmp, self._fail)
+        except BaseException as error:
+            self._stack.__exit__(type(error), error, error.__traceback__)
+            raise
+        return bool(self._stack.__exit__(exc_type, exc, tb))
+
+
+@contextlib.contextmanager
+def _scratch(path: str):
+    """A scratch file name that is removed afterwards, whatever happens."""
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _to_cog(source: str, target: str, fail) -> None:
+    from rasterio.shutil import copy
+
+    try:
+        copy(source, target, driver="COG", compress="DEFLATE", overview_resampling="NEAREST", blocksize=TILE,
+             BIGTIFF="IF_SAFER")
+    except Exception as exc:
+        raise fail(exc) from None

@@ -1,0 +1,383 @@
+"""Scenes of your own: the list of input files, and windowed reading of rasters through rasterio (GDAL).
+
+Inputs. ``expand_inputs`` turns what the user typed (files, folders, glob patterns, ``.txt`` lists of
+paths) into a sorted list of files, checked to exist and to have distinct stems (two scenes called
+``a`` would write the same ``a_mask.tif``).
+
+Reading. ``RasterScene`` opens any file GDAL reads and hands out windows as uint8 RGB (3, h, w)
+numpy arrays. It never reads the whole scene: a window outside the scene is zeros (black), as if the
+scene had been padded. What the network sees is fixed by three documented rules:
+
+- bands: ``bands`` picks the three bands (1-based, GDAL's numbering) used as R, G, B; by default the
+  first three, with a warning when the file has more. A scene with fewer than three bands needs
+  ``bands`` (``1,1,1`` for a grey scene);
+- values: uint8 scenes are used as they are. Every other data type needs an explicit ``input_range``
+  (``InputRange``): value ``v`` of band ``b`` becomes ``round(clip((v - low_b) / (high_b - low_b), 0, 1) *
+  255)``. The range is either given (one ``LOW,HIGH`` pair for all bands, or one per band) or computed by
+  a streaming pass over the valid pixels as the ``pLOW,pHIGH`` percentiles of each band. No scene is
+  ever stretched silently by its own minimum and maximum;
+- nodata: pixels that GDAL's mask marks invalid in every selected band (a nodata value, a mask band,
+  an alpha band) are set to 0 before the network sees them (the same black as outside the scene), and
+  ``read_valid`` says which they are so that the caller can mark them in the output.
+
+GDAL's block cache is capped (``GDAL_CACHE_MB``) when a scene is opened: its default, 5% of the RAM,
+would otherwise grow with the scene.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# What a folder given as input contributes (any other file GDAL reads can still be named directly).
+FOLDER_SUFFIXES = PILLOW_SUFFIXES + TIFF_SUFFIXES + (".jp2", ".vrt", ".img")
+GDAL_CACHE_MB = 64
+SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+_STRIP_BYTES = 1 << 25  # raw bytes per strip of a statistics pass
+
+
+def stem_of(path: str) -> str:
+    """The file name without its (last) suffix: ``/x/tile_3.tif`` -> ``tile_3``."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _has_glob(text: str) -> bool:
+    return any(char in text for char in "*?[")
+
+
+def _expand_one(spec: str, base: str, origin: str) -> list[str]:
+    path = os.path.expanduser(spec if os.path.isabs(spec) else os.path.join(base, spec))
+    if _has_glob(spec):
+        found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        if not found:
+            raise DataError(f"`input` pattern {spec}{origin} matches no file; check the pattern")
+        return found
+    if os.path.isdir(path):
+        found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                       if name.lower().endswith(FOLDER_SUFFIXES) and os.path.isfile(os.path.join(path, name)))
+        if not found:
+            raise DataError(f"`input` folder {path}{origin} holds no image ({', '.join(FOLDER_SUFFIXES)}); "
+                            f"name the files or another folder")
+        return found
+    if not os.path.exists(path):
+        raise DataError(f"`input` file {path}{origin} not found; check the path")
+    return [path]
+
+
+def expand_inputs(specs: Sequence[str]) -> list[str]:
+    """The files named by ``specs``, in the order given (folders and patterns sorted by name).
+
+    A ``.txt`` file is a list: one path or pattern per line, blank lines and ``#`` comments skipped,
+    relative paths taken relative to the list's folder. A file named twice is kept once. Raises
+    DataError for a name that matches nothing and for two files with the same stem.
+    """
+    files: list[str] = []
+    for spec in specs:
+        if spec.lower().endswith(".txt") and os.path.isfile(spec):
+            base = os.path.dirname(os.path.abspath(spec))
+            with open(spec, encoding="utf-8") as handle:
+                lines = [line.strip() for line in handle]
+            for number, line in enumerate(lines, start=1):
+                if line and not line.startswith("#"):
+                    files.extend(_expand_one(line, base, f" (line {number} of {spec})"))
+        else:
+            files.extend(_expand_one(spec, os.getcwd(), ""))
+    unique = list(dict.fromkeys(os.path.abspath(f) for f in files))
+    if not unique:
+        raise DataError("`input` names no file")
+    seen: dict[str, str] = {}
+    for path in unique:
+        stem = stem_of(path)
+        if stem in seen:
+            raise DataError(f"`input` files {seen[stem]} and {path} have the same name {stem}, so their masks would "
+                            f"overwrite each other; rename one or predict them in two runs")
+        seen[stem] = path
+    return unique
+
+
+def uses_pillow(path: str) -> bool:
+    """JPEG and PNG files are decoded whole by Pillow (the DeepGlobe path); every other file through GDAL."""
+    return path.lower().endswith(PILLOW_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class InputRange:
+    """How non-uint8 values become 0..255: fixed ``pairs`` ((low, high) per band, or one pair for all)
+    or ``percentiles`` (low, high) computed per band over the valid pixels."""
+
+    pairs: tuple[tuple[float, float], ...] = ()
+    percentiles: tuple[float, float] | None = None
+
+    @staticmethod
+    def parse(values: Sequence[str]) -> InputRange:
+        """From ``["LOW,HIGH"]``, ``["L1,H1", "L2,H2", "L3,H3"]`` or ``["pLOW,pHIGH"]`` (e.g. ``p2,p98``)."""
+        def pair(text: str, strip: str = "") -> tuple[float, float]:
+            parts = text.split(",")
+            try:
+                if len(parts) != 2:
+                    raise ValueError
+                low, high = (float(part.strip()[len(strip):] if strip else part) for part in parts)
+            except ValueError:
+                raise ConfigError(f"`input_range` {text!r} is not LOW,HIGH (e.g. 0,3000) or pLOW,pHIGH (e.g. p2,p98)") from None
+            if not (np.isfinite(low) and np.isfinite(high) and low < high):
+                raise ConfigError(f"`input_range` {text!r} needs finite LOW < HIGH")
+            return low, high
+
+        if len(values) == 1 and values[0].strip().lower().startswith("p"):
+            text = values[0].lower()
+            if not all(part.strip().startswith("p") for part in text.split(",")):
+                raise ConfigError(f"`input_range` {values[0]!r}: write both percentiles with a p, e.g. p2,p98")
+            low, high = pair(text, strip="p")
+            if not (0 <= low < high <= 100):
+                raise ConfigError(f"`input_range` percentiles {values[0]!r} must satisfy 0 <= LOW < HIGH <= 100")
+            return InputRange(percentiles=(low, high))
+        if len(values) not in (1, 3):
+            raise ConfigError(f"`input_range` takes one LOW,HIGH pair for all bands or three (one per band), "
+                              f"got {len(values)}")
+        return InputRange(pairs=tuple(pair(v) for v in values))
+
+    def describe(self) -> str:
+        if self.percentiles is not None:
+            return f"percentiles p{self.percentiles[0]:g}..p{self.percentiles[1]:g} of each band"
+        return " ".join(f"{lo:g}..{hi:g}" for lo, hi in self.pairs)
+
+
+def parse_bands(text: str) -> tuple[int, int, int]:
+    """``"4,3,2"`` -> (4, 3, 2): the 1-based bands used as R, G, B."""
+    try:
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"`bands` {text!r} is not three band numbers such as 1,2,3") from None
+    if len(bands) != 3 or min(bands) < 1:
+        raise ConfigError(f"`bands` {text!r} must be three band numbers from 1 (e.g. 1,2,3 or 4,3,2)")
+    return bands  # type: ignore[return-value]
+
+
+def _rasterio():
+    import rasterio
+    from rasterio.env import set_gdal_config
+
+    set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)  # megabytes; see the module doc
+    return rasterio
+
+
+class RasterScene:
+    """A raster file opened for windowed reading (see the module doc for bands, values and nodata).
+
+    Use as a context manager, or call ``close``. ``height``, ``width``, ``crs`` and ``transform``
+    describe the file; ``read`` and ``read_valid`` take windows in pixel coordinates that may reach
+    outside the scene.
+    """
+
+    def __init__(self, path: str, bands: Sequence[int] | None = None, input_range: InputRange | None = None) -> None:
+        rasterio = _rasterio()
+        self.path = path
+        if not os.path.isfile(path):
+            raise DataError(f"image {path} not found; check the path")
+        if os.path.getsize(path) == 0:
+            raise DataError(f"image {path} is empty (0 bytes): the copy or download is incomplete; fetch it again")
+        try:
+            self._src = rasterio.open(path)
+        except rasterio.errors.RasterioError as exc:
+            raise DataError(f"image {path} is not readable by GDAL ({_first_line(exc)}); replace the file") from None
+        try:
+            self._setup(bands, input_range)
+        except BaseException:
+            self._src.close()
+            raise
+
+    def _setup(self, bands: Sequence[int] | None, input_range: InputRange | None) -> None:
+        from rasterio.enums import MaskFlags
+
+        src, path = self._src, self.path
+        self.height, self.width, self.count = src.height, src.width, src.count
+        self.crs, self.transform = src.crs, src.transform
+        if bands is None:
+            if self.count < 3:
+                raise DataError(f"image {path} has {self.count} band{'s' if self.count != 1 else ''}, fewer than 3; "
+                                f"pass `bands` to choose them (e.g. 1,1,1 for a grey scene)")
+            if self.count > 3:
+                log.warning("%s: %d bands; using bands 1,2,3 as R,G,B (pass `bands` to choose others)", path, self.count)
+            bands = (1, 2, 3)
+        for band in bands:
+            if not 1 <= band <= self.count:
+                raise DataError(f"`bands` {','.join(map(str, bands))}: image {path} has bands 1..{self.count} only; "
+                                f"choose band numbers in that range")
+        self.bands = tuple(int(b) for b in bands)
+        dtypes = {src.dtypes[b - 1] for b in self.bands}
+        if len(dtypes) != 1:
+            raise DataError(f"image {path}: bands {self.bands} have different data types ({', '.join(sorted(dtypes))}); "
+                            f"choose bands of one type with `bands`")
+        self.dtype = dtypes.pop()
+        if self.dtype not in SUPPORTED_DTYPES:
+            raise DataError(f"image {path} has {self.dtype} pixels, which are not supported; convert it to "
+                            f"{', '.join(SUPPORTED_DTYPES)} first (e.g. with gdal_translate -ot)")
+        flags = [src.mask_flag_enums[b - 1] for b in self.bands]
+        self.has_mask = not all(f == [MaskFlags.all_valid] for f in flags)
+        self.range_rule = input_range
+        if input_range is None and self.dtype != "uint8":
+            raise DataError(f"image {path} has {self.dtype} pixels; pass `input_range` to say how they map to 0..255: "
+                            f"LOW,HIGH (e.g. 0,3000) or percentiles such as p2,p98")
+        if input_range is None:
+            self._scale = None
+        elif input_range.percentiles is not None:
+            self._scale = self._percentile_pairs(*input_range.percentiles)
+        else:
+            pairs = input_range.pairs
+            self._scale = np.array(pairs * 3 if len(pairs) == 1 else pairs, dtype=np.float64)
+        if self._scale is not None:
+            text = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, (lo, hi) in zip(self.bands, self._scale))
+            log.info("%s: %s pixels mapped to 0..255 linearly (%s)", path, self.dtype, text)
+
+    def __enter__(self) -> RasterScene:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._src.close()
+
+    @property
+    def block_height(self) -> int:
+        return int(self._src.block_shapes[0][0])
+
+    def profile(self) -> dict:
+        """What an output raster needs to lie exactly on this scene: size, CRS and transform."""
+        return {"height": self.height, "width": self.width, "crs": self.crs, "transform": self.transform}
+
+    def describe(self) -> str:
+        text = f"{self.width}x{self.height} px, {self.count} band{'s' if self.count != 1 else ''} {self.dtype}"
+        if self.bands != (1, 2, 3):
+            text += f", bands {','.join(map(str, self.bands))}"
+        if self.crs is not None:
+            text += f", {self.crs.to_string()}"
+        return text + (", with nodata mask" if self.has_mask else "")
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def _clip(self, top: int, left: int, height: int, width: int):
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + height, self.height), min(left + width, self.width)
+        return y0, x0, y1, x1
+
+    def _window(self, y0: int, x0: int, y1: int, x1: int):
+        from rasterio.windows import Window
+
+        return Window(x0, y0, x1 - x0, y1 - y0)
+
+    def _read_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        try:
+            return self._src.read(self.bands, window=self._window(y0, x0, y1, x1))
+        except Exception as exc:  # GDAL reports damaged blocks only when they are read
+            raise DataError(f"image {self.path}: rows {y0}..{y1} cannot be read ({_first_line(exc)}); the file is "
+                            f"damaged or truncated: replace it") from None
+
+    def _valid_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        masks = self._src.read_masks(self.bands, window=self._window(y0, x0, y1, x1))
+        return masks.any(axis=0)
+
+    def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
+        """uint8 (3, height, width): the window at (top, left), zeros outside the scene and at invalid pixels."""
+        out = np.zeros((3, height, width), dtype=np.uint8)
+        y0, x0, y1, x1 = self._clip(top, left, height, width)
+        if y1 <= y0 or x1 <= x0:
+            return out
+        raw = self._read_raw(y0, x0, y1, x1)
+        inside = out[:, y0 - top:y1 - top, x0 - left:x1 - left]
+        if self._scale is None:
+            inside[...] = raw
+        else:
+            low, high = self._scale[:, 0, None, None], self._scale[:, 1, None, None]
+            scaled = (raw.astype(np.float32) - low.astype(np.float32)) * (255.0 / (high - low)).astype(np.float32)
+            np.clip(scaled, 0, 255, out=scaled)
+            np.rint(scaled, out=scaled)
+            inside[...] = scaled.astype(np.uint8)
+        if self.has_mask:
+            inside[:, ~self._valid_raw(y0, x0, y1, x1)] = 0
+        return out
+
+    def read_valid(self, top: int, left: int, height: int, width: int) -> np.ndarray | None:
+        """bool (height, width), True where the scene has data (False outside it); None for a scene
+        without a nodata mask."""
+        if not self.has_mask:
+            return None
+        out = np.zeros((height, width), dtype=bool)
+        y0, x0, y1, x1 = self._clip(top, left, height, width)
+        if y1 > y0 and x1 > x0:
+            out[y0 - top:y1 - top, x0 - left:x1 - left] = self._valid_raw(y0, x0, y1, x1)
+        return out
+
+    # --- statistics ------------------------------------------------------------------------------------
+    def _strips(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """(raw values (3, rows, W), valid (rows, W) or None) over the scene, whole block rows at a time."""
+        itemsize = np.dtype(self.dtype).itemsize
+        block = self.block_height
+        rows = max(block, _STRIP_BYTES // max(1, 3 * self.width * itemsize) // block * block)
+        for y0 in range(0, self.height, rows):
+            y1 = min(y0 + rows, self.height)
+            raw = self._read_raw(y0, 0, y1, self.width)
+            yield raw, (self._valid_raw(y0, 0, y1, self.width) if self.has_mask else None)
+
+    def _percentile_pairs(self, low: float, high: float) -> np.ndarray:
+        """(3, 2) float64: the low and high percentiles of each selected band over its valid pixels.
+
+        Integer scenes of at most 16 bits are counted exactly in one pass (a 65536-bin histogram).
+        Other types take two passes: the minimum and maximum, then a 65536-bin histogram between them,
+        so a percentile is exact to (max - min) / 65536.
+        """
+        exact = np.dtype(self.dtype).kind in "ui" and np.dtype(self.dtype).itemsize <= 2
+        if exact:
+            offset, lo_edge, width = (-32768 if np.dtype(self.dtype).kind == "i" else 0), None, 1.0
+        else:
+            lows = np.full(3, np.inf)
+            highs = np.full(3, -np.inf)
+            for raw, valid in self._strips():
+                for b in range(3):
+                    values = raw[b] if valid is None else raw[b][valid]
+                    values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+                    if values.size:
+                        lows[b] = min(lows[b], float(values.min()))
+                        highs[b] = max(highs[b], float(values.max()))
+            if not np.isfinite(lows).all():
+                raise DataError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from")
+            lo_edge, width = lows, np.maximum(highs - lows, 1e-12) / 65536
+        counts = np.zeros((3, 65536), dtype=np.int64)
+        for raw, valid in self._strips():
+            for b in range(3):
+                values = raw[b] if valid is None else raw[b][valid]
+                if exact:
+                    index = values.astype(np.int64) - offset
+                else:
+                    values = values[np.isfinite(values)].astype(np.float64)
+                    index = np.minimum(((values - lo_edge[b]) / width[b]).astype(np.int64), 65535)
+                counts[b] += np.bincount(index.ravel(), minlength=65536)
+        totals = counts.sum(axis=1)
+        if not totals.all():
+            raise DataError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from")
+        pairs = np.zeros((3, 2))
+        for b in range(3):
+            cumulative = np.cumsum(counts[b])
+            for k, q in enumerate((low, high)):
+                rank = min(totals[b] - 1, int(np.floor(q / 100 * (totals[b] - 1))))
+                index = int(np.searchsorted(cumulative, rank + 1))
+                pairs[b, k] = index + offset if exact else lo_edge[b] + index * width[b]
+            if pairs[b, 1] <= pairs[b, 0]:  # a flat band: keep the mapping defined
+                pairs[b, 1] = pairs[b, 0] + 1
+        log.info("%s: percentiles over %d valid pixels", self.path, int(totals[0]))
+        return pairs
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
