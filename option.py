@@ -91,6 +91,26 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--glo_path", default=None,
                        help="modes 3/4: the global (mode-0) model whose encoder gives the large context")
 
+    own = p.add_argument_group("your own scenes (test mode)")
+    own.add_argument("--input", nargs="+", default=None, metavar="PATH",
+                     help="predict these files instead of --data_path/--split: files, folders, glob patterns or .txt "
+                          "lists of paths; GeoTIFFs (any raster GDAL reads) are read window by window")
+    own.add_argument("--output_format", choices=["png", "tif"], default=None,
+                     help="mask format (default: tif for GDAL rasters, keeping their CRS and transform; png for "
+                          "JPEG/PNG inputs)")
+    own.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs (with overviews)")
+    own.add_argument("--save_confidence", action="store_true",
+                     help="also write <stem>_confidence: the top-1 softmax probability x 255 (uint8)")
+    own.add_argument("--quicklook", action="store_true",
+                     help="also write <stem>_preview.png: the scene and the mask over it, side by side, <= 2048 px")
+    own.add_argument("--bands", default=None, metavar="R,G,B",
+                     help="1-based bands used as RGB (default: the first three; needed for scenes of 1-2 bands)")
+    own.add_argument("--input_range", nargs="+", default=None, metavar="LOW,HIGH",
+                     help="how non-uint8 pixels map to 0..255: LOW,HIGH for all bands, one pair per band, or "
+                          "percentiles pLOW,pHIGH of each band (e.g. p2,p98)")
+    own.add_argument("--skip_existing", action="store_true",
+                     help="do not predict scenes whose outputs already exist (resume a long batch)")
+
     geo = p.add_argument_group("patches and contexts")
     geo.add_argument("--size_p", type=int, default=508, help="patch side in pixels")
     geo.add_argument("--size_g", type=int, default=508, help="side of the resized whole image (global view)")
@@ -142,6 +162,25 @@ def resolve_checkpoint(model_path: str, name: str | None) -> str | None:
     return os.path.join(model_path, os.path.expanduser(name))
 
 
+SCENE_ONLY = ("output_format", "cog", "save_confidence", "quicklook", "bands", "input_range", "skip_existing")
+
+
+def _check_scene_options(args: argparse.Namespace) -> None:
+    from dataset.scenes import InputRange, parse_bands
+
+    if args.input is None:
+        given = [name for name in SCENE_ONLY if getattr(args, name) not in (None, False)]
+        if given:
+            raise OptionError(f"--{given[0]} applies to --input scenes only; add --input PATH")
+        return
+    if args.train or args.evaluate or args.val:
+        raise OptionError("--input predicts unlabelled scenes in test mode; drop --train/--evaluate/--val")
+    if args.split is not None:
+        raise OptionError("--input replaces --split (and --data_path); drop --split")
+    args.bands = None if args.bands is None else parse_bands(args.bands)
+    args.input_range = None if args.input_range is None else InputRange.parse(args.input_range)
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Reject impossible option combinations early, naming the option and the fix."""
     positive = ("size_p", "size_g", "batch_size", "sub_batch_size", "epochs", "val_every")
@@ -164,6 +203,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise OptionError("--train and --evaluate exclude each other; validate during training with --val")
     if args.resume and not args.train:
         raise OptionError("--resume only makes sense with --train")
+    _check_scene_options(args)
     if not args.train and args.val:
         args.evaluate = True
         args.split = args.split or "crossvali"

@@ -1,4 +1,5 @@
-"""FCtL on DeepGlobe: train (--train), evaluate a labelled split (--evaluate) or predict a test split.
+"""FCtL on DeepGlobe: train (--train), evaluate a labelled split (--evaluate), predict a test split, or
+predict scenes of your own (--input: GeoTIFFs of any size, JPEGs, PNGs).
 
 Run ``python train_deep_globe.py --help`` for the options; the shell scripts next to this file hold the
 staged recipe of the paper. Under ``torchrun --nproc_per_node=N`` the same command uses N processes.
@@ -139,6 +140,36 @@ def _predict(args: argparse.Namespace, predictor: Predictor, device: torch.devic
                  f"peak memory {summary['peak_memory_mb']:.0f} MB; masks in {args.prediction_path}")
 
 
+def _predict_scenes(args: argparse.Namespace, predictor: Predictor, device: torch.device, info: DistInfo, log) -> None:
+    from dataset.scenes import expand_inputs
+    from engine.scenes import SceneOutputs, SceneReading, check_outputs, predict_scenes, remove_stale_outputs
+
+    tta = True if args.tta is None else args.tta
+    paths = expand_inputs(args.input)
+    outputs = SceneOutputs(args.prediction_path, args.output_format, args.cog, args.save_confidence, args.quicklook,
+                           args.skip_existing)
+    reading = SceneReading(args.bands, args.input_range)
+    check_outputs(paths, outputs, reading)
+    ensure_writable_dir(args.prediction_path, "prediction_path")
+    if info.is_main:
+        stale = remove_stale_outputs(args.prediction_path)
+        if stale:
+            log.warning(f"removed {len(stale)} temporary files left in {args.prediction_path} by an interrupted run")
+        log.info(f"{len(paths)} input files; outputs in {args.prediction_path}")
+    barrier()
+    try:
+        summary = predict_scenes(predictor, paths, outputs, reading, device, info, tta=tta,
+                                 skip_bad=args.skip_bad_images)
+    except torch.OutOfMemoryError:
+        raise out_of_memory(device, predictor.cfg) from None
+    if info.is_main:
+        megapixels = summary["pixels"] / 1e6
+        log.info(f"predicted {summary['scenes']} scenes ({megapixels:.1f} megapixels, {summary['patches']} patches, "
+                 f"TTA {'on' if tta else 'off'}; {summary['existing']} already done, {summary['skipped']} skipped) in "
+                 f"{summary['seconds']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB; outputs in "
+                 f"{args.prediction_path}")
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
     info, device = init_distributed(args.device)
@@ -166,6 +197,8 @@ def run(argv: list[str] | None = None) -> int:
         _train(args, model, device, info, log)
     elif args.evaluate:
         _evaluate(args, Predictor(model, _pipeline(args)), device, info, log_dir, log)
+    elif args.input is not None:
+        _predict_scenes(args, Predictor(model, _pipeline(args)), device, info, log)
     else:
         _predict(args, Predictor(model, _pipeline(args)), device, info, log)
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import numpy as np
 
@@ -67,10 +68,12 @@ class GeoTiffBandWriter:
                 self._tmp = self._stack.enter_context(_scratch(self._final_tmp + ".tif"))
             tiled = self.width >= TILE and self.height >= TILE
             options = dict(blockxsize=TILE, blockysize=TILE) if tiled else {}
-            self._dst = rasterio.open(
-                self._tmp, "w", driver="GTiff", height=self.height, width=self.width, count=1, dtype="uint8",
-                crs=self.profile.get("crs"), transform=self.profile.get("transform"), nodata=self.nodata,
-                tiled=tiled, compress="deflate", BIGTIFF="IF_SAFER", **options)
+            georeferencing = {key: self.profile[key] for key in ("crs", "transform") if self.profile.get(key) is not None}
+            with warnings.catch_warnings():  # a mask of a plain image has no georeferencing, as its input
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self._dst = rasterio.open(self._tmp, "w", driver="GTiff", height=self.height, width=self.width, count=1,
+                                          dtype="uint8", nodata=self.nodata, tiled=tiled, compress="deflate",
+                                          BIGTIFF="IF_SAFER", **georeferencing, **options)
             if self.palette is not None:
                 self._dst.write_colormap(1, _colormap(self.palette))
         except DataError:

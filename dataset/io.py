@@ -268,6 +268,9 @@ def _save_png_atomic(image: Image.Image, path: str) -> None:
 class PngBandWriter:
     """Write a DeepGlobe colour PNG band by band, so a 20000 x 20000 mask never exists whole in memory.
 
+    ``palette``: the (C, 3) colours of the class indices; None writes the values as a grey PNG
+    (confidences).
+
     A PNG keeps its rows in one zlib stream split over IDAT chunks, so rows can be compressed and
     written as they are produced. Use as a context manager: the file appears (renamed from a
     temporary sibling) only when every row was written; an error leaves no file behind.
@@ -279,8 +282,11 @@ class PngBandWriter:
 
     chunk_bytes = 1 << 23
 
-    def __init__(self, path: str, height: int, width: int, level: int = 6) -> None:
+    def __init__(self, path: str, height: int, width: int, level: int = 6,
+                 palette: np.ndarray | None = PALETTE) -> None:
         self.path, self.height, self.width = path, height, width
+        self.palette = palette
+        self._channels = 1 if palette is None else 3
         self._rows = 0
         self._zip = zlib.compressobj(level)
         self._atomic = atomic_open(path, "wb")
@@ -295,8 +301,9 @@ class PngBandWriter:
             raise DataError(f"cannot create output folder {folder} ({error.strerror}); choose a writable folder") from None
         self._file = self._atomic.__enter__()
         self._file.write(b"\x89PNG\r\n\x1a\n")
-        # 8-bit RGB, deflate, no interlace.
-        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0))
+        # 8-bit RGB (colour type 2) or grey (0), deflate, no interlace.
+        colour_type = 0 if self.palette is None else 2
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", self.width, self.height, 8, colour_type, 0, 0, 0))
         return self
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
@@ -304,21 +311,25 @@ class PngBandWriter:
         self._file.write(struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
 
     def write(self, index_band: np.ndarray | torch.Tensor) -> None:
-        """Append rows given as class indices (h, W), values 0..6."""
+        """Append rows (h, W): class indices below len(palette), or any uint8 values without a palette."""
         index = _as_numpy(index_band)
         if index.ndim != 2 or index.shape[1] != self.width or self._rows + index.shape[0] > self.height:
             raise ValueError(f"a band of shape {index.shape} does not fit the {self.height}x{self.width} mask "
                              f"after {self._rows} rows")
-        if index.size and (int(index.min()) < 0 or int(index.max()) >= N_CLASSES):
-            raise ValueError(f"class indices must be in 0..{N_CLASSES - 1}")
-        step = max(1, self.chunk_bytes // (1 + 3 * self.width))
+        if self.palette is not None and index.size and (int(index.min()) < 0 or int(index.max()) >= len(self.palette)):
+            raise ValueError(f"class indices must be in 0..{len(self.palette) - 1}")
+        row_bytes = 1 + self._channels * self.width
+        step = max(1, self.chunk_bytes // row_bytes)
         if self._buffer is None:
             # Each PNG row starts with its filter type; 0 = none (flat class colours compress well as is).
-            self._buffer = np.zeros((min(step, self.height), 1 + 3 * self.width), np.uint8)
+            self._buffer = np.zeros((min(step, self.height), row_bytes), np.uint8)
         for start in range(0, index.shape[0], step):
             part = index[start:start + step]
             rows = self._buffer[: part.shape[0]]
-            np.take(PALETTE, part, axis=0, out=rows[:, 1:].reshape(part.shape[0], self.width, 3), mode="clip")
+            if self.palette is None:
+                rows[:, 1:] = part
+            else:
+                np.take(self.palette, part, axis=0, out=rows[:, 1:].reshape(part.shape[0], self.width, 3), mode="clip")
             data = self._zip.compress(rows.data)
             if data:
                 self._chunk(b"IDAT", data)

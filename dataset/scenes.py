@@ -29,6 +29,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -188,7 +189,9 @@ class RasterScene:
         if os.path.getsize(path) == 0:
             raise DataError(f"image {path} is empty (0 bytes): the copy or download is incomplete; fetch it again")
         try:
-            self._src = rasterio.open(path)
+            with warnings.catch_warnings():  # a plain TIFF or JPEG has no georeferencing: nothing to warn about
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                self._src = rasterio.open(path)
         except rasterio.errors.RasterioError as exc:
             raise DataError(f"image {path} is not readable by GDAL ({_first_line(exc)}); replace the file") from None
         try:
@@ -202,7 +205,8 @@ class RasterScene:
 
         src, path = self._src, self.path
         self.height, self.width, self.count = src.height, src.width, src.count
-        self.crs, self.transform = src.crs, src.transform
+        georeferenced = src.crs is not None or not src.transform.is_identity
+        self.crs, self.transform = src.crs, (src.transform if georeferenced else None)
         if bands is None:
             if self.count < 3:
                 raise DataError(f"image {path} has {self.count} band{'s' if self.count != 1 else ''}, fewer than 3; "
@@ -284,7 +288,11 @@ class RasterScene:
                             f"damaged or truncated: replace it") from None
 
     def _valid_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
-        masks = self._src.read_masks(self.bands, window=self._window(y0, x0, y1, x1))
+        from rasterio.errors import NodataShadowWarning
+
+        with warnings.catch_warnings():  # GDAL's rule (nodata wins over an alpha band) is the documented one
+            warnings.simplefilter("ignore", NodataShadowWarning)
+            masks = self._src.read_masks(self.bands, window=self._window(y0, x0, y1, x1))
         return masks.any(axis=0)
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:

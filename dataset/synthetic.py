@@ -314,3 +314,48 @@ def _colour_gap(images: list[np.ndarray], labels: list[np.ndarray]) -> float:
         return float("nan")
     a, b = pixels[AGRICULTURE], pixels[RANGELAND]
     return float(max(np.abs(a.mean(0) - b.mean(0)).max(), np.abs(a.std(0) - b.std(0)).max()))
+
+
+def _raster_values(top: int, left: int, height: int, width: int, bands: int, seed: int) -> np.ndarray:
+    """uint8-range int64 (bands, height, width): flat 97 px cells of hashed colours plus a fine diagonal
+    texture, a pure function of the pixel position, so any window can be made on its own."""
+    rows = np.arange(top, top + height, dtype=np.int64)[:, None]
+    cols = np.arange(left, left + width, dtype=np.int64)[None, :]
+    out = np.empty((bands, height, width), dtype=np.int64)
+    for b in range(bands):
+        cell = ((rows // 97) * 73856093) ^ ((cols // 97) * 19349663) ^ ((b + 1) * 83492791) ^ (seed * 2654435761)
+        out[b] = (cell % 200) + (rows * 7 + cols * 13 + b * 5) % 23 + 16
+    return out
+
+
+def write_synthetic_raster(path: str, height: int, width: int, *, bands: int = 3, dtype: str = "uint8",
+                           crs: str | None = "EPSG:32633", origin: tuple[float, float] = (500000.0, 4650000.0),
+                           pixel: float = 0.5, nodata: float | None = None, nodata_box: tuple[int, int, int, int] | None = None,
+                           tile: int = 256, seed: int = 0) -> None:
+    """A tiled, deflate-compressed GeoTIFF of synthetic imagery, written block row by block row (any size
+    without the scene in memory): for tests and the benchmark.
+
+    Values are ``_raster_values`` scaled to ``dtype`` (uint8 as is, uint16 x 40, float32 x 0.01). With
+    ``nodata`` the file declares that value and ``nodata_box`` (top, left, bottom, right) holds it.
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    scale = {"uint8": 1, "uint16": 40, "int16": 40, "float32": 0.01}[dtype]
+    transform = from_origin(origin[0], origin[1], pixel, pixel) if crs else None
+    tiled = height >= tile and width >= tile
+    options = dict(blockxsize=tile, blockysize=tile) if tiled else {}
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=bands, dtype=dtype, crs=crs,
+                       transform=transform, nodata=nodata, tiled=tiled, compress="deflate", BIGTIFF="IF_SAFER",
+                       **options) as dst:
+        step = tile if tiled else height
+        for top in range(0, height, step):
+            rows = min(step, height - top)
+            values = (_raster_values(top, 0, rows, width, bands, seed) * scale).astype(dtype)
+            if nodata_box is not None:
+                y0, x0, y1, x1 = nodata_box
+                r0, r1 = max(y0, top), min(y1, top + rows)
+                if r1 > r0:
+                    values[:, r0 - top:r1 - top, x0:x1] = nodata
+            dst.write(values, window=Window(0, top, width, rows))

@@ -1,0 +1,215 @@
+"""Predicting scenes of your own (``--input``): files of any size, GeoTIFF in and out.
+
+Each scene is opened as an image source: a JPEG or PNG is decoded whole by Pillow, as the DeepGlobe
+splits are; every other file (GeoTIFF, any raster GDAL reads) is read window by window through
+``dataset.scenes.RasterScene`` behind ``pipeline.sources.WindowedSource``, so the scene is never in
+memory. The prediction streams band by band into the outputs:
+
+- ``<stem>_mask.tif`` (GeoTIFF inputs: the scene's size, CRS and transform, the class palette as the
+  colour table, tiled and compressed; a Cloud-Optimized GeoTIFF with ``cog``) or ``<stem>_mask.png``
+  (the DeepGlobe colour PNG); ``SceneOutputs.fmt`` overrides the choice;
+- with ``confidence``: ``<stem>_confidence.tif|png``, the top-1 softmax probability x 255;
+- with ``quicklook``: ``<stem>_preview.png`` (``pipeline.quicklook``).
+
+Pixels the scene marks as nodata get ``NODATA`` (255, declared as the GeoTIFF's nodata value) in a
+GeoTIFF mask, class 0 in a PNG mask, and confidence 0. Every file is written under a temporary name
+and renamed when complete; with ``skip_existing`` a scene whose outputs all exist is not predicted
+again, so a long batch can be resumed. Under torchrun each process takes every world_size-th scene.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dataset.classes import PALETTE
+from dataset.geotiff import NODATA, GeoTiffBandWriter
+from dataset.io import PngBandWriter, read_image, write_image_png
+from dataset.scenes import InputRange, RasterScene, stem_of, uses_pillow
+from pipeline.predictor import Predictor
+from pipeline.quicklook import MaskThumbnail, compose, preview_size, scene_thumbnail
+from pipeline.sources import TensorSource, WindowedSource
+from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
+from utils.errors import ConfigError, DataError
+from utils.files import remove_stale_temporaries
+from utils.logging import get_logger, peak_memory_mb, progress
+
+log = get_logger("scenes")
+
+FORMATS = ("png", "tif")
+BLOCK = 512  # side of the blocks a windowed scene is read and cached in
+OUTPUT_PATTERNS = ("*_mask.png", "*_mask.tif", "*_confidence.png", "*_confidence.tif", "*_preview.png")
+
+
+@dataclass(frozen=True)
+class SceneOutputs:
+    """Which files each scene gets, and where (see the module doc)."""
+
+    folder: str
+    fmt: str | None = None  # None: tif for GDAL rasters, png for JPEG/PNG inputs
+    cog: bool = False
+    confidence: bool = False
+    quicklook: bool = False
+    skip_existing: bool = False
+
+    def format_of(self, path: str) -> str:
+        if self.fmt is not None:
+            return self.fmt
+        return "png" if uses_pillow(path) else "tif"
+
+    def paths(self, path: str) -> dict[str, str]:
+        """{"mask": ..., and "confidence" / "preview" when asked for} of one input file."""
+        stem, ext = stem_of(path), self.format_of(path)
+        out = {"mask": os.path.join(self.folder, f"{stem}_mask.{ext}")}
+        if self.confidence:
+            out["confidence"] = os.path.join(self.folder, f"{stem}_confidence.{ext}")
+        if self.quicklook:
+            out["preview"] = os.path.join(self.folder, f"{stem}_preview.png")
+        return out
+
+
+@dataclass(frozen=True)
+class SceneReading:
+    """How scene pixels become the network's RGB input (``dataset.scenes``)."""
+
+    bands: tuple[int, int, int] | None = None
+    input_range: InputRange | None = None
+
+
+def check_outputs(paths: list[str], outputs: SceneOutputs, reading: SceneReading) -> None:
+    """Refuse, before anything runs, combinations that cannot work for these inputs."""
+    if outputs.cog and any(outputs.format_of(p) != "tif" for p in paths):
+        raise ConfigError("`cog` writes GeoTIFF masks, but some inputs get PNG masks; pass `output_format` tif")
+    if reading.bands is not None or reading.input_range is not None:
+        pillow = [p for p in paths if uses_pillow(p)]
+        if pillow:
+            raise ConfigError(f"`bands` and `input_range` apply to rasters read through GDAL, but {pillow[0]} is a "
+                              f"JPEG/PNG, read as 8-bit RGB; predict such files in a separate run")
+
+
+def remove_stale_outputs(folder: str) -> list[str]:
+    """Temporaries of outputs that an interrupted run left in ``folder``."""
+    return [path for pattern in OUTPUT_PATTERNS for path in remove_stale_temporaries(folder, pattern)]
+
+
+def cache_blocks(predictor: Predictor, block: int = BLOCK) -> int:
+    """Blocks a windowed scene keeps: one patch row's height of windows (context x p plus the spread of
+    a row's tops) across a sub-batch of patches side by side, plus one block each way."""
+    cfg = predictor.cfg
+    side = cfg.context * cfg.size_p if predictor.net.needs_medium else cfg.size_p
+    rows = math.ceil((side + cfg.size_p // 8) / block) + 1
+    cols = math.ceil((cfg.sub_batch_size * cfg.size_p + side) / block) + 1
+    return rows * cols
+
+
+@contextlib.contextmanager
+def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: torch.device):
+    """(source, GeoTIFF profile, RasterScene or None) of one input file."""
+    if uses_pillow(path):
+        image = read_image(path).to(device)
+        yield TensorSource(image), {"height": image.shape[-2], "width": image.shape[-1], "crs": None,
+                                    "transform": None}, None
+        return
+    with RasterScene(path, reading.bands, reading.input_range) as scene:
+        yield WindowedSource(scene, device, BLOCK, cache_blocks(predictor)), scene.profile(), scene
+
+
+class _Outputs:
+    """The writers of one scene, published together when the block succeeds."""
+
+    def __init__(self, paths: dict[str, str], fmt: str, profile: dict, nodata: bool, cog: bool) -> None:
+        self.paths, self.fmt, self.profile, self.nodata, self.cog = paths, fmt, profile, nodata, cog
+        self.stack = contextlib.ExitStack()
+
+    def _writer(self, path: str, palette):
+        if self.fmt == "tif":
+            nodata = NODATA if (self.nodata and palette is not None) else None
+            return GeoTiffBandWriter(path, self.profile, palette=palette, nodata=nodata, cog=self.cog)
+        return PngBandWriter(path, self.profile["height"], self.profile["width"], palette=palette)
+
+    def __enter__(self) -> _Outputs:
+        with self.stack as stack:
+            self.mask = stack.enter_context(self._writer(self.paths["mask"], PALETTE))
+            self.confidence = None
+            if "confidence" in self.paths:
+                self.confidence = stack.enter_context(self._writer(self.paths["confidence"], None))
+            self.stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return bool(self.stack.__exit__(*exc))
+
+
+def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, reading: SceneReading,
+                   device: torch.device, tta: bool, show: bool) -> tuple[int, int]:
+    """Predict one scene into its outputs; returns (pixels, patches)."""
+    paths = outputs.paths(path)
+    fmt = outputs.format_of(path)
+    with open_scene(path, reading, predictor, device) as (source, profile, scene):
+        height, width = source.height, source.width
+        if scene is not None:
+            log.info(f"{path}: {scene.describe()}")
+        n = predictor.patches_per_image(height, width, tta)
+        masked = scene is not None and scene.has_mask
+        thumbnail = None
+        if outputs.quicklook:
+            size = preview_size(height, width)
+            thumbnail = MaskThumbnail(height, width, size)
+            picture = scene_thumbnail(source, size)
+        with progress(total=n, enabled=show and n > 0, desc=stem_of(path), unit="patch", leave=False) as bar, \
+                _Outputs(paths, fmt, profile, masked, outputs.cog) as out:
+            for y0, band in predictor.mask_bands(source, tta=tta, progress=bar, confidence=out.confidence is not None):
+                classes = band[0] if out.confidence is not None else band
+                valid = scene.read_valid(y0, 0, classes.shape[0], width) if masked else None
+                if valid is not None:
+                    invalid = torch.from_numpy(~valid).to(classes.device)
+                    classes = classes.masked_fill(invalid, NODATA if fmt == "tif" else 0)
+                out.mask.write(classes.cpu().numpy())
+                if out.confidence is not None:
+                    probability = band[1] if valid is None else band[1].masked_fill(invalid, 0)
+                    out.confidence.write(probability.cpu().numpy())
+                if thumbnail is not None:
+                    thumbnail.add(y0, classes)
+            if thumbnail is not None:
+                write_image_png(paths["preview"], compose(picture, thumbnail.image, PALETTE,
+                                                          NODATA if fmt == "tif" and masked else None))
+    return height * width, n
+
+
+def predict_scenes(predictor: Predictor, paths: list[str], outputs: SceneOutputs, reading: SceneReading,
+                   device: torch.device, info: DistInfo, *, tta: bool, skip_bad: bool = False) -> dict:
+    """Predict this process's share of ``paths``; returns the summary over all processes:
+    scenes done, skipped (existing outputs, or unreadable with ``skip_bad``), pixels, patches,
+    seconds (of the slowest process) and peak memory in MB (of the largest)."""
+    started = time.time()
+    done = existing = bad = pixels = patches = 0
+    predictor.net.eval()
+    mine = [paths[i] for i in shard(list(range(len(paths))), info)]
+    for path in progress(mine, enabled=info.is_main and len(mine) > 1, desc="scenes", unit="scene"):
+        if outputs.skip_existing and all(os.path.exists(p) for p in outputs.paths(path).values()):
+            existing += 1
+            continue
+        try:
+            scene_pixels, scene_patches = _predict_scene(predictor, path, outputs, reading, device, tta, info.is_main)
+        except DataError as exc:
+            if not skip_bad or not str(exc).startswith(f"image {path}"):  # output errors always stop
+                raise
+            log.warning(f"skipped: {exc}")
+            bad += 1
+            continue
+        done += 1
+        pixels += scene_pixels
+        patches += scene_patches
+    counts = all_reduce_sum(torch.tensor([done, existing, bad, pixels, patches], dtype=torch.int64, device=device))
+    worst = all_reduce_max(torch.tensor([time.time() - started, peak_memory_mb(device)], dtype=torch.float64,
+                                        device=device))
+    if int(counts[2]) and int(counts[2]) == len(paths):
+        raise DataError(f"all {len(paths)} inputs were unreadable and skipped (`skip_bad_images`); nothing was "
+                        f"written: fix or replace the files listed in the warnings above")
+    return {"scenes": int(counts[0]), "existing": int(counts[1]), "skipped": int(counts[2]), "pixels": int(counts[3]),
+            "patches": int(counts[4]), "seconds": float(worst[0]), "peak_memory_mb": float(worst[1])}

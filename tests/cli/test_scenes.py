@@ -1,0 +1,116 @@
+"""``train_deep_globe.py --input``: own scenes in, GeoTIFF/PNG masks out, and every bad input one error line."""
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from dataset.classes import PALETTE
+from dataset.synthetic import _raster_values, write_synthetic_raster
+from tests.cli.helpers import list_files, run_cli
+
+
+def _args(pre_folder, out, logs, *extra):
+    return ["--mode", "1", "--backbone", "fpn_resnet18", "--model_path", pre_folder, "--pre_path", "pre.pth",
+            "--size_p", "64", "--size_g", "64", "--sub_batch_size", "8", "--device", "cpu", "--no_pretrained",
+            "--prediction_path", str(out), "--log_path", str(logs), *extra]
+
+
+@pytest.fixture
+def scene(tmp_path):
+    path = str(tmp_path / "in" / "scene.tif")
+    os.makedirs(os.path.dirname(path))
+    write_synthetic_raster(path, 150, 170, bands=4, tile=64, nodata=0, nodata_box=(0, 0, 20, 30))
+    return path
+
+
+def test_geotiff_in_geotiff_out_with_confidence_and_preview(fpn_pre_folder, tmp_path, scene, capsys):
+    out = tmp_path / "out"
+    code = run_cli(*_args(fpn_pre_folder, out, tmp_path / "logs", "--input", scene, "--no_tta", "--save_confidence",
+                          "--quicklook"))
+    assert code == 0
+    assert list_files(out) == ["scene_confidence.tif", "scene_mask.tif", "scene_preview.png"]
+    with rasterio.open(scene) as src, rasterio.open(out / "scene_mask.tif") as mask:
+        assert mask.crs == src.crs and mask.transform == src.transform and mask.shape == src.shape
+        assert mask.colormap(1)[1][:3] == tuple(PALETTE[1])
+        classes = mask.read(1)
+        assert (classes[:20, :30] == 255).all() and mask.nodata == 255
+        assert classes[20:].max() < 7
+    with rasterio.open(out / "scene_confidence.tif") as confidence:
+        values = confidence.read(1)
+        assert (values[:20, :30] == 0).all() and values[20:].min() >= 255 // 7
+    assert Image.open(out / "scene_preview.png").size == (340, 150)
+    assert "predicted 1 scenes" in capsys.readouterr().err
+
+
+def test_windowed_geotiff_gives_the_mask_of_the_same_pixels_as_png(fpn_pre_folder, tmp_path):
+    tif = str(tmp_path / "a.tif")
+    write_synthetic_raster(tif, 140, 190, tile=64)
+    png = tmp_path / "b.png"
+    Image.fromarray(np.ascontiguousarray(_raster_values(0, 0, 140, 190, 3, 0).astype(np.uint8).transpose(1, 2, 0))).save(png)
+    out = tmp_path / "out"
+    assert run_cli(*_args(fpn_pre_folder, out, tmp_path / "logs", "--input", tif, str(png))) == 0  # TTA on
+    with rasterio.open(out / "a_mask.tif") as mask:
+        windowed = mask.read(1)
+    colours = np.array(Image.open(out / "b_mask.png").convert("RGB"))
+    assert np.array_equal(PALETTE[windowed], colours)
+
+
+def test_skip_existing_resumes_a_batch(fpn_pre_folder, tmp_path, scene, capsys):
+    out = tmp_path / "out"
+    args = _args(fpn_pre_folder, out, tmp_path / "logs", "--input", os.path.dirname(scene), "--no_tta",
+                 "--skip_existing")
+    assert run_cli(*args) == 0
+    stamp = os.stat(out / "scene_mask.tif").st_mtime_ns
+    assert run_cli(*args) == 0
+    assert os.stat(out / "scene_mask.tif").st_mtime_ns == stamp
+    assert "1 already done" in capsys.readouterr().err
+
+
+def _error_of(capsys, code):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    return lines[0]
+
+
+def _bad_scenes(tmp_path):
+    grey = str(tmp_path / "grey.tif")
+    write_synthetic_raster(grey, 80, 80, bands=1)
+    u16 = str(tmp_path / "u16.tif")
+    write_synthetic_raster(u16, 80, 80, dtype="uint16")
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff at all")
+    return {"grey": grey, "u16": u16, "broken": str(broken)}
+
+
+@pytest.mark.parametrize("case,extra,words", [
+    ("missing", ["--input", "{tmp}/nope.tif"], "nope.tif not found"),
+    ("grey", ["--input", "{grey}"], "grey.tif has 1 band, fewer than 3; pass --bands"),
+    ("band", ["--input", "{grey}", "--bands", "1,1,2"], "grey.tif has bands 1..1 only"),
+    ("dtype", ["--input", "{u16}"], "u16.tif has uint16 pixels; pass --input_range"),
+    ("broken", ["--input", "{broken}"], "broken.tif is not readable by GDAL"),
+    ("range", ["--input", "{u16}", "--input_range", "5,1"], "--input_range '5,1' needs finite LOW < HIGH"),
+    ("only_input", ["--quicklook"], "--quicklook applies to --input scenes only"),
+    ("with_train", ["--input", "{grey}", "--train"], "--input predicts unlabelled scenes"),
+])
+def test_bad_inputs_are_one_error_line_and_write_nothing(fpn_pre_folder, tmp_path, capsys, case, extra, words):
+    names = {**_bad_scenes(tmp_path), "tmp": str(tmp_path)}
+    out = tmp_path / "out"
+    code = run_cli(*_args(fpn_pre_folder, out, tmp_path / "logs", *[e.format(**names) for e in extra]))
+    assert words in _error_of(capsys, code)
+    assert list_files(out) == []
+
+
+def test_same_stem_and_unwritable_folder(fpn_pre_folder, tmp_path, scene, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    write_synthetic_raster(str(other / "scene.tif"), 64, 64)
+    code = run_cli(*_args(fpn_pre_folder, tmp_path / "out", tmp_path / "logs", "--input", scene, str(other / "scene.tif")))
+    assert "have the same name scene" in _error_of(capsys, code)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    code = run_cli(*_args(fpn_pre_folder, blocked, tmp_path / "logs", "--input", scene))
+    assert "--prediction_path" in _error_of(capsys, code)

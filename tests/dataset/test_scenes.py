@@ -1,0 +1,203 @@
+"""Scenes of your own: input lists, windowed raster reading (bands, value ranges, nodata) and GeoTIFF writing."""
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+
+from dataset.classes import PALETTE
+from dataset.geotiff import NODATA, GeoTiffBandWriter
+from dataset.scenes import InputRange, RasterScene, expand_inputs, parse_bands
+from dataset.synthetic import _raster_values, write_synthetic_raster
+from utils.errors import ConfigError, DataError
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return str(path)
+
+
+def test_inputs_from_files_folders_patterns_and_lists(tmp_path):
+    a = _touch(tmp_path / "d" / "a.tif")
+    b = _touch(tmp_path / "d" / "b.jpg")
+    _touch(tmp_path / "d" / "notes.md")
+    c = _touch(tmp_path / "e" / "c.tif")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# scenes\n\ne/c.tif\n")
+    assert expand_inputs([str(tmp_path / "d")]) == [a, b]
+    assert expand_inputs([str(tmp_path / "d" / "*.tif"), str(listing)]) == [a, c]
+    assert expand_inputs([a, a]) == [a]
+
+
+@pytest.mark.parametrize("spec,words", [("missing.tif", "not found"), ("*.nothing", "matches no file"),
+                                        ("emptydir", "holds no image")])
+def test_inputs_that_name_nothing_are_errors(tmp_path, spec, words):
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(DataError, match=words):
+        expand_inputs([str(tmp_path / spec)])
+
+
+def test_two_inputs_with_one_stem_are_an_error(tmp_path):
+    with pytest.raises(DataError, match="same name a"):
+        expand_inputs([_touch(tmp_path / "x" / "a.tif"), _touch(tmp_path / "y" / "a.png")])
+
+
+def test_input_range_and_bands_parsing():
+    assert InputRange.parse(["0,3000"]).pairs == ((0.0, 3000.0),)
+    assert len(InputRange.parse(["0,1", "0,2", "0,3"]).pairs) == 3
+    assert InputRange.parse(["p2,p98"]).percentiles == (2.0, 98.0)
+    for bad in (["3000,0"], ["a,b"], ["0,1", "0,2"], ["p2,98"], ["p-1,p50"]):
+        with pytest.raises(ConfigError, match="input_range"):
+            InputRange.parse(bad)
+    assert parse_bands("4,3,2") == (4, 3, 2)
+    for bad in ("1,2", "0,1,2", "r,g,b"):
+        with pytest.raises(ConfigError, match="bands"):
+            parse_bands(bad)
+
+
+def test_windows_are_boundless_and_exact(tmp_path):
+    path = str(tmp_path / "s.tif")
+    write_synthetic_raster(path, 300, 280, tile=64)
+    values = _raster_values(0, 0, 300, 280, 3, 0).astype(np.uint8)
+    with RasterScene(path) as scene:
+        assert (scene.height, scene.width) == (300, 280) and not scene.has_mask
+        window = scene.read(-10, 250, 40, 50)
+        assert (window[:, :10] == 0).all() and (window[:, :, 30:] == 0).all()
+        assert np.array_equal(window[:, 10:, :30], values[:, :30, 250:])
+        assert np.array_equal(scene.read(0, 0, 300, 280), values)
+
+
+def test_multi_band_scenes_use_the_first_three_or_the_chosen_bands(tmp_path, caplog):
+    path = str(tmp_path / "four.tif")
+    write_synthetic_raster(path, 64, 64, bands=4)
+    values = _raster_values(0, 0, 64, 64, 4, 0).astype(np.uint8)
+    with RasterScene(path) as scene:
+        assert np.array_equal(scene.read(0, 0, 64, 64), values[:3])
+    assert "4 bands; using bands 1,2,3" in caplog.text
+    with RasterScene(path, bands=(4, 3, 2)) as scene:
+        assert np.array_equal(scene.read(0, 0, 64, 64), values[[3, 2, 1]])
+    with pytest.raises(DataError, match="bands 1..4 only"):
+        RasterScene(path, bands=(1, 2, 5))
+
+
+def test_a_scene_of_fewer_than_three_bands_needs_bands(tmp_path):
+    path = str(tmp_path / "grey.tif")
+    write_synthetic_raster(path, 32, 32, bands=1)
+    with pytest.raises(DataError, match="fewer than 3; pass `bands`"):
+        RasterScene(path)
+    with RasterScene(path, bands=(1, 1, 1)) as scene:
+        window = scene.read(0, 0, 32, 32)
+        assert np.array_equal(window[0], window[2])
+
+
+def test_sixteen_bit_scenes_need_a_range_and_map_linearly(tmp_path):
+    path = str(tmp_path / "u16.tif")
+    write_synthetic_raster(path, 64, 80, dtype="uint16")
+    with pytest.raises(DataError, match="uint16 pixels; pass `input_range`"):
+        RasterScene(path)
+    raw = _raster_values(0, 0, 64, 80, 3, 0) * 40
+    with RasterScene(path, input_range=InputRange.parse(["0,5000"])) as scene:
+        expected = np.rint(np.clip(raw / 5000 * 255, 0, 255)).astype(np.uint8)
+        assert np.abs(scene.read(0, 0, 64, 80).astype(int) - expected).max() <= 1
+    with RasterScene(path, input_range=InputRange.parse(["p0,p100"])) as scene:
+        window = scene.read(0, 0, 64, 80)
+        # The minimum of each band maps to 0 and its maximum to 255.
+        assert (window.reshape(3, -1).min(1) == 0).all() and (window.reshape(3, -1).max(1) == 255).all()
+
+
+def test_percentiles_of_a_float_scene_skip_nodata(tmp_path):
+    path = str(tmp_path / "f.tif")
+    write_synthetic_raster(path, 64, 64, dtype="float32", nodata=-9999.0, nodata_box=(0, 0, 32, 64))
+    with RasterScene(path, input_range=InputRange.parse(["p0,p100"])) as scene:
+        valid_raw = _raster_values(32, 0, 32, 64, 3, 0) * 0.01
+        low, high = scene._scale[0]
+        assert abs(low - valid_raw[0].min()) < 1e-3 and abs(high - valid_raw[0].max()) < 1e-3
+        assert scene.has_mask
+
+
+def test_nodata_pixels_are_black_and_marked(tmp_path):
+    path = str(tmp_path / "nd.tif")
+    write_synthetic_raster(path, 64, 64, nodata=0, nodata_box=(10, 20, 30, 40))
+    with RasterScene(path) as scene:
+        valid = scene.read_valid(0, 0, 70, 64)
+        assert not valid[10:30, 20:40].any() and valid[:10].all() and not valid[64:].any()
+        assert (scene.read(0, 0, 64, 64)[:, 10:30, 20:40] == 0).all()
+    write_synthetic_raster(path, 16, 16)
+    with RasterScene(path) as scene:
+        assert scene.read_valid(0, 0, 16, 16) is None
+
+
+def test_unreadable_and_unsupported_files_are_one_line_errors(tmp_path):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00garbage")
+    with pytest.raises(DataError, match="not readable by GDAL"):
+        RasterScene(str(broken))
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(DataError, match="empty"):
+        RasterScene(str(tmp_path / "empty.tif"))
+    complex_path = str(tmp_path / "c.tif")
+    with rasterio.open(complex_path, "w", driver="GTiff", height=8, width=8, count=3, dtype="complex64") as dst:
+        dst.write(np.ones((3, 8, 8), np.complex64))
+    with pytest.raises(DataError, match="complex64 pixels, which are not supported"):
+        RasterScene(complex_path)
+
+
+def test_truncated_scene_fails_when_the_damaged_block_is_read(tmp_path):
+    path = tmp_path / "t.tif"
+    write_synthetic_raster(str(path), 512, 512, tile=128)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="damaged or truncated|not readable"):
+        with RasterScene(str(path)) as scene:
+            scene.read(0, 0, 512, 512)
+
+
+def _write(path, rows, profile, **options):
+    with GeoTiffBandWriter(path, profile, palette=PALETTE, **options) as writer:
+        for start in range(0, profile["height"], 37):
+            writer.write(rows[start:start + 37])
+
+
+def test_geotiff_masks_keep_crs_transform_and_palette(tmp_path):
+    scene = str(tmp_path / "s.tif")
+    write_synthetic_raster(scene, 700, 600)
+    rows = (np.arange(700 * 600) % 7).astype(np.uint8).reshape(700, 600)
+    with RasterScene(scene) as opened:
+        profile = opened.profile()
+    out = str(tmp_path / "m.tif")
+    _write(out, rows, profile, nodata=NODATA)
+    with rasterio.open(scene) as src, rasterio.open(out) as dst:
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
+        assert dst.count == 1 and dst.dtypes[0] == "uint8" and dst.nodata == NODATA
+        assert dst.profile["tiled"] and dst.compression.name.lower() == "deflate"
+        assert np.array_equal(dst.read(1), rows)
+        table = dst.colormap(1)
+        assert all(table[i][:3] == tuple(PALETTE[i]) for i in range(7))
+    assert os.listdir(tmp_path) == sorted(os.listdir(tmp_path)) and len(os.listdir(tmp_path)) == 2
+
+
+def test_cog_output_has_overviews(tmp_path):
+    rows = np.zeros((1500, 1200), np.uint8)
+    rows[:, 600:] = 3
+    profile = {"height": 1500, "width": 1200, "crs": "EPSG:32633",
+               "transform": rasterio.transform.from_origin(100, 200, 1, 1)}
+    out = str(tmp_path / "m.tif")
+    _write(out, rows, profile, cog=True)
+    with rasterio.open(out) as dst:
+        assert dst.overviews(1) and np.array_equal(dst.read(1), rows)
+        assert dst.colormap(1)[3][:3] == tuple(PALETTE[3])
+    assert sorted(os.listdir(tmp_path)) == ["m.tif"]
+
+
+def test_a_failed_write_leaves_no_file(tmp_path):
+    profile = {"height": 100, "width": 80, "crs": None, "transform": None}
+    with pytest.raises(RuntimeError):
+        with GeoTiffBandWriter(str(tmp_path / "m.tif"), profile, palette=PALETTE) as writer:
+            writer.write(np.zeros((50, 80), np.uint8))
+            raise RuntimeError("stopped")
+    with pytest.raises(ValueError, match="only 50 of 100 rows"):
+        with GeoTiffBandWriter(str(tmp_path / "m.tif"), profile, palette=PALETTE) as writer:
+            writer.write(np.zeros((50, 80), np.uint8))
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,106 @@
+"""A scene read window by window gives exactly the prediction of the same scene held in memory."""
+
+import numpy as np
+import pytest
+import torch
+
+import pipeline.contexts as contexts
+from models.stand_in import StandIn
+from pipeline.contexts import global_view, medium_contexts
+from pipeline.predictor import PipelineConfig, Predictor
+from pipeline.sources import TensorSource, WindowedSource
+
+
+class ArrayReader:
+    """A boundless window reader over a numpy image: what RasterScene offers, without a file."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self.height, self.width = image.shape[1:]
+        self.calls = 0
+
+    def read(self, top, left, height, width):
+        self.calls += 1
+        out = np.zeros((3, height, width), np.uint8)
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + height, self.height), min(left + width, self.width)
+        if y1 > y0 and x1 > x0:
+            out[:, y0 - top:y1 - top, x0 - left:x1 - left] = self.image[:, y0:y1, x0:x1]
+        return out
+
+
+def _scene(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (3, height, width), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("top,left,h,w", [(0, 0, 50, 60), (-30, -20, 80, 90), (200, 230, 90, 90), (-5, -5, 400, 400),
+                                          (500, 500, 10, 10)])
+def test_windowed_windows_equal_tensor_windows(top, left, h, w):
+    image = _scene(260, 300)
+    windowed = WindowedSource(ArrayReader(image), block=64, capacity=3)
+    in_memory = TensorSource(torch.from_numpy(image))
+    assert torch.equal(windowed.window(top, left, h, w), in_memory.window(top, left, h, w))
+
+
+def test_the_cache_reads_each_block_once_while_it_fits():
+    reader = ArrayReader(_scene(256, 256))
+    source = WindowedSource(reader, block=64, capacity=16)
+    for _ in range(3):
+        source.window(0, 0, 256, 256)
+    assert reader.calls == 16 == source.reads
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("tta", [False, True])
+def test_windowed_prediction_equals_in_memory(mode, tta):
+    image = _scene(230, 270, seed=mode)
+    model = StandIn(mode).eval()
+    predictor = Predictor(model, PipelineConfig(size_p=64, size_g=48, context=3, sub_batch_size=5))
+    reference = predictor.predict(torch.from_numpy(image), tta=tta)
+    # A cache far smaller than a row of windows: blocks are evicted and read again, results must not move.
+    windowed = predictor.predict(WindowedSource(ArrayReader(image), block=48, capacity=4), tta=tta)
+    assert torch.equal(windowed, reference)
+    confident = torch.cat([b for _, b in predictor.mask_bands(WindowedSource(ArrayReader(image)), tta, confidence=True)],
+                          dim=1)
+    assert torch.equal(confident[0], reference)
+
+
+def test_windowed_scene_smaller_than_a_patch_is_padded_like_a_tensor():
+    image = _scene(40, 90)
+    predictor = Predictor(StandIn(4).eval(), PipelineConfig(64, 48, 3, 4))
+    reference = predictor.predict(torch.from_numpy(image), tta=True)
+    assert torch.equal(predictor.predict(WindowedSource(ArrayReader(image), block=32), tta=True), reference)
+
+
+def test_strip_pass_of_a_source_equals_the_strips_of_a_tensor(monkeypatch):
+    monkeypatch.setattr(contexts, "_STRIP_THRESHOLD", 1000)  # force the strip pass on a small image
+    image = _scene(300, 170)
+    from_tensor = global_view(torch.from_numpy(image), 40)
+    from_source = global_view(WindowedSource(ArrayReader(image), block=64), 40)
+    assert torch.equal(from_source, from_tensor)
+    predictor = Predictor(StandIn(4).eval(), PipelineConfig(64, 48, 3, 4))
+    assert torch.equal(predictor.predict(WindowedSource(ArrayReader(image))), predictor.predict(torch.from_numpy(image)))
+
+
+def test_medium_contexts_of_a_source_equal_those_of_the_tensor():
+    image = _scene(150, 131)
+    tops, lefts = [0, 40, 86], [0, 67, 30]
+    torch.testing.assert_close(medium_contexts(WindowedSource(ArrayReader(image), block=32), tops, lefts, 64, 3),
+                               medium_contexts(torch.from_numpy(image), tops, lefts, 64, 3), rtol=0, atol=0)
+
+
+def test_confidence_is_the_top_softmax_of_the_mean_logits():
+    image = torch.from_numpy(_scene(150, 170))
+    predictor = Predictor(StandIn(1).eval(), PipelineConfig(64, 48, 3, 4))
+    logits = predictor.logits(image, tta=False)
+    # The number of patches over each pixel, from the same grid (ones merged like logits).
+    from pipeline.grid import make_grid
+
+    grid = make_grid(150, 170, 64)
+    counts = torch.zeros(150, 170)
+    for top, left in grid.boxes():
+        counts[top:top + 64, left:left + 64] += 1
+    expected = (torch.softmax(logits / counts, dim=0).max(dim=0).values * 255).round().to(torch.uint8)
+    band = torch.cat([b for _, b in predictor.mask_bands(image, confidence=True)], dim=1)
+    assert (band[1].int() - expected.int()).abs().max() <= 1
+    assert torch.equal(band[0], logits.argmax(0).to(torch.uint8))
