@@ -38,6 +38,7 @@ from utils.distributed import DistInfo, barrier, init_distributed, shutdown_dist
 from utils.errors import FCtLError, describe_signal, signal_of
 from utils.files import ensure_writable_dir, remove_stale_temporaries
 from utils.logging import SafeWriter, setup_logging
+from utils.memory import fix_mmap_threshold
 from utils.workers import check_shared_memory, stop_on_signals, worker_init
 
 
@@ -172,6 +173,8 @@ def _predict_scenes(args: argparse.Namespace, predictor: Predictor, device: torc
 
 def run(argv: list[str] | None = None) -> int:
     args = parse_options(argv)
+    if not args.train:  # inference: freed tensors go back to the system, memory stays flat over a long scene
+        fix_mmap_threshold()
     info, device = init_distributed(args.device)
     log_dir = os.path.join(args.log_path, args.task_name)
     if info.is_main:

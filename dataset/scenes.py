@@ -43,7 +43,7 @@ PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png")
 TIFF_SUFFIXES = (".tif", ".tiff")
 # What a folder given as input contributes (any other file GDAL reads can still be named directly).
 FOLDER_SUFFIXES = PILLOW_SUFFIXES + TIFF_SUFFIXES + (".jp2", ".vrt", ".img")
-GDAL_CACHE_MB = 64
+GDAL_CACHE_MB = 8
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _STRIP_BYTES = 1 << 25  # raw bytes per strip of a statistics pass
 
@@ -227,6 +227,10 @@ class RasterScene:
         if self.dtype not in SUPPORTED_DTYPES:
             raise DataError(f"image {path} has {self.dtype} pixels, which are not supported; convert it to "
                             f"{', '.join(SUPPORTED_DTYPES)} first (e.g. with gdal_translate -ot)")
+        block_rows, block_cols = src.block_shapes[0]
+        if block_cols >= self.width and self.width > 4 * 512:
+            log.warning("%s is not tiled (blocks of %dx%d px): every window decodes whole rows, which is slow for a "
+                        "scene this wide; gdal_translate -co TILED=YES makes a tiled copy", path, block_cols, block_rows)
         flags = [src.mask_flag_enums[b - 1] for b in self.bands]
         self.has_mask = not all(f == [MaskFlags.all_valid] for f in flags)
         self.range_rule = input_range

@@ -136,8 +136,10 @@ def _to_unit_float(image: torch.Tensor) -> torch.Tensor:
     return image if image.is_floating_point() else image.float().div_(255)
 
 
-# Above this many values, a uint8 image is resized in strips instead of being converted to floats whole.
-_STRIP_THRESHOLD = 1 << 26
+# Above this many values (32 M: a 3340 px square, not a 2448 px DeepGlobe image), a uint8 image is
+# resized in strips instead of being converted to floats whole: the whole float copy would then be
+# larger than a strip pass needs (a 64 MB strip, its weights and the uint8 strip).
+_STRIP_THRESHOLD = 1 << 25
 
 
 def resize_weights(length: int, size: int, device: torch.device | str | None = None,
@@ -213,7 +215,7 @@ def global_view(image: torch.Tensor | ImageSource, size_g: int, shape: tuple[int
 
     image: a float (3, H, W) or (1, 3, H, W) tensor in [0, 1], a uint8 one in [0, 255], or a source.
     Returns float (1, 3, size_g, size_g) on its device; a float image already of that size comes back
-    as a view of the input, not a copy. A large uint8 image (more than 64 M values) is resized strip by
+    as a view of the input, not a copy. A large uint8 image (more than 32 M values) is resized strip by
     strip (same numbers up to float rounding), so a 20000 px scene never exists as a 4.8 GB float copy;
     a source of that size is read strip by strip, and a smaller one is read whole and resized as a
     tensor, so a source and the tensor of the same image give the same numbers. ``shape`` (sources

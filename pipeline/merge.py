@@ -20,6 +20,10 @@ into a float32 canvas.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+import numpy as np
 import torch
 
 from pipeline.contexts import Positions, as_list
@@ -73,6 +77,47 @@ def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
 OUTPUTS = ("mask", "logits", "confidence")
 
 
+class SpillFile:
+    """Float32 CPU tiles parked in an unlinked temporary file (page cache, not the process's memory).
+
+    Each key keeps one slot, reused while its tile fits and moved to the end of the file when it
+    grows, so the file stays about as large as what is parked. Values come back bit for bit.
+    """
+
+    def __init__(self, folder: str | None = None) -> None:
+        self._file = tempfile.TemporaryFile(dir=folder)
+        self._fd = self._file.fileno()
+        self._end = 0
+        self._slots: dict[int, tuple[int, int]] = {}  # key -> (offset, capacity in bytes)
+
+    def put(self, key: int, values: torch.Tensor) -> None:
+        """Store a contiguous float32 CPU tensor under ``key``."""
+        if not values.is_contiguous():
+            raise ValueError("only contiguous tensors can be spilled")
+        data = values.numpy().reshape(-1).view(np.uint8)
+        offset, capacity = self._slots.get(key, (self._end, 0))
+        if data.nbytes > capacity:
+            offset, capacity = self._end, data.nbytes
+            self._end += data.nbytes
+        self._slots[key] = (offset, capacity)
+        written = os.pwrite(self._fd, data, offset)
+        while written < data.nbytes:  # pwrite may write less than asked
+            written += os.pwrite(self._fd, data[written:], offset + written)
+
+    def get(self, key: int, out: torch.Tensor) -> None:
+        """Fill the contiguous float32 CPU tensor ``out`` with what ``put`` stored under ``key``."""
+        if not out.is_contiguous():
+            raise ValueError("only contiguous tensors can be filled from the spill file")
+        data = out.numpy().reshape(-1).view(np.uint8)
+        offset = self._slots[key][0]
+        done = 0
+        while done < data.nbytes:
+            done += os.preadv(self._fd, [data[done:]], offset + done)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def top_probability(sums: torch.Tensor, counts: torch.Tensor | float) -> torch.Tensor:
     """uint8 round(255 x the largest softmax probability) of the mean logits ``sums / counts``.
 
@@ -109,6 +154,10 @@ class BandMerger:
     across the whole width, a few tiles of the row's full height under the current patches, and the
     band being filled (uint8 for masks). Nothing depends on the image height.
 
+    With ``spill`` (CPU only) the tiles waiting for the next row, the rows carried across the whole
+    width, are parked in a ``SpillFile`` between rows, so what stays in memory does not grow with the
+    width either: for a 32768 px wide canvas with 7 classes that is about 50 MB.
+
     The sums are made in the order the patches are added, so the result equals ``add_patches`` over
     the same patches in the same order bit for bit, and the class maps equal its ``argmax_classes``.
     The tiles take the memory layout of the first patch: channel-innermost when the network returns
@@ -116,7 +165,7 @@ class BandMerger:
     """
 
     def __init__(self, n_class: int, height: int, width: int, device: torch.device | str | None = None,
-                 output: str = "mask", tile: int = 512) -> None:
+                 output: str = "mask", tile: int = 512, spill: bool = False) -> None:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if tile < 1:
@@ -136,6 +185,33 @@ class BandMerger:
         self._next = 0  # first tile of the open row not yet finalised
         self._last_left = 0
         self._band: torch.Tensor | None = None
+        if spill and self.device.type != "cpu":
+            raise ValueError(f"only CPU tiles can be spilled to a file, not tiles on {self.device}")
+        self._spill = SpillFile() if spill else None
+        self._parked: dict[int, tuple[int, int]] = {}  # tile index -> (rows, columns) of a parked tile
+
+    def _park(self, j: int, tile: torch.Tensor) -> None:
+        """Keep tile j (its rows carried to the next row) in the spill file, or in memory without one."""
+        if self._spill is None or tile.shape[1] == 0:
+            self._tiles[j] = tile
+            return
+        self._spill.put(j, tile.permute(1, 2, 0) if self._channels_last else tile)
+        self._parked[j] = (tile.shape[1], tile.shape[2])
+        self._tiles[j] = self._zeros(0, tile.shape[2])
+
+    def _tile(self, j: int) -> torch.Tensor:
+        """Tile j, brought back from the spill file if it was parked there."""
+        if j in self._parked:
+            rows, cols = self._parked.pop(j)
+            tile = self._zeros(rows, cols)
+            self._spill.get(j, tile.permute(1, 2, 0) if self._channels_last else tile)
+            self._tiles[j] = tile
+        return self._tiles[j]
+
+    def close(self) -> None:
+        """Remove the spill file (also done when the merger is garbage collected)."""
+        if self._spill is not None:
+            self._spill.close()
 
     def _zeros(self, rows: int, cols: int) -> torch.Tensor:
         if self._channels_last:
@@ -191,7 +267,7 @@ class BandMerger:
         last = (left + p - 1) // self.tile
         for j in range(first, last + 1):
             x0, x1 = self._cols[j]
-            tile = self._tiles[j]
+            tile = self._tile(j)
             need = self._bottom - self.y0
             if tile.shape[1] < need:  # widen to the row's full height once
                 grown = self._zeros(need, x1 - x0)
@@ -209,7 +285,7 @@ class BandMerger:
     def _finalise(self, j: int) -> None:
         """Move tile j's rows above the row end into the band and keep only the rows below it."""
         x0, x1 = self._cols[j]
-        tile = self._tiles[j]
+        tile = self._tile(j)
         rows = self._end - self.y0
         done = min(rows, tile.shape[1])
         if done:
@@ -224,7 +300,7 @@ class BandMerger:
             else:
                 self._band[:, :done, x0:x1] = head
         # A clone, not a view: the head's memory is given back.
-        self._tiles[j] = tile[:, rows:].clone() if tile.shape[1] > rows else self._zeros(0, x1 - x0)
+        self._park(j, tile[:, rows:].clone() if tile.shape[1] > rows else self._zeros(0, x1 - x0))
 
     def end_row(self) -> tuple[int, torch.Tensor]:
         """Close the open row: (first row, band of rows [y0, end))."""

@@ -91,6 +91,9 @@ class Predictor:
     # work (widen, argmax, shrink) is a few large operations, narrow enough that the tiles under the
     # current patches (at most two) stay small next to a row of the image.
     merge_tile = 2048
+    # CPU canvases wider than this park the rows carried between patch rows in a temporary file
+    # (``BandMerger(spill=True)``): about 1.5 KB per column with 7 classes, 50 MB at 32768 px.
+    spill_width = 8192
 
     def __init__(self, model: torch.nn.Module, cfg: PipelineConfig) -> None:
         self.model = model
@@ -211,7 +214,16 @@ class Predictor:
             return
         p_height, p_width = max(height, p), max(width, p)
         merger = BandMerger(self.net.n_class, p_height, p_width, source.device, output=output,
-                            tile=max(4 * self.cfg.size_p, self.merge_tile))
+                            tile=max(4 * self.cfg.size_p, self.merge_tile),
+                            spill=source.device.type == "cpu" and p_width > self.spill_width)
+        try:
+            yield from self._merged_bands(source, views, merger, (height, width), progress, output)
+        finally:
+            merger.close()
+
+    def _merged_bands(self, source: ImageSource, views: list[View], merger: BandMerger, shape: tuple[int, int],
+                      progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
+        height, width = shape
         row_end = None
 
         def cropped(band: tuple[int, torch.Tensor]):
@@ -220,7 +232,7 @@ class Predictor:
                 return None
             return y0, rows[..., :height - y0, :width]
 
-        for batch, logits in self._tagged_batches(source, (p_height, p_width), views, output == "confidence"):
+        for batch, logits in self._tagged_batches(source, (merger.height, merger.width), views, output == "confidence"):
             for (end, bottom, (_, top, left)), patch in zip(batch, logits):
                 if end != row_end:
                     if row_end is not None and (band := cropped(merger.end_row())) is not None:

@@ -14,6 +14,14 @@ Checkpoints: by default random weights are written in the released layout (``--r
 1 GB files with the unused VGG classifier, loaded memory-mapped), so the memory figure includes
 loading them the way real released files are loaded.
 
+Scenes (``--scenes``): for each of ``--sizes`` a tiled GeoTIFF of that side is written on the fly and
+predicted in a fresh process exactly as ``train_deep_globe.py --input`` does (read window by window,
+GeoTIFF mask written band by band); ``--in_memory`` adds, for comparison, a run that reads the scene
+whole first. The figure is peak RSS minus the RSS before the scene (model loaded):
+
+    python -m tools.benchmark --scenes --sizes 4096 16384 32768 --backbone stand_in --mode 4 --no-tta \
+        --size_p 508 --size_g 508 --threads 2 --channels_last
+
 Streaming (``--streaming``): for each of ``--sizes`` a fresh process makes a square uint8 image
 (coloured blocks), runs ``Predictor.mask_bands`` and writes the PNG band by band with
 ``PngBandWriter``, the path ``train_deep_globe.py`` takes in test mode, and reports its peak memory
@@ -44,6 +52,10 @@ def _setup(opts: argparse.Namespace):
 
     from models.setup import create_model
     from pipeline.predictor import AMP_DTYPES, PipelineConfig, Predictor
+    from utils.memory import fix_mmap_threshold
+
+    if opts.glibc_heap:
+        fix_mmap_threshold()  # as train_deep_globe.py does
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -117,6 +129,46 @@ def _stream_worker(opts: argparse.Namespace) -> dict:
         "pipeline_mb": peak - before - (image_mb if device.type == "cpu" else 0.0),
         "gpu_peak_mb": peak_memory_mb(device) if device.type == "cuda" else None, "png_mb": png_mb,
     }
+
+
+def _scene_worker(opts: argparse.Namespace) -> dict:
+    """Predict the GeoTIFF ``opts.scene`` into a GeoTIFF mask the way ``--input`` does and return its figures.
+
+    With ``--in_memory`` the scene is first read whole into a tensor (the path a JPEG takes), for the
+    comparison; otherwise it is read window by window."""
+    import rasterio  # noqa: F401  (GDAL's libraries belong to the baseline, as torch's do)
+    import torch
+
+    from dataset.scenes import RasterScene
+    from engine.scenes import SceneOutputs, SceneReading, predict_scenes
+    from pipeline.sources import TensorSource
+    from utils.distributed import DistInfo
+
+    device, model, predictor = _setup(opts)
+    before = _status_mb("VmRSS")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        if opts.in_memory:
+            from dataset.classes import PALETTE
+            from dataset.geotiff import GeoTiffBandWriter
+
+            with RasterScene(opts.scene) as scene:
+                image = torch.from_numpy(scene.read(0, 0, scene.height, scene.width)).to(device)
+                profile = scene.profile()
+            with GeoTiffBandWriter(os.path.join(tmp, "mask.tif"), profile, palette=PALETTE) as writer:
+                for _, band in predictor.mask_bands(TensorSource(image), tta=opts.tta):
+                    writer.write(band.cpu().numpy())
+        else:
+            predict_scenes(predictor, [opts.scene], SceneOutputs(tmp), SceneReading(), device, DistInfo(),
+                           tta=opts.tta)
+    seconds = time.perf_counter() - started
+    peak = _status_mb("VmHWM")
+    with RasterScene(opts.scene) as scene:
+        side = scene.width
+    return {"scene": side, "in_memory": opts.in_memory, "backbone": opts.backbone, "mode": opts.mode, "tta": opts.tta,
+            "patches": predictor.patches_per_image(side, side, opts.tta), "seconds": seconds,
+            "rss_before_mb": before, "peak_rss_mb": peak, "pipeline_mb": peak - before,
+            "scene_mb": 3 * side * side / 2**20}
 
 
 def _worker(opts: argparse.Namespace) -> dict:
@@ -228,6 +280,44 @@ def _streaming(opts: argparse.Namespace) -> None:
             json.dump(results, f, indent=2)
 
 
+def _scenes(opts: argparse.Namespace) -> None:
+    """For each of --sizes: write a tiled GeoTIFF, then predict it in a fresh process (and, with
+    --in_memory, once more the in-memory way); prints the memory table (and writes --json)."""
+    from dataset.synthetic import write_synthetic_raster
+
+    argv = _strip(_strip(_strip(sys.argv[1:], "--json", 1), "--scenes", 0), "--in_memory", 0)
+    if "--sizes" in argv:
+        i = argv.index("--sizes")
+        j = i + 1
+        while j < len(argv) and not argv[j].startswith("--"):
+            j += 1
+        argv = argv[:i] + argv[j:]
+    print(f"scenes: {opts.backbone} mode {opts.mode} patch {opts.size_p} TTA {'on' if opts.tta else 'off'} sub-batch "
+          f"{opts.sub_batch_size}; tiled deflate GeoTIFFs, one process per run; pipeline = peak RSS - RSS before "
+          f"the scene", flush=True)
+    print(f"{'side':>7} {'scene MB':>9} {'path':>10} {'patches':>8} {'seconds':>8} {'RSS before':>11} "
+          f"{'pipeline MB':>12}", flush=True)
+    results = []
+    for size in opts.sizes:
+        with tempfile.TemporaryDirectory(dir=opts.scene_dir) as tmp:
+            path = os.path.join(tmp, f"scene_{size}.tif")
+            started = time.perf_counter()
+            write_synthetic_raster(path, size, size, tile=512)
+            made = time.perf_counter() - started
+            print(f"  (wrote {path}: {os.path.getsize(path) / 2**20:.0f} MB on disk in {made:.0f}s)", flush=True)
+            for in_memory in ([False, True] if opts.in_memory else [False]):
+                cmd = [sys.executable, "-m", "tools.benchmark", "--scene_worker", *argv, "--scene", path]
+                cmd += ["--in_memory"] if in_memory else []
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                results.append(r)
+                print(f"{size:>7} {r['scene_mb']:>9.0f} {'in memory' if in_memory else 'windowed':>10} {r['patches']:>8} "
+                      f"{r['seconds']:>8.1f} {r['rss_before_mb']:>11.0f} {r['pipeline_mb']:>12.0f}", flush=True)
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the FCtL inference pipeline.")
     parser.add_argument("--backbone", default="fcn8_vgg16",
@@ -250,7 +340,16 @@ def main() -> None:
     parser.add_argument("--streaming", action="store_true",
                         help="peak memory against image size for the band-streaming path (see --sizes)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096, 8192, 16384],
-                        help="image sides for --streaming, each in its own process")
+                        help="image sides for --streaming or --scenes, each in its own process")
+    parser.add_argument("--scenes", action="store_true",
+                        help="peak memory against scene size for GeoTIFF scenes read window by window (--input)")
+    parser.add_argument("--in_memory", action="store_true",
+                        help="with --scenes: also predict each scene read whole into memory, for comparison")
+    parser.add_argument("--scene_dir", default=None, help="with --scenes: where the GeoTIFFs are written (a temp folder)")
+    parser.add_argument("--glibc_heap", action=argparse.BooleanOptionalAction, default=True,
+                        help="fix glibc's mmap threshold as train_deep_globe.py does (--no-glibc_heap: glibc's default)")
+    parser.add_argument("--scene_worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scene", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--released_layout", action=argparse.BooleanOptionalAction, default=True,
                         help="load 1 GB released-layout checkpoints (fcn8_vgg16, mode 4) instead of random init")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -265,8 +364,14 @@ def main() -> None:
     if opts.stream_worker:
         print(json.dumps(_stream_worker(opts)))
         return
+    if opts.scene_worker:
+        print(json.dumps(_scene_worker(opts)))
+        return
     if opts.streaming:
         _streaming(opts)
+        return
+    if opts.scenes:
+        _scenes(opts)
         return
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -69,3 +69,24 @@ def test_two_process_test_mode_writes_every_prediction_once(tiny_data, fpn_pre_f
     for name in list_files(str(one)):
         assert (one / name).read_bytes() == (two / name).read_bytes()
     assert out.stderr.count("predicted 2 images") == 1  # counts summed over the processes, reported once
+
+
+def test_two_processes_split_the_input_scenes(fpn_pre_folder, tmp_path):
+    from dataset.synthetic import write_synthetic_raster
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i in range(3):
+        write_synthetic_raster(str(scenes / f"s{i}.tif"), 90, 110 + 10 * i, seed=i)
+    common = ["--mode", "1", "--backbone", "fpn_resnet18", "--model_path", fpn_pre_folder, "--pre_path", "pre.pth",
+              "--size_p", "64", "--device", "cpu", "--no_pretrained", "--no_tta", "--input", str(scenes)]
+    out = _torchrun([*common, "--prediction_path", str(tmp_path / "two"), "--log_path", str(tmp_path / "l2")])
+    assert _single([*common, "--prediction_path", str(tmp_path / "one"), "--log_path", str(tmp_path / "l1")]) == 0
+    names = ["s0_mask.tif", "s1_mask.tif", "s2_mask.tif"]
+    assert list_files(tmp_path / "two") == names == list_files(tmp_path / "one")
+    import rasterio
+
+    for name in names:
+        with rasterio.open(tmp_path / "one" / name) as a, rasterio.open(tmp_path / "two" / name) as b:
+            assert (a.read(1) == b.read(1)).all()
+    assert out.stderr.count("predicted 3 scenes") == 1  # the summary counts both processes, on rank 0 only

@@ -297,15 +297,17 @@ def test_merger_holds_the_overlap_not_a_patch_height_of_the_width():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_band_merger_by_hand_equals_the_whole_canvas(channels_last):
-    """Rows of patches with uneven tops, a carried overlap, rows left over for finish(), both layouts."""
+@pytest.mark.parametrize("spill", [False, True])
+def test_band_merger_by_hand_equals_the_whole_canvas(channels_last, spill):
+    """Rows of patches with uneven tops, a carried overlap, rows left over for finish(), both layouts,
+    carried rows kept in memory or parked in the spill file."""
     gen = torch.Generator().manual_seed(5)
     height, width, p = 100, 300, 40
     rows = [(30, 40, [(0, 0), (0, 50), (0, 90), (0, 150), (0, 200), (0, 260)]),
             (60, 72, [(30, 0), (32, 40), (30, 100), (31, 150), (32, 255), (30, 260)])]
     reference = torch.zeros(3, height, width)
-    merger = BandMerger(3, height, width, output="logits", tile=64)
-    masks = BandMerger(3, height, width, output="mask", tile=64)
+    merger = BandMerger(3, height, width, output="logits", tile=64, spill=spill)
+    masks = BandMerger(3, height, width, output="mask", tile=64, spill=spill)
     bands, mask_bands = [], []
     for end, bottom, patches in rows:
         merger.begin_row(end, bottom)
@@ -319,7 +321,8 @@ def test_band_merger_by_hand_equals_the_whole_canvas(channels_last):
             masks.add(logits, top, left)
         bands.append(merger.end_row())
         mask_bands.append(masks.end_row())
-        assert merger.held_values <= 3 * width * (bottom - end)  # only the carried rows stay
+        # Only the carried rows stay, and with a spill file not even those.
+        assert merger.held_values <= (0 if spill else 3 * width * (bottom - end))
     bands.append(merger.finish())
     mask_bands.append(masks.finish())
     assert merger.finish() is None

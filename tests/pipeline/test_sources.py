@@ -104,3 +104,14 @@ def test_confidence_is_the_top_softmax_of_the_mean_logits():
     band = torch.cat([b for _, b in predictor.mask_bands(image, confidence=True)], dim=1)
     assert (band[1].int() - expected.int()).abs().max() <= 1
     assert torch.equal(band[0], logits.argmax(0).to(torch.uint8))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_spilling_the_carried_rows_changes_nothing(monkeypatch, tta):
+    image = torch.from_numpy(_scene(230, 270))
+    predictor = Predictor(StandIn(4).eval(), PipelineConfig(size_p=64, size_g=48, context=3, sub_batch_size=5))
+    reference = predictor.logits(image, tta=tta)
+    monkeypatch.setattr(Predictor, "spill_width", 100)
+    assert torch.equal(predictor.logits(image, tta=tta), reference)
+    assert torch.equal(predictor.predict(WindowedSource(ArrayReader(image.numpy()), block=64), tta=tta),
+                       reference.argmax(0).to(torch.uint8))
