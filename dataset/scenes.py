@@ -20,8 +20,9 @@ scene had been padded. What the network sees is fixed by three documented rules:
   an alpha band) are set to 0 before the network sees them (the same black as outside the scene), and
   ``read_valid`` says which they are so that the caller can mark them in the output.
 
-GDAL's block cache is capped (``GDAL_CACHE_MB``) when a scene is opened: its default, 5% of the RAM,
-would otherwise grow with the scene.
+GDAL's block cache is set to ``GDAL_CACHE_BYTES`` (1 MB, one decoded 512 x 512 RGB tile) when a scene
+is opened: the blocks the pipeline reuses are kept by its own cache (``pipeline.sources``), and
+GDAL's default, 5% of the RAM, would otherwise fill up with blocks as a large scene is read.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ PILLOW_SUFFIXES = (".jpg", ".jpeg", ".png")
 TIFF_SUFFIXES = (".tif", ".tiff")
 # What a folder given as input contributes (any other file GDAL reads can still be named directly).
 FOLDER_SUFFIXES = PILLOW_SUFFIXES + TIFF_SUFFIXES + (".jp2", ".vrt", ".img")
-GDAL_CACHE_MB = 8
+GDAL_CACHE_BYTES = 1 << 20
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _STRIP_BYTES = 1 << 25  # raw bytes per strip of a statistics pass
 
@@ -169,7 +170,7 @@ def _rasterio():
     import rasterio
     from rasterio.env import set_gdal_config
 
-    set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_MB)  # megabytes; see the module doc
+    set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)  # rasterio passes an int to GDAL as bytes
     return rasterio
 
 
@@ -326,8 +327,11 @@ class RasterScene:
             return None
         out = np.zeros((height, width), dtype=bool)
         y0, x0, y1, x1 = self._clip(top, left, height, width)
-        if y1 > y0 and x1 > x0:
-            out[y0 - top:y1 - top, x0 - left:x1 - left] = self._valid_raw(y0, x0, y1, x1)
+        # GDAL returns one mask per band: a few rows at a time, so a band of a wide scene costs little.
+        rows = max(1, (1 << 23) // (3 * max(1, x1 - x0)))
+        for r0 in range(y0, y1, rows) if x1 > x0 else ():
+            r1 = min(r0 + rows, y1)
+            out[r0 - top:r1 - top, x0 - left:x1 - left] = self._valid_raw(r0, x0, r1, x1)
         return out
 
     # --- statistics ------------------------------------------------------------------------------------

@@ -59,6 +59,15 @@ def ensure_free_space(path: str, need_mb: float, setting: str, what: str = "") -
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; on success fsync it and rename it to ``path``."""
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary sibling path (also for writers that open files by name, such as GDAL); when the
+    block succeeds the file is fsynced and renamed to ``path``, when it fails it is deleted."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=folder)
@@ -69,38 +78,13 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[IO]:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        _sync_folder(folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """A temporary sibling path for writers that open files by name (GDAL); renamed to ``path`` when
-    the block succeeds (after an fsync), deleted when it fails."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=folder)
-    except OSError as exc:
-        raise DataError(f"cannot write {path} ({exc.strerror}); check that {folder} exists and is writable") from None
-    os.close(fd)
-    try:
+        os.close(fd)
         yield tmp
         descriptor = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
         _sync_folder(folder)
     except BaseException:

@@ -134,21 +134,8 @@ def test_a_channels_last_model_gets_channels_last_batches_and_the_same_mask(mode
 def test_a_windowed_source_on_the_gpu_gives_the_in_memory_mask(image, nets, mode):
     """Windows assembled on the CPU and moved to the GPU give the mask of the image held on the GPU."""
     from pipeline.sources import WindowedSource
-
-    class Reader:
-        height, width = image.shape[-2:]
-        pixels = image.cpu().numpy()
-
-        def read(self, top, left, height, width):
-            import numpy as np
-
-            out = np.zeros((3, height, width), np.uint8)
-            y0, x0 = max(top, 0), max(left, 0)
-            y1, x1 = min(top + height, self.height), min(left + width, self.width)
-            if y1 > y0 and x1 > x0:
-                out[:, y0 - top:y1 - top, x0 - left:x1 - left] = self.pixels[:, y0:y1, x0:x1]
-            return out
+    from tests.pipeline.array_reader import ArrayReader
 
     predictor = Predictor(nets("fpn_resnet18", mode), CFG)
-    source = WindowedSource(Reader(), CUDA, block=32, capacity=4)
+    source = WindowedSource(ArrayReader(image.cpu().numpy()), CUDA, block=32, capacity=4)
     assert torch.equal(predictor.predict(source, tta=True), predictor.predict(image, tta=True))
