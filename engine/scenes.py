@@ -101,7 +101,11 @@ def cache_blocks(predictor: Predictor, block: int = BLOCK) -> int:
     """Blocks a windowed scene keeps: one patch row's height of windows (context x p plus the spread of
     a row's tops) across a sub-batch of patches side by side, plus one block each way."""
     cfg = predictor.cfg
-    side = cfg.context * cfg.size_p if predictor.net.needs_medium else cfg.size_p
+    side = cfg.size_p
+    if predictor.net.needs_medium:
+        side = cfg.context * cfg.size_p
+    if predictor.net.spec.needs_large_window:
+        side = max(side, cfg.context2 * cfg.size_p)
     rows = math.ceil((side + cfg.size_p // 8) / block) + 1
     cols = math.ceil((cfg.sub_batch_size * cfg.size_p + side) / block) + 1
     return rows * cols

@@ -178,9 +178,11 @@ class Trainer:
                 f"the weights changed. {self._kept()} (lower `lr` first)")
         return value
 
-    def _forward_loss(self, x, y, medium=None, global_context=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_loss(self, x, y, medium=None, global_context=None, large_window=None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = {} if large_window is None else {"large_window": large_window}
         with torch.autocast(self.device.type, dtype=self.cfg.amp_dtype, enabled=self.cfg.amp):
-            logits = self.model(x, medium=medium, global_context=global_context)
+            logits = self.model(x, medium=medium, global_context=global_context, **windows)
         return self.criterion(logits.float(), y), logits
 
     def units(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> Iterator[Unit]:
@@ -191,7 +193,7 @@ class Trainer:
             return
         for img, lab in zip(images, labels):
             yield from patch_units(self.net, img, lab, size_p=cfg.size_p, size_g=cfg.size_g, context=cfg.context,
-                                   sub_batch_size=cfg.sub_batch_size)
+                                   sub_batch_size=cfg.sub_batch_size, context2=cfg.context2)
 
     def train_step(self, units: Iterable[Unit], confusion: ConfusionMatrix | None = None,
                    weight: float = 1.0) -> float:
@@ -208,9 +210,9 @@ class Trainer:
         current = next(units)
         while current is not None:
             following = next(units, None)
-            x, y, medium, g_context = current
+            x, y, medium, g_context, large_window = current
             with self._local(sync=following is None):
-                loss, logits = self._forward_loss(x, y, medium, g_context)
+                loss, logits = self._forward_loss(x, y, medium, g_context, large_window)
                 total += self._check_loss(loss)
                 count += 1
                 self.scaler.scale(loss if weight == 1.0 else loss * weight).backward()

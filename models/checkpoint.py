@@ -1,7 +1,7 @@
 """Reading the released FCtL checkpoints and writing our own, compact ones.
 
-Released files (``all.epoch.pth``, ``medium.epoch.pth``, ``global.epoch.pth``) are plain state dicts saved
-from nn.DataParallel: every key starts with ``module.``, the VGG layers appear twice (``vgg.features.N``
+Released files (DeepGlobe: ``all.epoch.pth``, ``medium.epoch.pth``, ``global.epoch.pth``; Inria:
+``all.epoch.pth``, ``B10.epoch.pth``, ``B15.epoch.pth``) are plain state dicts saved from nn.DataParallel: every key starts with ``module.``, the VGG layers appear twice (``vgg.features.N``
 and the aliases ``pool3.i`` / ``pool4.i`` / ``pool5.i``, mode 2 also ``big_pool*``; aliases share one
 tensor) and VGG's unused classifier (123.6M parameters) rides along. They are untrusted pickles, so they
 are opened with ``weights_only=True``, and memory-mapped so that the classifier is never read.
@@ -9,9 +9,18 @@ are opened with ``weights_only=True``, and memory-mapped so that the classifier 
 Naming: inside the code a parameter is called by its FCtLNet name (``backbone.vgg.features.0.weight``,
 ``fusion.in_1.weight``, ``local.gamma``); its released name is ``module.`` + that name with a leading
 ``backbone.`` or ``fusion.`` removed (``module.vgg.features.0.weight``, ``module.in_1.weight``).
-Our files use the released naming (so the original code can load them by name), hold no aliases, no
-classifier and no frozen encoders, and carry ``{"backbone", "mode", "n_class", "format_version"}`` under
-the key ``_fctl``. A training-state file is a dict whose ``model`` entry is such a state dict.
+The Inria release keeps its three correlations and the fusion in one module, ``big_attention``:
+``big_attention.conv_query`` (no suffix) is the medium branch (our ``big``), ``..._1`` the large one
+(``large``), ``..._2`` the self one (``local``), ``big_attention.in_1``/``trans``/``out_1`` the fusion
+(``INRIA_BLOCK`` below); a file holding ``big_attention`` is read as that release's. Its mode-2 files
+(B10, B15) hold the whole block, of which only the medium branch is used, and the ``big_pool*``
+aliases, which its mode-5 file (all) lacks: that is how the mode of a released Inria file is told.
+
+Our files use the DeepGlobe release's naming (so the original code can load our DeepGlobe models by
+name), hold no aliases, no classifier and no frozen encoders, and carry ``{"backbone", "mode",
+"n_class", "correlation", "classes", "format_version"}`` under the key ``_fctl`` (``classes``: the
+class table the model was trained for, or None). A training-state file is a dict whose ``model``
+entry is such a state dict.
 """
 
 import logging
@@ -36,7 +45,14 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META_KEY = "_fctl"
 _STRIPPED_PREFIXES = ("backbone.", "fusion.")
-_OWN_GROUPS = ("backbone", "fusion", "local", "medium", "large", "big", "context_encoder", "global_encoder")
+_OWN_GROUPS = ("backbone", "fusion", "local", "medium", "large", "big", "context_encoder", "global_encoder",
+               "context2_encoder")
+CORRELATION_BLOCKS = ("big", "local", "medium", "large")
+# The Inria release's ``big_attention`` names -> ours (see the module doc).
+INRIA_BLOCK = re.compile(r"big_attention\.(?:(gamma|conv_query|conv_key|conv_value)(_1|_2)?|(in_\d+|trans|out_\d+))(.*)")
+_INRIA_BRANCH = {None: "big", "_1": "large", "_2": "local"}
+RELEASE_CORRELATION = {"deepglobe": "centred", "inria": "plain"}
+_CLASS_LAYERS = ("backbone.output.6.", "backbone.adj_pool3.", "backbone.adj_pool4.", "backbone.up_")  # FCN8's
 _FUSION_NAME = re.compile(r"(?:in|out)_\d+|trans")
 _ALIAS = re.compile(r"(?:big_)?pool([345])\.(\d+)\.(.+)")
 _ALIAS_OFFSET = {"3": 0, "4": 17, "5": 24}
@@ -93,6 +109,16 @@ def _our_name(name: str) -> str:
     if _FUSION_NAME.fullmatch(first):
         return "fusion." + name
     return "backbone." + name
+
+
+def _from_inria(name: str) -> str | None:
+    """An Inria release name without ``module.`` -> our FCtLNet name (None when it is not a block name)."""
+    match = INRIA_BLOCK.fullmatch(name)
+    if match is None:
+        return None
+    if match[3] is not None:
+        return f"fusion.{match[3]}{match[4]}"
+    return f"{_INRIA_BRANCH[match[2]]}.{match[1]}{match[4]}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -156,9 +182,11 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
 
     Returns (weights, meta), or (weights, meta, extra) with ``with_extra``. weights maps FCtLNet names to
     (memory-mapped, CPU) tensors, aliases folded into ``backbone.vgg.features.N``, the classifier
-    dropped. meta holds the stored ``_fctl`` entries (backbone, mode, n_class, format_version; absent for
-    released files) plus ``kind`` ("state-dict", "fctl-weights" or "training-state"), ``ignored``
-    (dropped keys) and ``aliases`` (file key -> FCtLNet name). extra is a training-state file's other
+    dropped, the Inria release's block names translated. meta holds the stored ``_fctl`` entries
+    (backbone, mode, n_class, correlation, classes, format_version; absent for released files) plus
+    ``kind`` ("state-dict", "fctl-weights" or "training-state"), ``ignored`` (dropped keys), ``aliases``
+    (file key -> FCtLNet name) and, for a released file, ``release`` ("deepglobe" or "inria"; None
+    when it holds no correlation block) and ``release_mode`` (an Inria file's mode, told by its keys). extra is a training-state file's other
     entries (optimizer, epoch, ...; empty for weight files). Problems raise CheckpointError naming the file.
     """
     path = os.fspath(path)
@@ -178,6 +206,7 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
     origin: dict[str, str] = {}
     ignored: list[str] = []
     aliases: dict[str, str] = {}
+    inria_keys = False
     for key, tensor in state.items():
         if key == META_KEY:
             continue
@@ -192,7 +221,10 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
         alias = _ALIAS.fullmatch(name)
         if alias:
             name = f"vgg.features.{_ALIAS_OFFSET[alias[1]] + int(alias[2])}.{alias[3]}"
-        ours = _our_name(name)
+        inria = _from_inria(name)
+        if inria is not None:
+            inria_keys = True
+        ours = inria or _our_name(name)
         if alias:
             aliases[key] = ours
         if ours in weights:
@@ -212,6 +244,11 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
         raise CheckpointError(f"checkpoint {path} holds no model tensors; pick a model checkpoint (.pth)")
     meta = dict(stored)
     meta.update(kind=kind, ignored=ignored, aliases=aliases)
+    if not stored:
+        has_blocks = any(n.split(".", 1)[0] in CORRELATION_BLOCKS for n in weights)
+        meta["release"] = "inria" if inria_keys else ("deepglobe" if has_blocks else None)
+        if inria_keys:
+            meta["release_mode"] = 2 if any("big_pool" in key for key in aliases) else 5
     if with_extra:
         extra = {k: v for k, v in obj.items() if k != "model"} if kind == "training-state" else {}
         return weights, meta, extra
@@ -245,8 +282,9 @@ def _groups(names: list[str], universe: list[str]) -> list[str]:
 def _describe_file(weights: dict[str, torch.Tensor], meta: dict) -> str:
     """A guess at what a checkpoint is, for error messages: its recorded mode, else the mode whose
     context modules it holds (the one with the most of them)."""
-    if meta.get("mode") in MODES:
-        return MODES[meta["mode"]].describe_file()
+    known = meta.get("mode", meta.get("release_mode"))
+    if known in MODES:
+        return MODES[known].describe_file()
     present = {k.split(".", 1)[0] for k in weights}
     fitting = [m for m in MODES.values() if set(m.blocks) <= present]
     most = max((len(m.blocks) for m in fitting), default=-1)
@@ -329,10 +367,20 @@ def load_state_into(
     file_classes = meta.get("n_class")
     if model_classes is not None and file_classes is not None and file_classes != model_classes:
         raise CheckpointError(
-            f"{what} {path} was trained for {file_classes} classes but the {role} has {model_classes}"
+            f"{what} {path} was trained for {file_classes} classes but the {role} has {model_classes}; "
+            f"use the file's `dataset`/`classes` or a checkpoint of this class table"
         )
+    if isinstance(target, FCtLNet):
+        _check_classes(target, meta, path, what)
     for name, slot in slots.items():
         source = weights.get(name)
+        if source is not None and source.shape != slot.shape and name.startswith(_CLASS_LAYERS) \
+                and model_classes is not None:
+            raise CheckpointError(
+                f"{what} {path} was trained for {source.shape[0]} classes ({released_name(name)} has shape "
+                f"{tuple(source.shape)}) but the {role} has {model_classes}; use the file's `dataset`/`classes` "
+                f"(DeepGlobe: 7 classes, Inria: 2) or a checkpoint of this class table"
+            )
         if source is not None and source.shape != slot.shape:
             raise CheckpointError(
                 f"{what} {path}: {released_name(name)} has shape {tuple(source.shape)} in the file but "
@@ -352,6 +400,8 @@ def load_state_into(
         )
     _check_stage(target, weights, meta, path, what, role, allow_missing, source_mode)
     loaded = [n for n in slots if n in weights]
+    if isinstance(target, FCtLNet):
+        _check_correlation(target, loaded, meta, path, what)
     weights, converted = _usable_values(weights, slots, loaded, path, what)
     if assign:
         # The module's tensors become the (memory-mapped) file tensors: no second copy in RAM.
@@ -375,16 +425,56 @@ def load_state_into(
     )
 
 
+def file_correlation(meta: dict) -> str | None:
+    """The correlation of a file's blocks: recorded in ours (files from before the option: centred),
+    implied by the release for released files; None for a released file without blocks."""
+    if meta.get("format_version") is not None:
+        return meta.get("correlation", "centred")
+    return RELEASE_CORRELATION.get(meta.get("release"))
+
+
+def _check_correlation(target: FCtLNet, loaded: list[str], meta: dict, path: str, what: str) -> None:
+    """A file's correlation blocks go only into a model of the same correlation (see ``file_correlation``)."""
+    blocks = sorted({n.split(".", 1)[0] for n in loaded} & set(CORRELATION_BLOCKS))
+    correlation = file_correlation(meta)
+    if not blocks or correlation is None or correlation == target.correlation:
+        return
+    source = f"the {meta['release']} release's" if meta.get("release") else "recorded in the file"
+    raise CheckpointError(
+        f"{what} {path} holds {correlation} correlation blocks ({source}: {', '.join(blocks)}) but the model "
+        f"uses `correlation` {target.correlation}; pass `correlation` {correlation} (DeepGlobe release: centred, "
+        f"Inria release: plain) or a checkpoint trained with {target.correlation}"
+    )
+
+
+def _check_classes(target: FCtLNet, meta: dict, path: str, what: str) -> None:
+    """A file that records its class table goes only into a model of the same classes (names, colours)."""
+    recorded, ours = meta.get("classes"), target.class_table
+    if not recorded or not ours or recorded.get("classes") == ours.get("classes"):
+        return
+
+    def names(table: dict) -> str:
+        return ", ".join(str(c.get("name")) for c in table.get("classes", []))
+
+    raise CheckpointError(
+        f"{what} {path} was trained for the classes [{names(recorded)}] ({recorded.get('name', 'unnamed table')}) "
+        f"but this run uses [{names(ours)}] ({ours.get('name', 'unnamed table')}); pass the file's `dataset`/"
+        f"`classes` or a checkpoint trained for this class table"
+    )
+
+
 def _check_stage(target: nn.Module, weights: dict[str, torch.Tensor], meta: dict, path: str, what: str, role: str,
                  allow_missing: bool, source_mode: int | None) -> None:
     """The file's stage (recorded mode, or the context modules it holds) fits its use (see load_state_into)."""
-    recorded = meta.get("mode")
+    recorded = meta.get("mode", meta.get("release_mode"))
     if isinstance(target, FCtLNet):
         if allow_missing:
             return
         if recorded is not None and recorded != target.mode:
             raise CheckpointError(f"{what} {path} is {_recorded_file(recorded)} but the {role} needs "
                                   f"{target.spec.describe_expected_file()}")
+        if meta.get("release_mode") == target.mode:
+            return  # the Inria release's mode-2 files hold the whole block: the unused branches are reported
         extra = sorted({n.split(".", 1)[0] for n in weights} - {"backbone", *target.spec.blocks})
         if extra:
             raise CheckpointError(f"{what} {path} holds context modules the {role} does not have ({', '.join(extra)}): "
@@ -450,6 +540,8 @@ def export_weights(model: nn.Module) -> dict[str, Any]:
         "backbone": net.backbone_name,
         "mode": net.mode,
         "n_class": net.n_class,
+        "correlation": net.correlation,
+        "classes": net.class_table,
         "format_version": FORMAT_VERSION,
     }
     return state

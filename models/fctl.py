@@ -7,6 +7,8 @@ What each mode computes is described in ``models.modes`` (the released system's 
   3 self + large - top = top + fusion(local(top, top), large(top, global context));
   4 all     - top = top + fusion(local(top, top), medium(top, context of the medium window through a
               frozen context encoder), large(top, global context)).
+  5 windows - top = top + fusion(big(top, medium window through frozen encoder #1), large(top, large
+              window through frozen encoder #2), local(top, top)): the Inria release's full model.
 A "context" is what the backbone's ``context`` gives: pool5 for FCN8 (as released), the head features
 pooled to the top grid for the FPNs (see FPNResNet.context_features for why not their top). The global
 context comes from a frozen ``global_encoder`` via ``encode_global``, once per image. Frozen encoders
@@ -18,34 +20,40 @@ import torch
 import torch.nn as nn
 
 from models.backbones import build_backbone, build_context_encoder
-from models.correlation import FCtLCorrelation
+from models.correlation import CORRELATIONS, FCtLCorrelation
 from models.fusion import AdaptiveFusion
 from models.modes import ENCODERS, Mode, mode_spec
 
-FROZEN = tuple(encoder.attribute for encoder in ENCODERS)
+FROZEN = tuple(dict.fromkeys(encoder.attribute for encoder in ENCODERS))
 
 
 class FCtLNet(nn.Module):
-    """The network for one mode; see the module docstring for what each mode computes."""
+    """The network for one mode; see the module docstring for what each mode computes.
+
+    ``correlation``: "centred" (the DeepGlobe release's blocks) or "plain" (the Inria release's), for
+    every correlation block. ``class_table``: a JSON-able description of the classes (names, colours),
+    recorded in checkpoints so that a file is only used with the classes it was trained for.
+    """
 
     def __init__(self, mode: int, backbone: str = "fcn8_vgg16", n_class: int = 7, pretrained: bool = False,
-                 gamma_init: float = 0.0) -> None:
+                 gamma_init: float = 0.0, correlation: str = "centred", class_table: dict | None = None) -> None:
         super().__init__()
+        if correlation not in CORRELATIONS:
+            raise ValueError(f"correlation must be one of {CORRELATIONS}, got {correlation!r}")
         spec = mode_spec(mode)
         self._spec = spec
         self._backbone_name = backbone
+        self.correlation = correlation
+        self.class_table = class_table
         self.n_class = n_class
         self.backbone = build_backbone(backbone, n_class, head=True, pretrained=pretrained)
         channels, context = self.backbone.top_channels, self.backbone.context_channels
+        centred = correlation == "centred"
         # Attribute names are the released ones: checkpoints are matched by them.
-        if spec.shared_medium:
-            self.big = FCtLCorrelation(channels, context, gamma_init)
-        if spec.self_correlation:
-            self.local = FCtLCorrelation(channels, gamma=gamma_init)
-        if spec.frozen_medium:
-            self.medium = FCtLCorrelation(channels, context, gamma_init)
-        if spec.large:
-            self.large = FCtLCorrelation(channels, context, gamma_init)
+        for name in spec.blocks:
+            if name != "fusion":
+                sees = channels if name == "local" else context
+                setattr(self, name, FCtLCorrelation(channels, sees, gamma_init, centred=centred))
         if spec.fused_branches:
             self.fusion = AdaptiveFusion(channels, spec.fused_branches)
         for encoder in spec.frozen:
@@ -76,6 +84,11 @@ class FCtLNet(nn.Module):
         return self._spec.needs_medium
 
     @property
+    def needs_large_window(self) -> bool:
+        """Whether ``forward`` needs the large context window of each patch (mode 5)."""
+        return self._spec.needs_large_window
+
+    @property
     def needs_global(self) -> bool:
         """Whether ``forward`` needs ``global_context`` from ``encode_global``."""
         return self._spec.needs_global
@@ -103,13 +116,17 @@ class FCtLNet(nn.Module):
         x: torch.Tensor,
         medium: torch.Tensor | None = None,
         global_context: torch.Tensor | None = None,
+        large_window: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B,3,p,p) patches; medium (B,3,p,p) contexts (modes 2, 4); global_context (1|B,C',hg,wg) from
-        ``encode_global`` (modes 3, 4) -> logits (B,n_class,p,p). Modes 0/1 ignore the contexts."""
+        """x (B,3,p,p) patches; medium (B,3,p,p) medium windows (modes 2, 4, 5); global_context (1|B,C',hg,wg)
+        from ``encode_global`` (modes 3, 4); large_window (B,3,p,p) large windows (mode 5) -> logits
+        (B,n_class,p,p). Modes 0/1 ignore the contexts."""
         if self.needs_medium and medium is None:
             raise ValueError(f"mode {self.mode} needs the medium context of each patch")
         if self.needs_global and global_context is None:
             raise ValueError(f"mode {self.mode} needs global_context from encode_global()")
+        if self.needs_large_window and large_window is None:
+            raise ValueError(f"mode {self.mode} needs the large context window of each patch")
         spec = self._spec
         if spec.shared_medium:
             # Patches and contexts go through the shared backbone as ONE batch: one pass instead of two.
@@ -121,17 +138,23 @@ class FCtLNet(nn.Module):
             top = top + self.big(top, context)
         else:
             skips, top = self.backbone.encode(x)
-        branches = []  # in the released fusion order: local, medium, large
+        branches: dict[str, torch.Tensor] = {}
         if spec.self_correlation:
-            branches.append(self.local(top, top))
+            branches["local"] = self.local(top, top)
         if spec.frozen_medium:
             with torch.no_grad():
                 medium_context = self.context_encoder.context(medium)
-            branches.append(self.medium(top, medium_context))
+            branches["medium"] = self.medium(top, medium_context)
+        if spec.two_windows:
+            with torch.no_grad():
+                medium_context = self.context_encoder.context(medium)
+                large_context = self.context2_encoder.context(large_window)
+            branches["big"] = self.big(top, medium_context)
+            branches["large"] = self.large(top, large_context)
         if spec.large:
-            branches.append(self.large(top, global_context))
+            branches["large"] = self.large(top, global_context)
         if branches:
-            top = top + self.fusion(branches)
+            top = top + self.fusion([branches[name] for name in spec.fusion_order])
         return self.backbone.decode(skips, top, (x.shape[2], x.shape[3]))
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
@@ -140,7 +163,8 @@ class FCtLNet(nn.Module):
 
 
 def build_model(mode: int, backbone: str, n_class: int = 7, pretrained: bool = False,
-                gamma_init: float = 0.0) -> FCtLNet:
+                gamma_init: float = 0.0, correlation: str = "centred", class_table: dict | None = None) -> FCtLNet:
     """Build the FCtLNet for ``mode`` on ``backbone`` (ImageNet start when ``pretrained``; correlation
-    gates starting at ``gamma_init``)."""
-    return FCtLNet(mode, backbone=backbone, n_class=n_class, pretrained=pretrained, gamma_init=gamma_init)
+    gates starting at ``gamma_init``; see FCtLNet for ``correlation`` and ``class_table``)."""
+    return FCtLNet(mode, backbone=backbone, n_class=n_class, pretrained=pretrained, gamma_init=gamma_init,
+                   correlation=correlation, class_table=class_table)

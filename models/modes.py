@@ -11,6 +11,11 @@ A mode is described by
   medium window through the model's own, training backbone, added directly), ``self_correlation``
   (``local``), ``frozen_medium`` (``medium``, reading a frozen context encoder) and ``large`` (reading
   the frozen global encoder); the last three are fused by one adaptive fusion;
+- ``two_windows`` (mode 5, the Inria release's full model): ``big`` reads the medium window (x
+  ``context``) through one frozen encoder, ``large`` the large window (x ``context2``) through
+  another, ``local`` the patch itself; the three are fused in the Inria release's order (medium,
+  large, self: ``fusion_order``). ``big`` keeps mode 2's name because that release starts its full
+  model from all of a mode-2 model, medium branch included, matching tensors by name;
 - which frozen encoders it holds and from which checkpoint each takes its weights (``frozen``).
 """
 
@@ -36,6 +41,11 @@ class FrozenEncoder:
 
 CONTEXT_ENCODER = FrozenEncoder("context_encoder", "c_path", 2, "medium", "medium.epoch.pth", "train_medium.sh")
 GLOBAL_ENCODER = FrozenEncoder("global_encoder", "glo_path", 0, "global", "global.epoch.pth", "train_global.sh")
+# Mode 5's encoders: the VGG of the x2 and of the x3 mode-2 models (the Inria release's B10 and B15).
+WINDOW_ENCODER = FrozenEncoder("context_encoder", "c_path", 2, "medium-window", "B10.epoch.pth",
+                               "train_inria_B10.sh")
+WINDOW2_ENCODER = FrozenEncoder("context2_encoder", "c2_path", 2, "large-window", "B15.epoch.pth",
+                                "train_inria_B15.sh")
 
 
 @dataclass(frozen=True)
@@ -48,12 +58,19 @@ class Mode:
     self_correlation: bool = False
     frozen_medium: bool = False
     large: bool = False
-    example: str | None = None  # the released checkpoint of this mode, if there is one
+    two_windows: bool = False
+    example: str | None = None  # the DeepGlobe release's checkpoint of this mode, if there is one
+    inria_example: str | None = None  # the Inria release's checkpoint of this mode, if there is one
 
     @property
     def needs_medium(self) -> bool:
-        """Whether the forward takes the medium context window of each patch."""
-        return self.shared_medium or self.frozen_medium
+        """Whether the forward takes the medium context window (x ``context``) of each patch."""
+        return self.shared_medium or self.frozen_medium or self.two_windows
+
+    @property
+    def needs_large_window(self) -> bool:
+        """Whether the forward takes the large context window (x ``context2``) of each patch."""
+        return self.two_windows
 
     @property
     def needs_global(self) -> bool:
@@ -61,20 +78,32 @@ class Mode:
         return self.large
 
     @property
+    def fusion_order(self) -> tuple[str, ...]:
+        """The correlation blocks the adaptive fusion combines, in its branch order (``in_1`` first):
+        the DeepGlobe release's local, medium, large; the Inria release's medium (``big``), large, self."""
+        if self.two_windows:
+            return ("big", "large", "local")
+        used = (("local", self.self_correlation), ("medium", self.frozen_medium), ("large", self.large))
+        return tuple(name for name, present in used if present)
+
+    @property
     def fused_branches(self) -> int:
         """Number of correlation branches the adaptive fusion combines (0: no fusion)."""
-        return int(self.self_correlation) + int(self.frozen_medium) + int(self.large)
+        return len(self.fusion_order)
 
     @property
     def blocks(self) -> tuple[str, ...]:
         """The FCtLNet attributes of this mode's context modules (the released names), backbone aside."""
-        used = (("big", self.shared_medium), ("local", self.self_correlation), ("medium", self.frozen_medium),
-                ("large", self.large), ("fusion", self.fused_branches > 0))
+        used = (("big", self.shared_medium or self.two_windows), ("local", self.self_correlation),
+                ("medium", self.frozen_medium), ("large", self.large or self.two_windows),
+                ("fusion", self.fused_branches > 0))
         return tuple(name for name, present in used if present)
 
     @property
     def frozen(self) -> tuple[FrozenEncoder, ...]:
         """The frozen encoders of this mode, in the order their checkpoints are loaded."""
+        if self.two_windows:
+            return (WINDOW_ENCODER, WINDOW2_ENCODER)
         return tuple(e for e, used in ((CONTEXT_ENCODER, self.frozen_medium), (GLOBAL_ENCODER, self.large)) if used)
 
     def describe_file(self) -> str:
@@ -82,21 +111,27 @@ class Mode:
         return f"a mode-{self.number} ({self.name}) checkpoint"
 
     def describe_expected_file(self) -> str:
-        """``describe_file`` plus the released example, e.g. '... checkpoint such as all.epoch.pth'."""
-        return self.describe_file() + (f" such as {self.example}" if self.example else "")
+        """``describe_file`` plus the released examples, e.g. '... checkpoint such as all.epoch.pth'."""
+        examples = [f"{self.example} (DeepGlobe)" if self.inria_example else self.example,
+                    self.inria_example and f"{self.inria_example} (Inria)"]
+        examples = [e for e in examples if e]
+        return self.describe_file() + (f" such as {' or '.join(examples)}" if examples else "")
 
 
 MODES: dict[int, Mode] = {m.number: m for m in (
     Mode(0, "global", "global: the whole image resized to size_g", whole_image=True, example="global.epoch.pth"),
     Mode(1, "pre", "local: patches only (the 'pre' model)"),
-    Mode(2, "medium", "medium: patches + medium-context correlation (shared encoder)", shared_medium=True,
-         example="medium.epoch.pth"),
+    Mode(2, "medium", "medium: patches + medium-context correlation (shared encoder; the Inria release's B10/B15)",
+         shared_medium=True, example="medium.epoch.pth", inria_example="B10.epoch.pth"),
     Mode(3, "self+large", "self + large: local and global correlations, two-branch fusion", self_correlation=True,
          large=True),
     Mode(4, "all", "all: local, medium and large correlations, three-branch fusion", self_correlation=True,
          frozen_medium=True, large=True, example="all.epoch.pth"),
+    Mode(5, "windows", "windows: self, medium-window and large-window correlations, three-branch fusion (the "
+         "Inria release's full model)", self_correlation=True, two_windows=True, inria_example="all.epoch.pth"),
 )}
-ENCODERS = (CONTEXT_ENCODER, GLOBAL_ENCODER)
+ENCODERS = (CONTEXT_ENCODER, GLOBAL_ENCODER, WINDOW_ENCODER, WINDOW2_ENCODER)
+SETTINGS = tuple(dict.fromkeys(e.setting for e in ENCODERS))  # c_path, glo_path, c2_path
 
 
 def mode_spec(mode: int) -> Mode:

@@ -1,6 +1,8 @@
-"""Fake released FCtL checkpoints for tests: the exact key/shape layout of all/medium/global.epoch.pth.
+"""Fake released FCtL checkpoints for tests: the exact key/shape layout of the released files.
 
-LAYOUT is the released key layout (from fctl_checkpoint_keys.json): per file, rows (key, shape, canonical),
+Kinds: the DeepGlobe release's "all", "medium", "global" (all/medium/global.epoch.pth) and the Inria
+release's "inria_all", "B10", "B15" (all/B10/B15.epoch.pth).
+LAYOUT is the released key layout (released_keys.json, released_keys_inria.json): per file, rows (key, shape, canonical),
 canonical None when the key is its own canonical key; alias rows (pool3.*, big_pool5.*, ...) name the
 tensor they share. ``make_released_checkpoint`` writes such a file the way nn.DataParallel training saved
 them: a plain state dict, ``module.`` keys, every alias the SAME tensor object (one storage in the file),
@@ -15,19 +17,23 @@ from pathlib import Path
 import torch
 
 KINDS = ("all", "medium", "global")
+INRIA_KINDS = ("inria_all", "B10", "B15")
+RELEASE_CLASSES = {"all": 7, "medium": 7, "global": 7, "inria_all": 2, "B10": 2, "B15": 2}
+_INRIA_FILE_KIND = {"inria_all": "all", "B10": "B10", "B15": "B15"}
 N_CLASS_LAYERS = ("module.output.6.", "module.adj_pool3.", "module.adj_pool4.", "module.up_")
 CLASSIFIER = "module.vgg.classifier."
 
-def _read_layout() -> dict[str, tuple[tuple[str, tuple[int, ...], str | None], ...]]:
-    """The key layout file shipped next to this module :
+def _read_layout(file_name: str) -> dict[str, tuple[tuple[str, tuple[int, ...], str | None], ...]]:
+    """A key layout file shipped next to this module:
     per file, rows (key, shape, canonical key or None when the key is its own canonical name)."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "released_keys.json")) as handle:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), file_name)) as handle:
         raw = json.load(handle)
     return {kind: tuple((key, tuple(shape), None if canonical == key else canonical) for key, shape, canonical in rows)
             for kind, rows in raw.items()}
 
 
-LAYOUT = _read_layout()
+_INRIA = _read_layout("released_keys_inria.json")
+LAYOUT = {**_read_layout("released_keys.json"), **{kind: _INRIA[name] for kind, name in _INRIA_FILE_KIND.items()}}
 
 
 def canonical_key(kind: str, key: str) -> str:
@@ -38,21 +44,24 @@ def canonical_key(kind: str, key: str) -> str:
     raise KeyError(key)
 
 
-def released_shapes(kind: str, n_class: int = 7) -> dict[str, tuple[int, ...]]:
+def released_shapes(kind: str, n_class: int | None = None) -> dict[str, tuple[int, ...]]:
     """Canonical key -> shape of the released ``kind`` file, for a model with ``n_class`` classes."""
+    n_class = RELEASE_CLASSES[kind] if n_class is None else n_class
     shapes = {}
     for key, shape, canonical in LAYOUT[kind]:
         if canonical is None:
             if key.startswith(N_CLASS_LAYERS):
-                shape = tuple(n_class if i < 2 and d == 7 else d for i, d in enumerate(shape))
+                released = RELEASE_CLASSES[kind]
+                shape = tuple(n_class if i < 2 and d == released else d for i, d in enumerate(shape))
             shapes[key] = shape
     return shapes
 
 
 def make_released_checkpoint(
-    kind: str, path: str | Path, seed: int, n_class: int = 7, dtype: torch.dtype = torch.float32
+    kind: str, path: str | Path, seed: int, n_class: int | None = None, dtype: torch.dtype = torch.float32
 ) -> None:
-    """Write a fake released ``kind`` checkpoint ("all", "medium" or "global") to ``path``.
+    """Write a fake released ``kind`` checkpoint (see the module doc; ``n_class`` defaults to the
+    release's) to ``path``.
 
     Values are random (scaled by 1/sqrt(fan_in) so a forward pass stays finite), the classifier is
     zeros; aliases are the same tensor object as their canonical key, as in the real files.

@@ -22,7 +22,8 @@ class _Encoder(nn.Module):
 
 
 class StandIn(nn.Module):
-    """Mode 0-4 stand-in: out = head(enc(x) + enc(medium) + corner of global_context)."""
+    """Stand-in of every mode: out = head(enc(x) + enc(medium) + corner of global_context + enc(large_window)),
+    each context term present when the mode reads it."""
 
     backbone_name = "stand_in"
     n_class = 7
@@ -36,6 +37,7 @@ class StandIn(nn.Module):
         self.context_encoder = _Encoder(channels)
         self.global_encoder = _Encoder(channels)
         self.head = nn.Conv2d(channels, self.n_class, 3, padding=1)
+        self.context2_encoder = _Encoder(channels)
 
     @property
     def needs_medium(self) -> bool:
@@ -45,14 +47,20 @@ class StandIn(nn.Module):
     def needs_global(self) -> bool:
         return self.spec.needs_global
 
+    @property
+    def needs_large_window(self) -> bool:
+        return self.spec.needs_large_window
+
     def encode_global(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.global_encoder(image)
 
-    def forward(self, x, medium=None, global_context=None):
+    def forward(self, x, medium=None, global_context=None, large_window=None):
         h = self.encoder(x)
         if self.needs_medium:
             h = h + self.context_encoder(medium)
+        if self.needs_large_window:
+            h = h + self.context2_encoder(large_window)
         if self.needs_global:
             # The corner value, not a mean: it changes when the global image is turned the wrong way.
             h = h + global_context[:, :, :1, :1].expand(x.shape[0], -1, -1, -1)

@@ -48,6 +48,7 @@ class PipelineConfig:
     sub_batch_size: int = 6
     amp: bool = False
     amp_dtype: torch.dtype = torch.bfloat16
+    context2: int = 3  # the large window of mode 5 (context2 x size_p)
 
 
 def out_of_memory(device: torch.device, cfg: PipelineConfig) -> ResourceError:
@@ -171,13 +172,16 @@ class Predictor:
         for xi, (vi, t, l) in zip(x, jobs):
             xi.copy_(to_view(source.window(t, l, p, p), views[vi]))
         x.div_(255)
-        medium = None
-        if self.net.needs_medium:
-            m = medium_contexts(source, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, self.cfg.context)
-            medium = self._memory_format(torch.stack([to_view(mi, views[vi]) for mi, (vi, _, _) in zip(m, jobs)]))
+        windows = {}
+        for name, needed, context in (("medium", self.net.needs_medium, self.cfg.context),
+                                      ("large_window", self.net.spec.needs_large_window, self.cfg.context2)):
+            if needed:
+                m = medium_contexts(source, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, context)
+                windows[name] = self._memory_format(torch.stack([to_view(mi, views[vi])
+                                                                 for mi, (vi, _, _) in zip(m, jobs)]))
         g = None if contexts_g is None else contexts_g[[vi for vi, _, _ in jobs]]
         with _autocast(self.device, self.cfg):
-            logits = self.model(x, medium=medium, global_context=g)
+            logits = self.model(x, global_context=g, **windows)
         logits = logits.float()
         if counts:
             logits = torch.cat([logits, logits.new_ones((logits.shape[0], 1, p, p))], dim=1)

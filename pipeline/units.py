@@ -1,8 +1,9 @@
 """Training units: what one forward pass of training sees, cut from a labelled image on its device.
 
-A unit is (x, y, medium, global_context): x (B, 3, p, p) float patches in [0, 1], y (B, p, p) int64
-labels, the medium contexts (B, 3, p, p) when the mode reads them (else None), and the global context
-(1, C', hg, wg) of the image when the mode reads it (else None), computed once per image. Patches are
+A unit is (x, y, medium, global_context, large_window): x (B, 3, p, p) float patches in [0, 1], y
+(B, p, p) int64 labels, the medium windows (B, 3, p, p) when the mode reads them (else None), the global
+context (1, C', hg, wg) of the image when the mode reads it (else None), computed once per image, and
+the large windows (B, 3, p, p) of mode 5 (else None). Patches are
 taken on the same grid as at test time (``pipeline.grid``), row-major, ``sub_batch_size`` at a time,
 and built lazily so that only one sub-batch of crops and contexts exists at a time.
 """
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from pipeline.contexts import crop_patches, global_view, medium_contexts
 from pipeline.grid import make_grid, pad_to_min
 
-Unit = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+Unit = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
 
 
 def patch_boxes(image: torch.Tensor, label: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor, list]:
@@ -28,7 +29,7 @@ def patch_boxes(image: torch.Tensor, label: torch.Tensor, p: int) -> tuple[torch
 
 
 def patch_units(net: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, *, size_p: int, size_g: int,
-                context: int, sub_batch_size: int) -> Iterator[Unit]:
+                context: int, sub_batch_size: int, context2: int = 3) -> Iterator[Unit]:
     """The units of one image (3, H, W) uint8 and its label (H, W) for the patch modes of ``net``."""
     image, label, boxes = patch_boxes(image, label, size_p)
     g_context = None
@@ -41,7 +42,8 @@ def patch_units(net: torch.nn.Module, image: torch.Tensor, label: torch.Tensor, 
         x = crop_patches(image, rows, cols, size_p).float().div_(255)
         y = crop_patches(label, rows, cols, size_p)[:, 0].long()
         medium = medium_contexts(image, rows, cols, size_p, context) if net.needs_medium else None
-        yield x, y, medium, g_context
+        large = medium_contexts(image, rows, cols, size_p, context2) if net.spec.needs_large_window else None
+        yield x, y, medium, g_context, large
 
 
 def whole_image_units(images: list[torch.Tensor], labels: list[torch.Tensor], *, size_g: int,
@@ -51,4 +53,4 @@ def whole_image_units(images: list[torch.Tensor], labels: list[torch.Tensor], *,
     ys = torch.stack([F.interpolate(lb[None, None].float(), size=(size_g, size_g), mode="nearest")[0, 0]
                       for lb in labels]).long()
     for start in range(0, len(xs), sub_batch_size):
-        yield xs[start:start + sub_batch_size], ys[start:start + sub_batch_size], None, None
+        yield xs[start:start + sub_batch_size], ys[start:start + sub_batch_size], None, None, None

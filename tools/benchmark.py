@@ -203,18 +203,19 @@ def _worker(opts: argparse.Namespace) -> dict:
     if predictor.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     medium = x.clone() if model.needs_medium else None
+    windows = {"large_window": x.clone()} if model.spec.needs_large_window else {}
     g_context = None
     if model.needs_global:
         with torch.inference_mode():
             g_context = model.encode_global(torch.rand(1, 3, opts.size_g, opts.size_g, device=device))
     calls = max(1, -(-patches // sb))
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=opts.amp):
-        model(x, medium=medium, global_context=g_context)
+        model(x, medium=medium, global_context=g_context, **windows)
         sync()
         started = time.perf_counter()
         for _ in range(opts.repeat):
             for _ in range(calls):
-                model(x, medium=medium, global_context=g_context)
+                model(x, medium=medium, global_context=g_context, **windows)
         sync()
         bare = (time.perf_counter() - started) / opts.repeat
         counter = FlopCounterMode(display=False)

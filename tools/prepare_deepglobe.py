@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -160,7 +161,12 @@ def _prepare_split(
     link: bool,
     verify: bool,
     progress: bool,
+    image_name: Callable[[str, str], str] | None = None,
+    read_label: Callable[[str, tuple[int, int]], object] = read_mask,
 ) -> tuple[SplitReport, str | None]:
+    """Place one split's images and convert its masks. image_name(id, source) is the image's file name in
+    Sat (default: the source's own name); read_label(path, (H, W)) returns the class indices (H, W) to write,
+    raising DataError for a bad file (default: read_mask, DeepGlobe colour or index masks)."""
     report = SplitReport(split=split, listed=len(ids))
     sat_dir = ensure_writable_dir(os.path.join(dst, SPLIT_DIRS[split], "Sat"), "dst")
     label_dir = ensure_writable_dir(os.path.join(dst, SPLIT_DIRS[split], "Label"), "dst")
@@ -175,7 +181,8 @@ def _prepare_split(
         except DataError as error:
             report.bad.append(str(error))
             continue
-        done, reason = place_image(source, os.path.join(sat_dir, os.path.basename(source)), link)
+        name = image_name(key, source) if image_name else os.path.basename(source)
+        done, reason = place_image(source, os.path.join(sat_dir, name), link)
         report.images[done] += 1
         link_failure = link_failure or reason
         mask = masks.get(key)
@@ -187,7 +194,7 @@ def _prepare_split(
             report.masks["up to date"] += 1
             continue
         try:
-            write_index_png(target, read_mask(mask, size))
+            write_index_png(target, read_label(mask, size))
         except DataError as error:
             report.bad.append(str(error))
             continue

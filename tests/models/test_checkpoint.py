@@ -177,7 +177,8 @@ def test_saved_file_contents_and_round_trip(
     loaded_mode4: FCtLNet, saved_mode4: Path, released_checkpoints: dict[str, Path]
 ) -> None:
     stored = raw(saved_mode4)
-    assert stored["_fctl"] == {"backbone": "fcn8_vgg16", "mode": 4, "n_class": N_CLASS, "format_version": 1}
+    assert stored["_fctl"] == {"backbone": "fcn8_vgg16", "mode": 4, "n_class": N_CLASS, "correlation": "centred",
+                               "classes": None, "format_version": 1}
     names = [k for k in stored if k != "_fctl"]
     assert all(k.startswith("module.") for k in names)
     assert not any(k.startswith(("module.pool", "module.vgg.classifier", "module.context_encoder",

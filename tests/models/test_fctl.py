@@ -222,7 +222,7 @@ def test_gamma_init_sets_every_gate(gamma_init: float) -> None:
 
 def test_bad_mode_and_missing_inputs() -> None:
     with pytest.raises(ConfigError, match="mode"):
-        FCtLNet(5, "fpn_resnet18")
+        FCtLNet(6, "fpn_resnet18")
     with pytest.raises(ConfigError, match="backbone"):
         FCtLNet(1, "vgg19")
     model = build_model(3, "fpn_resnet18", N_CLASS)
