@@ -1,10 +1,11 @@
 """Reading the released FCtL checkpoints and writing our own, compact ones.
 
 Released files (DeepGlobe: ``all.epoch.pth``, ``medium.epoch.pth``, ``global.epoch.pth``; Inria:
-``all.epoch.pth``, ``B10.epoch.pth``, ``B15.epoch.pth``) are plain state dicts saved from nn.DataParallel: every key starts with ``module.``, the VGG layers appear twice (``vgg.features.N``
-and the aliases ``pool3.i`` / ``pool4.i`` / ``pool5.i``, mode 2 also ``big_pool*``; aliases share one
-tensor) and VGG's unused classifier (123.6M parameters) rides along. They are untrusted pickles, so they
-are opened with ``weights_only=True``, and memory-mapped so that the classifier is never read.
+``all.epoch.pth``, ``B10.epoch.pth``, ``B15.epoch.pth``) are plain state dicts saved from nn.DataParallel:
+every key starts with ``module.``, the VGG layers appear twice (``vgg.features.N`` and the aliases
+``pool3.i`` / ``pool4.i`` / ``pool5.i``, mode 2 also ``big_pool*``; aliases share one tensor) and VGG's
+unused classifier (123.6M parameters) rides along. They are untrusted pickles, so they are opened
+with ``weights_only=True``, and memory-mapped so that the classifier is never read.
 
 Naming: inside the code a parameter is called by its FCtLNet name (``backbone.vgg.features.0.weight``,
 ``fusion.in_1.weight``, ``local.gamma``); its released name is ``module.`` + that name with a leading
@@ -186,8 +187,9 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
     (backbone, mode, n_class, correlation, classes, format_version; absent for released files) plus
     ``kind`` ("state-dict", "fctl-weights" or "training-state"), ``ignored`` (dropped keys), ``aliases``
     (file key -> FCtLNet name) and, for a released file, ``release`` ("deepglobe" or "inria"; None
-    when it holds no correlation block) and ``release_mode`` (an Inria file's mode, told by its keys). extra is a training-state file's other
-    entries (optimizer, epoch, ...; empty for weight files). Problems raise CheckpointError naming the file.
+    when it holds no correlation block) and ``release_mode`` (an Inria file's mode, told by its keys).
+    extra is a training-state file's other entries (optimizer, epoch, ...; empty for weight files).
+    Problems raise CheckpointError naming the file.
     """
     path = os.fspath(path)
     obj = _load_file(path)
