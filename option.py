@@ -14,11 +14,20 @@ import sys
 from collections.abc import Sequence
 
 from models.backbones import BACKBONES
+from models.correlation import CORRELATIONS
 from models.modes import MODES, mode_spec
 from pipeline.contexts import CONTEXTS
 from utils.errors import ConfigError, FCtLError, Interrupted, render, user_message
 
 EXIT_USER_ERROR = 2
+DATASETS = ("deepglobe", "inria", "custom")
+DATASET_NUMBERS = {"1": "deepglobe", "2": "inria"}  # the original code's --dataset values
+# What --dataset sets when the option is not given.
+DATASET_DEFAULTS = {
+    "deepglobe": {"data_path": "data", "correlation": "centred", "context": 3, "save_each_epoch_from": 34},
+    "inria": {"data_path": "data_inria", "correlation": "plain", "context": 2, "save_each_epoch_from": 0},
+    "custom": {"data_path": "data", "correlation": "centred", "context": 3, "save_each_epoch_from": 34},
+}
 
 
 def exit_status_of_signal(signum: int) -> int:
@@ -75,19 +84,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--evaluate", action="store_true", help="score predictions on a labelled split (--split)")
     run.add_argument("--split", default=None,
                      help="split for --evaluate (default crossvali) or test (default test = offical_crossvali)")
-    run.add_argument("--dataset", default="deepglobe", choices=["deepglobe"],
-                     help="class table (DeepGlobe land cover, 7 classes)")
+    run.add_argument("--dataset", default="deepglobe", choices=list(DATASETS) + list(DATASET_NUMBERS),
+                     help="deepglobe (7 land-cover classes; the original's 1), inria (building / background; the "
+                          "original's 2; defaults --correlation plain --context 2 --context2 3), or custom with "
+                          "--classes")
+    run.add_argument("--classes", default=None, metavar="FILE",
+                     help="--dataset custom: the class-table JSON (names, colours, the class left out of mIoU); "
+                          "see data/classes/deepglobe.json")
+    run.add_argument("--correlation", default=None, choices=list(CORRELATIONS),
+                     help="correlation of every block: centred (the DeepGlobe release) or plain (the Inria release); "
+                          "default: plain for --dataset inria, else centred")
     run.add_argument("--backbone", default="fcn8_vgg16", choices=list(BACKBONES),
                      help="fcn8_vgg16 loads the released checkpoints; fpn_* are the fast GLNet-style backbones")
 
     paths = p.add_argument_group("paths")
-    paths.add_argument("--data_path", default="data", help="folder holding train/ crossvali/ offical_crossvali/")
+    paths.add_argument("--data_path", default=None,
+                       help="folder holding train/ crossvali/ offical_crossvali/ (default: data, or data_inria for "
+                            "--dataset inria)")
     paths.add_argument("--model_path", default="saved_models", help="folder of checkpoints (names below are joined to it)")
     paths.add_argument("--log_path", default="runs", help="tensorboard and text logs go to <log_path>/<task_name>")
     paths.add_argument("--prediction_path", default="predictions", help="test mode writes <id>_mask.png here")
     paths.add_argument("--metrics_path", default=None, help="--evaluate JSON (default <log_path>/<task>/metrics_<split>.json)")
     paths.add_argument("--pre_path", default=None, help="weights of the model itself (mode 4 training: the mode-1 'pre' model)")
-    paths.add_argument("--c_path", default=None, help="modes 4: the medium (mode-2) model whose encoder gives the medium context")
+    paths.add_argument("--c_path", "--glo_path_10", default=None,
+                       help="modes 4, 5: the medium (mode-2) model whose encoder gives the medium context (mode 5: "
+                            "the x2 model, e.g. the Inria release's B10.epoch.pth)")
+    paths.add_argument("--c2_path", "--glo_path_15", default=None,
+                       help="mode 5: the x3 mode-2 model whose encoder gives the large-window context (e.g. B15.epoch.pth)")
     paths.add_argument("--glo_path", default=None,
                        help="modes 3/4: the global (mode-0) model whose encoder gives the large context")
 
@@ -114,7 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     geo = p.add_argument_group("patches and contexts")
     geo.add_argument("--size_p", type=int, default=508, help="patch side in pixels")
     geo.add_argument("--size_g", type=int, default=508, help="side of the resized whole image (global view)")
-    geo.add_argument("--context", type=int, default=3, help="medium context window = context x size_p, centred on the patch")
+    geo.add_argument("--context", "--context10", type=int, default=None,
+                     help="medium context window = context x size_p, centred on the patch (default 3; 2 for --dataset "
+                          "inria)")
+    geo.add_argument("--context2", "--context15", type=int, default=3,
+                     help="mode 5: large context window = context2 x size_p, centred on the patch")
     geo.add_argument("--batch_size", type=int, default=6, help="whole images per iteration (one optimizer step)")
     geo.add_argument("--sub_batch_size", type=int, default=6, help="patches per forward pass")
     tta = geo.add_mutually_exclusive_group()
@@ -123,13 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     tta.add_argument("--no_tta", dest="tta", action="store_false")
 
     tr = p.add_argument_group("training")
-    tr.add_argument("--epochs", type=int, default=50)
+    tr.add_argument("--epochs", type=int, default=50, help="length of the poly schedule (the last epoch)")
+    tr.add_argument("--start_epoch", type=int, default=0,
+                    help="train epochs start_epoch+1..epochs of the schedule (the Inria release: 50 of 100)")
     tr.add_argument("--lr", type=float, default=5e-5, help="base learning rate of the poly schedule")
     tr.add_argument("--weight_decay", type=float, default=5e-4, help="L2 inside Adam, as the original")
     tr.add_argument("--gamma_init", type=float, default=0.0,
                     help="start of the correlation gates of context modules that start fresh (the original: 0; "
                          "Adam opens a gate by about --lr per step, so short runs need a larger start, see README)")
     tr.add_argument("--val_every", type=int, default=5, help="validate every N epochs (with --val)")
+    tr.add_argument("--save_each_epoch_from", type=int, default=None,
+                    help="besides every 5th epoch, keep <task>.epoch<E>.pth of every epoch from this one (default 34, "
+                         "as the DeepGlobe release; 0 = never, the Inria release's default)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--resume", action="store_true", help="continue from <model_path>/<task>.last.pth")
     tr.add_argument("--no_pretrained", action="store_true",
@@ -181,8 +213,28 @@ def _check_scene_options(args: argparse.Namespace) -> None:
     args.input_range = None if args.input_range is None else InputRange.parse(args.input_range)
 
 
+def _resolve_dataset(args: argparse.Namespace) -> None:
+    """--dataset's defaults and class table (``args.class_table``)."""
+    from dataset.classes import load_class_table, shipped_table
+
+    args.dataset = DATASET_NUMBERS.get(args.dataset, args.dataset)
+    for name, value in DATASET_DEFAULTS[args.dataset].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.dataset == "custom":
+        if args.classes is None:
+            raise OptionError("--dataset custom needs --classes FILE (a class-table JSON; see data/classes/*.json)")
+        args.class_table = load_class_table(args.classes)
+    elif args.classes is not None:
+        raise OptionError(f"--classes is for --dataset custom; --dataset {args.dataset} has its own table "
+                          f"(data/classes/{args.dataset}.json): drop --classes or pass --dataset custom")
+    else:
+        args.class_table = shipped_table(args.dataset)
+
+
 def check_options(args: argparse.Namespace) -> None:
     """Reject impossible option combinations early, naming the option and the fix."""
+    _resolve_dataset(args)
     positive = ("size_p", "size_g", "batch_size", "sub_batch_size", "epochs", "val_every")
     for name in positive:
         if getattr(args, name) < 1:
@@ -195,8 +247,13 @@ def check_options(args: argparse.Namespace) -> None:
         raise OptionError(f"--weight_decay must be 0 or a positive number (got {args.weight_decay})")
     if not math.isfinite(args.gamma_init):
         raise OptionError(f"--gamma_init must be a finite number (got {args.gamma_init})")
-    if args.context not in CONTEXTS:
-        raise OptionError(f"--context {args.context} is not supported; use one of {CONTEXTS}")
+    for name in ("context", "context2"):
+        if getattr(args, name) not in CONTEXTS:
+            raise OptionError(f"--{name} {getattr(args, name)} is not supported; use one of {CONTEXTS}")
+    if not 0 <= args.start_epoch < args.epochs:
+        raise OptionError(f"--start_epoch must be 0 or more and below --epochs {args.epochs} (got {args.start_epoch})")
+    if args.save_each_epoch_from < 0:
+        raise OptionError(f"--save_each_epoch_from must be 0 (never) or an epoch (got {args.save_each_epoch_from})")
     if args.max_images is not None and args.max_images < 1:
         raise OptionError(f"--max_images must be at least 1 (got {args.max_images})")
     if args.train and args.evaluate:

@@ -1,5 +1,6 @@
-"""FCtL on DeepGlobe: train (--train), evaluate a labelled split (--evaluate), predict a test split, or
-predict scenes of your own (--input: GeoTIFFs of any size, JPEGs, PNGs).
+"""FCtL on DeepGlobe, Inria Aerial (--dataset inria) or classes of your own (--dataset custom --classes):
+train (--train), evaluate a labelled split (--evaluate), predict a test split, or predict scenes of your
+own (--input: GeoTIFFs of any size, JPEGs, PNGs).
 
 Run ``python train_deep_globe.py --help`` for the options; the shell scripts next to this file hold the
 staged recipe of the paper. Under ``torchrun --nproc_per_node=N`` the same command uses N processes.
@@ -44,13 +45,13 @@ from utils.workers import check_shared_memory, stop_on_signals, worker_init
 
 def _split(args: argparse.Namespace, split: str, labelled: bool):
     """One split of --data_path as the options ask (bad images skipped or not, --max_images)."""
-    return first_images(DeepGlobe(args.data_path, split, labelled=labelled, skip_bad=args.skip_bad_images),
-                        args.max_images)
+    return first_images(DeepGlobe(args.data_path, split, labelled=labelled, skip_bad=args.skip_bad_images,
+                                  classes=args.class_table), args.max_images)
 
 
 def _pipeline(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(args.size_p, args.size_g, args.context, args.sub_batch_size, args.amp,
-                          AMP_DTYPES[args.amp_dtype])
+                          AMP_DTYPES[args.amp_dtype], args.context2)
 
 
 def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, info: DistInfo, log) -> None:
@@ -58,7 +59,7 @@ def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.devic
     from torch.utils.data import DataLoader, DistributedSampler
 
     from dataset.deepglobe import collate_list
-    from engine.checkpoints import FIXED_ON_RESUME, CheckpointPolicy
+    from engine.checkpoints import FIXED_ON_RESUME, CheckpointPolicy, keep_epoch
     from engine.training import Schedule, Trainer
     from utils.loss import FocalLoss
 
@@ -79,16 +80,19 @@ def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.devic
                         persistent_workers=args.num_workers > 0, worker_init_fn=worker_init)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
-    checkpoints = CheckpointPolicy(args.model_path, args.task_name, enabled=info.is_main)
+    checkpoints = CheckpointPolicy(args.model_path, args.task_name, enabled=info.is_main,
+                                   keep=lambda epoch: keep_epoch(epoch, args.save_each_epoch_from))
     stale = checkpoints.remove_stale()
     if stale:
         log.warning(f"removed {len(stale)} temporary files left in {args.model_path} by an interrupted "
                     f"checkpoint write (e.g. {os.path.basename(stale[0])}); the .pth files are complete")
     writer = SafeWriter(os.path.join(args.log_path, args.task_name)) if info.is_main else None
-    schedule = Schedule(epochs=args.epochs, lr=args.lr, seed=args.seed, val_every=args.val_every)
+    schedule = Schedule(epochs=args.epochs, lr=args.lr, seed=args.seed, val_every=args.val_every,
+                        start_epoch=args.start_epoch)
     trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(args), schedule, device=device,
                       dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=args.num_workers,
-                      writer=writer, settings={name: getattr(args, name) for name in FIXED_ON_RESUME})
+                      writer=writer, settings={name: getattr(args, name) for name in FIXED_ON_RESUME},
+                      classes=args.class_table)
     trainer.fit(resume=args.resume)
 
 
@@ -108,13 +112,15 @@ def _evaluate(args: argparse.Namespace, predictor: Predictor, device: torch.devi
     dataset = _split(args, split, labelled=True)
     started = time.time()
     try:
-        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers)
+        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers,
+                                     classes=args.class_table)
     except torch.OutOfMemoryError:
         raise out_of_memory(device, predictor.cfg) from None
     if info.is_main:
-        scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset))
+        scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset),
+                      dataset=args.dataset, classes=list(args.class_table.names))
         write_metrics(metrics_path, scores)
-        log.info(format_scores(scores))
+        log.info(format_scores(scores, args.class_table))
         log.info(f"{len(dataset)} images ({scores['skipped']} skipped) in {time.time() - started:.1f}s; "
                  f"metrics written to {metrics_path}")
 
@@ -131,7 +137,7 @@ def _predict(args: argparse.Namespace, predictor: Predictor, device: torch.devic
     barrier()
     try:
         summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
-                                  num_workers=args.num_workers)
+                                  num_workers=args.num_workers, classes=args.class_table)
     except torch.OutOfMemoryError:
         raise out_of_memory(device, predictor.cfg) from None
     if info.is_main:
@@ -148,7 +154,7 @@ def _predict_scenes(args: argparse.Namespace, predictor: Predictor, device: torc
     tta = True if args.tta is None else args.tta
     paths = expand_inputs(args.input)
     outputs = SceneOutputs(args.prediction_path, args.output_format, args.cog, args.save_confidence, args.quicklook,
-                           args.skip_existing)
+                           args.skip_existing, args.class_table)
     reading = SceneReading(args.bands, args.input_range)
     check_outputs(paths, outputs, reading)
     ensure_writable_dir(args.prediction_path, "prediction_path")
@@ -191,7 +197,9 @@ def run(argv: list[str] | None = None) -> int:
         pre_path=resolve_checkpoint(args.model_path, args.pre_path),
         c_path=resolve_checkpoint(args.model_path, args.c_path),
         glo_path=resolve_checkpoint(args.model_path, args.glo_path),
+        c2_path=resolve_checkpoint(args.model_path, args.c2_path),
         training=args.train, pretrained=not args.no_pretrained, gamma_init=args.gamma_init,
+        n_class=args.class_table.n_class, correlation=args.correlation, class_table=args.class_table.record(),
     ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

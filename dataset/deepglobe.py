@@ -1,4 +1,5 @@
-"""The DeepGlobe land-cover data set as laid out on disk by python -m tools.prepare_deepglobe.
+"""A data split as laid out on disk by python -m tools.prepare_deepglobe (or tools.prepare_inria): the
+DeepGlobe layout, which the Inria release and datasets of your own share, with the split's class table.
 
 Layout: `<data_path>/<dir>/Sat/<id>_sat.{jpg,jpeg,png,tif,tiff}` and `<data_path>/<dir>/Label/<id>_mask.png`,
 with <dir> from SPLIT_DIRS ("offical_crossvali" is the original code's spelling and is kept so that its
@@ -26,6 +27,7 @@ from typing import Any
 
 from torch.utils.data import Dataset, Subset
 
+from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.io import image_size, read_image, read_mask
 from utils.errors import ConfigError, DataError
 
@@ -92,6 +94,7 @@ class DeepGlobe(Dataset):
     data_path: the folder holding train/, crossvali/, offical_crossvali/. split: "train", "crossvali",
     "test" or a folder name. labelled: also read `Label/<id>_mask.png` (checked to exist now).
     ids: keep only these ids, in this order (a trailing `_sat.<ext>` is stripped, so split-list lines work).
+    classes: the class table the masks are read with (DeepGlobe's by default).
     """
 
     def __init__(
@@ -101,8 +104,10 @@ class DeepGlobe(Dataset):
         labelled: bool,
         ids: list[str] | None = None,
         skip_bad: bool = False,
+        classes: ClassTable = DEEPGLOBE,
     ) -> None:
         self.split = split
+        self.classes = classes
         self.labelled = labelled
         self.skip_bad = skip_bad
         self.root = os.path.join(data_path, split_folder(split))
@@ -152,7 +157,7 @@ class DeepGlobe(Dataset):
         path = self.image_paths[index]
         try:
             image = read_image(path)
-            label = read_mask(self.label_path(index), tuple(image.shape[1:])) if self.labelled else None
+            label = read_mask(self.label_path(index), tuple(image.shape[1:]), self.classes) if self.labelled else None
         except DataError as error:
             if not self.skip_bad:
                 raise

@@ -13,14 +13,16 @@ Truncated files are never padded: Pillow's LOAD_TRUNCATED_IMAGES stays off, so a
 error instead of an image with a grey bottom. Pillow's decompression-bomb limit stays on unless the user
 passes --allow_large_images (see `allow_large_images`).
 
-Masks. `read_mask` returns uint8 (H, W) class indices 0..6 and detects the format of each file:
-  - 'L', 'I', 'I;16*' (and 'LA', alpha ignored): class indices; a value above 6 is an error;
-  - 'RGB' (and 'RGBA', alpha ignored): the DeepGlobe colours, matched exactly. One exception, which cannot
+Masks. `read_mask` returns uint8 (H, W) class indices of a class table (``dataset.classes``; DeepGlobe's
+by default, n classes) and detects the format of each file:
+  - 'L', 'I', 'I;16*' (and 'LA', alpha ignored): class indices (plus the table's ``index_aliases``, e.g.
+    Inria's 255 = building); any other value is an error;
+  - 'RGB' (and 'RGBA', alpha ignored): the table's colours, matched exactly. One exception, which cannot
     be confused with a colour mask: an RGB image whose three channels are equal everywhere and whose values
-    are all <= 6 is an index mask saved as RGB (the palette's only grey is black = class 0 either way);
-  - 'P' (palette PNG): judged by the colours it actually uses. If every used palette entry is a DeepGlobe
+    are all < n is an index mask saved as RGB;
+  - 'P' (palette PNG): judged by the colours it actually uses. If every used palette entry is a class
     colour, the colours decide the class (that is what every viewer shows). Otherwise, if every used index is
-    <= 6, the indices are the classes (an index mask saved with some decorative palette). Otherwise an error.
+    < n, the indices are the classes (an index mask saved with some decorative palette). Otherwise an error.
 
 Writing. `write_mask_png` writes the colour PNG (exact 0/255 colours), `write_index_png` the 'L'
 index PNG, `write_image_png` an RGB PNG; all go to a temporary file in the target folder and are renamed
@@ -43,7 +45,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import get_worker_info
 
-from dataset.classes import N_CLASSES, PALETTE, colour_to_index, pack_rgb
+from dataset.classes import DEEPGLOBE, ClassTable
 from utils.errors import DataError
 from utils.files import atomic_open
 
@@ -181,18 +183,7 @@ def read_image(path: str) -> torch.Tensor:
     return out
 
 
-def _check_index(values: np.ndarray, path: str, mode: str) -> np.ndarray:
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high >= N_CLASSES:
-        bad = (values < 0) | (values >= N_CLASSES)
-        raise DataError(
-            f"label mask {path} (mode {mode}, read as class indices) holds values up to {high} (min {low}) at "
-            f"{int(bad.sum())} pixels; class indices must be 0..{N_CLASSES - 1} (a colour mask must be RGB)"
-        )
-    return values.astype(np.uint8, copy=False)
-
-
-def _palette_mask(image: Image.Image, path: str) -> np.ndarray:
+def _palette_mask(image: Image.Image, path: str, table: ClassTable) -> np.ndarray:
     indices = np.array(image)
     raw = image.getpalette("RGB") or []
     palette = np.zeros((256, 3), dtype=np.uint8)
@@ -200,30 +191,29 @@ def _palette_mask(image: Image.Image, path: str) -> np.ndarray:
     defined = np.zeros(256, dtype=bool)
     defined[: len(raw) // 3] = True
     used = np.flatnonzero(np.bincount(indices.ravel(), minlength=256))
-    codes = pack_rgb(palette[used])
-    known = defined[used] & np.isin(codes, pack_rgb(PALETTE))
+    known = defined[used] & table.knows_colours(palette[used])
     if known.all():
         lookup = np.zeros(256, dtype=np.uint8)
-        lookup[used] = colour_to_index(palette[used][None], path)[0]
+        lookup[used] = table.colour_to_index(palette[used][None], path)[0]
         return lookup[indices]
-    if int(used.max()) < N_CLASSES:
+    if int(used.max()) < table.n_class:
         return indices
     first = tuple(int(c) for c in palette[used[~known][0]])
     raise DataError(
-        f"label mask {path} (palette PNG) uses colours outside the DeepGlobe palette (first: RGB {first}) and "
-        f"indices up to {int(used.max())} (> {N_CLASSES - 1}); it is neither a colour nor a class-index mask"
+        f"label mask {path} (palette PNG) uses colours outside the {table.title} palette (first: RGB {first}) and "
+        f"indices up to {int(used.max())} (> {table.n_class - 1}); it is neither a colour nor a class-index mask"
     )
 
 
-def _mask_to_index(image: Image.Image, path: str) -> np.ndarray:
+def _mask_to_index(image: Image.Image, path: str, table: ClassTable) -> np.ndarray:
     mode = image.mode
     if mode in ("L", "I") or mode.startswith("I;16"):
-        return _check_index(np.array(image), path, mode)
+        return table.index_values(np.array(image), path, mode)
     if mode == "LA":
         log.warning("%s: mask with an alpha channel (mode LA); ignored the alpha channel", path)
-        return _check_index(np.array(image.getchannel("L")), path, mode)
+        return table.index_values(np.array(image.getchannel("L")), path, mode)
     if mode == "P":
-        return _palette_mask(image, path)
+        return _palette_mask(image, path, table)
     if mode in ("RGB", "RGBA"):
         if mode == "RGBA":
             log.warning("%s: mask with an alpha channel (mode RGBA); ignored the alpha channel", path)
@@ -231,18 +221,18 @@ def _mask_to_index(image: Image.Image, path: str) -> np.ndarray:
         else:
             rgb = np.array(image)
         red = rgb[:, :, 0]
-        if int(red.max()) < N_CLASSES and (red == rgb[:, :, 1]).all() and (red == rgb[:, :, 2]).all():
+        if int(red.max()) < table.n_class and (red == rgb[:, :, 1]).all() and (red == rgb[:, :, 2]).all():
             return red.copy()
-        return colour_to_index(rgb, path)
+        return table.colour_to_index(rgb, path)
     raise DataError(
         f"label mask {path} has pixel mode {mode}; use an RGB colour PNG or a grayscale class-index PNG"
     )
 
 
-def read_mask(path: str, expected_hw: tuple[int, int] | None) -> torch.Tensor:
-    """Read a label mask as uint8 class indices (H, W), checking its size against its image's (H, W)."""
+def read_mask(path: str, expected_hw: tuple[int, int] | None, table: ClassTable = DEEPGLOBE) -> torch.Tensor:
+    """Read a label mask as uint8 class indices (H, W) of ``table``, checking its size against its image's."""
     with _opened(path, "label mask") as image:
-        index = _mask_to_index(image, path)
+        index = _mask_to_index(image, path, table)
     if expected_hw is not None and tuple(index.shape) != tuple(expected_hw):
         raise DataError(
             f"label mask {path} is {index.shape[0]}x{index.shape[1]} (HxW) but its image is "
@@ -266,7 +256,7 @@ def _save_png_atomic(image: Image.Image, path: str) -> None:
 
 
 class PngBandWriter:
-    """Write a DeepGlobe colour PNG band by band, so a 20000 x 20000 mask never exists whole in memory.
+    """Write a colour mask PNG band by band, so a 20000 x 20000 mask never exists whole in memory.
 
     ``palette``: the (C, 3) colours of the class indices; None writes the values as a grey PNG
     (confidences).
@@ -283,7 +273,7 @@ class PngBandWriter:
     chunk_bytes = 1 << 23
 
     def __init__(self, path: str, height: int, width: int, level: int = 6,
-                 palette: np.ndarray | None = PALETTE) -> None:
+                 palette: np.ndarray | None = DEEPGLOBE.colours) -> None:
         self.path, self.height, self.width = path, height, width
         self.palette = palette
         self._channels = 1 if palette is None else 3
@@ -359,22 +349,22 @@ def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.asarray(array)
 
 
-def write_mask_png(path: str, index: np.ndarray | torch.Tensor) -> None:
-    """Write class indices (H, W) (values 0..6, numpy or tensor on any device) as a DeepGlobe colour PNG."""
+def write_mask_png(path: str, index: np.ndarray | torch.Tensor, table: ClassTable = DEEPGLOBE) -> None:
+    """Write class indices (H, W) (numpy or tensor on any device) as a colour PNG of ``table``'s colours."""
     values = _as_numpy(index)
     if values.ndim != 2:
         raise ValueError(f"write_mask_png expects (H, W), got {values.shape}")
-    with PngBandWriter(path, *values.shape) as writer:
+    with PngBandWriter(path, *values.shape, palette=table.colours) as writer:
         writer.write(values)
 
 
-def write_index_png(path: str, index: np.ndarray | torch.Tensor) -> None:
-    """Write class indices (H, W) (values 0..6) as a grayscale ('L') class-index PNG."""
+def write_index_png(path: str, index: np.ndarray | torch.Tensor, n_class: int = DEEPGLOBE.n_class) -> None:
+    """Write class indices (H, W) (values 0..n_class-1) as a grayscale ('L') class-index PNG."""
     values = _as_numpy(index)
     if values.ndim != 2:
         raise ValueError(f"write_index_png expects (H, W), got {values.shape}")
-    if values.size and (int(values.min()) < 0 or int(values.max()) >= N_CLASSES):
-        raise ValueError(f"class indices must be in 0..{N_CLASSES - 1}")
+    if values.size and (int(values.min()) < 0 or int(values.max()) >= n_class):
+        raise ValueError(f"class indices must be in 0..{n_class - 1}")
     _save_png_atomic(Image.fromarray(values.astype(np.uint8)), path)
 
 

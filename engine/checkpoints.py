@@ -2,7 +2,8 @@
 
 Files, all ``<model_path>/<task_name>.<tag>.pth``:
 - ``epoch<E>``: the weights after epoch E, kept on the released schedule (``keep_epoch``: every 5
-  epochs, and every epoch from epoch 34 on);
+  epochs, and every epoch from epoch 34 on in the DeepGlobe release; the Inria release keeps only
+  every 5th);
 - ``epoch``: the weights after the last epoch (what the next stage reads);
 - ``best``: the weights of the best validation mIoU so far;
 - ``last``: the full training state after the last completed epoch (weights, optimizer, schedule
@@ -25,16 +26,17 @@ from utils.errors import CheckpointError
 from utils.files import ensure_free_space, remove_stale_temporaries
 
 # Settings a resumed run must share with the run it continues: they fix the number of steps per epoch
-# and the poly schedule built on it (batch_size, max_images), what the model learns from (size_p,
-# size_g, context), and the image order and augmentation streams (seed). Everything else may change:
-# epochs (at least those done), lr and weight_decay (a lower lr after a stop), sub_batch_size,
+# and the poly schedule built on it (batch_size, max_images, start_epoch), what the model learns from
+# (size_p, size_g, context, context2), and the image order and augmentation streams (seed). Everything
+# else may change: epochs (at least those done), lr and weight_decay (a lower lr after a stop), sub_batch_size,
 # num_workers, device, amp and amp_dtype, validation.
-FIXED_ON_RESUME = ("batch_size", "max_images", "size_p", "size_g", "context", "seed")
+FIXED_ON_RESUME = ("batch_size", "max_images", "size_p", "size_g", "context", "context2", "seed", "start_epoch")
 
 
-def keep_epoch(epoch: int) -> bool:
-    """The released schedule for ``epoch<E>`` files (1-based E): every 5 epochs, and every epoch from 34."""
-    return epoch % 5 == 0 or epoch >= 34
+def keep_epoch(epoch: int, each_from: int = 34) -> bool:
+    """The released schedule for ``epoch<E>`` files (1-based E): every 5 epochs, and every epoch from
+    ``each_from`` (34 in the DeepGlobe release; 0 = never, the Inria release)."""
+    return epoch % 5 == 0 or 0 < each_from <= epoch
 
 
 class CheckpointPolicy:

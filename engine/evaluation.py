@@ -21,7 +21,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from dataset.classes import CLASS_NAMES
+from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.deepglobe import item_bytes
 from dataset.io import PngBandWriter
 from pipeline.predictor import Predictor
@@ -45,8 +45,10 @@ def _loader(dataset, info: DistInfo, num_workers: int) -> DataLoader:
 
 
 def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: DistInfo, *, tta: bool,
-                     num_workers: int = 0, desc: str = "evaluate", want_sample: bool = False):
+                     num_workers: int = 0, desc: str = "evaluate", want_sample: bool = False,
+                     classes: ClassTable = DEEPGLOBE):
     """Score ``dataset`` (labelled); returns (scores dict, optional first (image, label, prediction) sample).
+    ``classes``: the table whose ``unscored`` class the means leave out.
 
     Images the dataset skipped (``DeepGlobe(skip_bad=True)`` yields None for them, with a warning) are
     counted in ``scores['skipped']``; when every image was skipped there is nothing to score and a
@@ -76,7 +78,7 @@ def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: 
     confusion.all_reduce_()
     all_reduce_sum(skipped)
     _check_not_all_skipped(dataset, int(skipped.item()))
-    scores = confusion.scores()
+    scores = confusion.scores(classes.unscored)
     scores["skipped"] = int(skipped.item())
     return scores, sample
 
@@ -94,14 +96,17 @@ def _where(dataset) -> str:
     return getattr(dataset, "root", "the split")
 
 
-def format_scores(scores: dict) -> str:
-    """A plain-text table: per-class IoU, then mIoU (classes 1..6), mean F1 and pixel accuracy."""
-    lines = [f"{'class':<12}{'IoU':>8}"]
-    for name, iou in zip(CLASS_NAMES, scores["iou"]):
-        lines.append(f"{name:<12}{100 * iou:>8.2f}")
-    lines.append(f"{'mIoU':<12}{100 * scores['miou']:>8.2f}   (classes 1..{len(CLASS_NAMES) - 1})")
-    lines.append(f"{'F1':<12}{100 * scores['f1']:>8.2f}")
-    lines.append(f"{'accuracy':<12}{100 * scores['accuracy']:>8.2f}")
+def format_scores(scores: dict, classes: ClassTable = DEEPGLOBE) -> str:
+    """A plain-text table: per-class IoU and F1, then mIoU and mean F1 (without the unscored class) and
+    pixel accuracy."""
+    width = max(12, 2 + max(len(n) for n in classes.names))
+    lines = [f"{'class':<{width}}{'IoU':>8}{'F1':>8}"]
+    for name, iou, f1 in zip(classes.names, scores["iou"], scores["f1_per_class"]):
+        lines.append(f"{name:<{width}}{100 * iou:>8.2f}{100 * f1:>8.2f}")
+    left_out = "" if classes.unscored is None else f" (without {classes.names[classes.unscored]})"
+    lines.append(f"{'mIoU':<{width}}{100 * scores['miou']:>8.2f}{left_out}")
+    lines.append(f"{'F1':<{width}}{100 * scores['f1']:>8.2f}")
+    lines.append(f"{'accuracy':<{width}}{100 * scores['accuracy']:>8.2f}")
     return "\n".join(lines)
 
 
@@ -116,8 +121,8 @@ def write_metrics(path: str, scores: dict) -> None:
 
 
 def predict_dataset(predictor: Predictor, dataset, out_dir: str, device: torch.device, info: DistInfo, *,
-                    tta: bool, num_workers: int = 0) -> dict:
-    """Write ``<out_dir>/<id>_mask.png`` (DeepGlobe colours) for every image this process owns.
+                    tta: bool, num_workers: int = 0, classes: ClassTable = DEEPGLOBE) -> dict:
+    """Write ``<out_dir>/<id>_mask.png`` (in the colours of ``classes``) for every image this process owns.
 
     Skipped images (see ``evaluate_dataset``) are counted in the summary's ``skipped``."""
     started = time.time()
@@ -137,7 +142,7 @@ def predict_dataset(predictor: Predictor, dataset, out_dir: str, device: torch.d
             path = os.path.join(out_dir, f"{image_id}_mask.png")
             # Bands go to the PNG as soon as they are final: memory does not grow with the image height.
             with progress(total=n, enabled=info.is_main and n > 0, desc=image_id, unit="patch", leave=False) as inner, \
-                    PngBandWriter(path, height, width) as writer:
+                    PngBandWriter(path, height, width, palette=classes.colours) as writer:
                 for _, band in predictor.mask_bands(image, tta=tta, progress=inner):
                     writer.write(band.cpu().numpy())
             done += 1

@@ -25,9 +25,10 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from dataset.classes import PALETTE
+from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.geotiff import NODATA, GeoTiffBandWriter
 from dataset.io import PngBandWriter, read_image, write_image_png
 from dataset.scenes import InputRange, RasterScene, stem_of, uses_pillow
@@ -56,6 +57,7 @@ class SceneOutputs:
     confidence: bool = False
     quicklook: bool = False
     skip_existing: bool = False
+    classes: ClassTable = DEEPGLOBE  # the colours of the masks and previews
 
     def format_of(self, path: str) -> str:
         if self.fmt is not None:
@@ -126,8 +128,10 @@ def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: t
 class _Outputs:
     """The writers of one scene, published together when the block succeeds."""
 
-    def __init__(self, paths: dict[str, str], fmt: str, profile: dict, nodata: bool, cog: bool) -> None:
+    def __init__(self, paths: dict[str, str], fmt: str, profile: dict, nodata: bool, cog: bool,
+                 palette: np.ndarray) -> None:
         self.paths, self.fmt, self.profile, self.nodata, self.cog = paths, fmt, profile, nodata, cog
+        self.palette = palette
         self.stack = contextlib.ExitStack()
 
     def _writer(self, path: str, palette):
@@ -138,7 +142,7 @@ class _Outputs:
 
     def __enter__(self) -> _Outputs:
         with self.stack as stack:
-            self.mask = stack.enter_context(self._writer(self.paths["mask"], PALETTE))
+            self.mask = stack.enter_context(self._writer(self.paths["mask"], self.palette))
             self.confidence = None
             if "confidence" in self.paths:
                 self.confidence = stack.enter_context(self._writer(self.paths["confidence"], None))
@@ -166,7 +170,7 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
             thumbnail = MaskThumbnail(height, width, size)
             picture = scene_thumbnail(source, size)
         with progress(total=n, enabled=show and n > 0, desc=stem_of(path), unit="patch", leave=False) as bar, \
-                _Outputs(paths, fmt, profile, masked, outputs.cog) as out:
+                _Outputs(paths, fmt, profile, masked, outputs.cog, outputs.classes.colours) as out:
             for y0, band in predictor.mask_bands(source, tta=tta, progress=bar, confidence=out.confidence is not None):
                 classes = band[0] if out.confidence is not None else band
                 valid = scene.read_valid(y0, 0, classes.shape[0], width) if masked else None
@@ -180,7 +184,7 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
                 if thumbnail is not None:
                     thumbnail.add(y0, classes)
             if thumbnail is not None:
-                write_image_png(paths["preview"], compose(picture, thumbnail.image, PALETTE,
+                write_image_png(paths["preview"], compose(picture, thumbnail.image, outputs.classes.colours,
                                                           NODATA if fmt == "tif" and masked else None))
     return height * width, n
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from dataset.classes import CLASS_NAMES, index_to_colour
+from dataset.classes import DEEPGLOBE, ClassTable
 from engine.checkpoints import CheckpointPolicy
 from engine.evaluation import evaluate_dataset
 from models.checkpoint import export_weights, load_state_into, save_weights
@@ -57,6 +57,7 @@ class Schedule:
     lr: float
     seed: int = 0
     val_every: int = 5
+    start_epoch: int = 0  # epochs of the poly schedule already behind a fresh run (the Inria release: 50)
 
 
 @dataclass
@@ -77,14 +78,16 @@ class Trainer:
     ``schedule.val_every`` epochs and after the last (None: no validation), read by ``val_workers``
     processes; writer: a tensorboardX-like ``add_scalar``/``add_image`` sink or None; settings: the
     run's values of ``engine.checkpoints.FIXED_ON_RESUME``, recorded in the training state and
-    compared when it is resumed.
+    compared when it is resumed; classes: the class table (names in logs, colours of the logged
+    images, the class left out of mIoU).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
                  criterion: torch.nn.Module, cfg: PipelineConfig, schedule: Schedule, *,
                  device: torch.device, dist_info: DistInfo | None = None,
                  checkpoints: CheckpointPolicy | None = None,
-                 val_set=None, val_workers: int = 0, writer=None, settings: dict | None = None) -> None:
+                 val_set=None, val_workers: int = 0, writer=None, settings: dict | None = None,
+                 classes: ClassTable = DEEPGLOBE) -> None:
         self.model = model
         self.net = unwrap(model)
         self.optimizer = optimizer
@@ -99,6 +102,7 @@ class Trainer:
         self.val_workers = val_workers
         self.writer = writer
         self.settings = dict(settings or {})
+        self.classes = classes
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and cfg.amp_dtype == torch.float16)
         self.state = TrainState()
         self.skipped = 0  # unreadable training images skipped, summed over epochs
@@ -277,7 +281,7 @@ class Trainer:
         if loss_t[1] == 0:
             raise DataError(f"no training image could be read in epoch {epoch + 1}: all were skipped as unreadable "
                             f"(`skip_bad_images`); fix or replace the files named in the warnings above")
-        return float(loss_t[0] / max(loss_t[1], 1)), confusion.scores()
+        return float(loss_t[0] / max(loss_t[1], 1)), confusion.scores(self.classes.unscored)
 
     def validate(self) -> dict:
         """Score the validation set with rank 0's weights and buffers on every process."""
@@ -290,19 +294,21 @@ class Trainer:
                 torch.distributed.broadcast(buffer, 0)
         predictor = Predictor(self.net, self.cfg)
         scores, sample = evaluate_dataset(predictor, self.val_set, self.device, self.dist, tta=False,
-                                          num_workers=self.val_workers, desc="validate", want_sample=True)
+                                          num_workers=self.val_workers, desc="validate", want_sample=True,
+                                          classes=self.classes)
         if self.writer is not None and sample is not None:
             image, label, pred = sample
             self.writer.add_image("val/image", image, self.state.epoch)
-            self.writer.add_image("val/label", index_to_colour(label).permute(2, 0, 1), self.state.epoch)
-            self.writer.add_image("val/prediction", index_to_colour(pred).permute(2, 0, 1), self.state.epoch)
+            colour = self.classes.index_to_colour
+            self.writer.add_image("val/label", colour(label).permute(2, 0, 1), self.state.epoch)
+            self.writer.add_image("val/prediction", colour(pred).permute(2, 0, 1), self.state.epoch)
         return scores
 
     def _log_scores(self, prefix: str, scores: dict) -> None:
         if self.writer is None:
             return
         self.writer.add_scalar(f"{prefix}/miou", scores["miou"], self.state.epoch)
-        for name, iou in zip(CLASS_NAMES, scores["iou"]):
+        for name, iou in zip(self.classes.names, scores["iou"]):
             self.writer.add_scalar(f"{prefix}/iou_{name}", iou, self.state.epoch)
 
     def _validation_due(self) -> bool:
@@ -349,6 +355,9 @@ class Trainer:
             self.checkpoints.check_space(self.net)
         if resume:
             self.resume()
+        elif self.schedule.start_epoch:
+            start = self.schedule.start_epoch
+            self.state = TrainState(epoch=start, iteration=start * len(self.loader))
         if self.state.epoch >= epochs:
             self._nothing_to_do()
         started = time.time()

@@ -114,7 +114,7 @@ def cache_patches(model: FCtLNet, image: torch.Tensor, label: torch.Tensor, p: i
     """One scene's frozen features: patch skips and tops, global context (+ the scene cue), patch labels."""
     with torch.no_grad():
         # Every patch of the scene in one unit (the training pipeline's patches, labels and global context).
-        x, y, _, global_context = next(patch_units(model, image, label, size_p=p, size_g=size_g, context=1,
+        x, y, _, global_context, _ = next(patch_units(model, image, label, size_p=p, size_g=size_g, context=1,
                                                    sub_batch_size=len(make_grid(*image.shape[-2:], p).boxes())))
         skips, top = model.backbone.encode(x)
     if cue is not None:

@@ -1,11 +1,12 @@
-"""Confusion matrix and the DeepGlobe scores computed from it.
+"""Confusion matrix and the scores computed from it.
 
-Rows are the true class, columns the predicted class; every labelled pixel counts, class 0
-("unknown") included, as in the released evaluation. From the matrix M (n x n):
+Rows are the true class, columns the predicted class; every labelled pixel counts, the unscored class
+included, as in the released evaluations. From the matrix M (n x n), with u the unscored class
+(DeepGlobe's "unknown", Inria's background; class 0 in both releases, or none):
 - IoU_c = M[c,c] / (sum_j M[c,j] + sum_i M[i,c] - M[c,c]), and 0 when class c is absent from both
   prediction and target;
-- mIoU = mean of IoU_c over c = 1..n-1 (class 0 left out, absent classes still counted as 0);
-- F1_c = 2 M[c,c] / (sum_j M[c,j] + sum_i M[i,c]) (0 when absent from both); f1 = mean over 1..n-1;
+- mIoU = mean of IoU_c over c != u (absent classes still counted as 0): for Inria the building IoU;
+- F1_c = 2 M[c,c] / (sum_j M[c,j] + sum_i M[i,c]) (0 when absent from both); f1 = mean over c != u;
 - accuracy = trace(M) / sum(M).
 """
 
@@ -61,9 +62,9 @@ class ConfusionMatrix:
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
         return self
 
-    def scores(self) -> dict:
-        """dict(miou: float, iou: list of n floats, f1: float, accuracy: float,
-        confusion_matrix: n x n nested list of ints); see the module doc for the definitions."""
+    def scores(self, unscored: int | None = 0) -> dict:
+        """dict(miou: float, iou: list of n floats, f1: float, f1_per_class: list of n floats, accuracy:
+        float, unscored: int or None, confusion_matrix: n x n nested list of ints); see the module doc."""
         m = self.matrix.to("cpu", torch.float64)
         tp = torch.diagonal(m)
         true_count = m.sum(dim=1)
@@ -73,10 +74,15 @@ class ConfusionMatrix:
         iou = torch.where(union > 0, tp / union.clamp(min=1), torch.zeros_like(tp))
         f1 = torch.where(both > 0, 2 * tp / both.clamp(min=1), torch.zeros_like(tp))
         total = m.sum()
+        scored = torch.ones(self.n_class, dtype=torch.bool)
+        if unscored is not None:
+            scored[unscored] = False
         return {
-            "miou": float(iou[1:].mean()),
+            "miou": float(iou[scored].mean()),
             "iou": [float(v) for v in iou],
-            "f1": float(f1[1:].mean()),
+            "f1": float(f1[scored].mean()),
+            "f1_per_class": [float(v) for v in f1],
             "accuracy": float(tp.sum() / total) if total > 0 else 0.0,
+            "unscored": unscored,
             "confusion_matrix": self.matrix.cpu().tolist(),
         }
