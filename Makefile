@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv test test-fast test-gpu lint demo benchmark clean-demo
+.PHONY: venv test test-fast test-gpu lint demo demo-inria benchmark clean-demo
 
 venv: $(VENV)/.installed
 
@@ -35,8 +35,12 @@ lint: venv
 demo: venv
 	$(BIN)/python -m tools.demo
 
+# The Inria stage scripts chained on synthetic tiles (a few minutes on a CPU).
+demo-inria: venv
+	$(BIN)/python -m tools.demo_inria
+
 benchmark: venv
 	$(BIN)/python -m tools.benchmark
 
 clean-demo:
-	rm -rf demo
+	rm -rf demo demo_inria

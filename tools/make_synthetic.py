@@ -1,8 +1,11 @@
-"""Write the synthetic DeepGlobe-format demo data set (design: dataset/synthetic.py).
+"""Write the synthetic DeepGlobe-format demo data set (design: dataset/synthetic.py), or with
+``--dataset inria`` Inria-format building tiles (dataset/synthetic_inria.py).
 
     python -m tools.make_synthetic --out data/synthetic --train 40 --val 12 --test 8 --size 256 --seed 0
+    python -m tools.make_synthetic --dataset inria --out data/synthetic_inria --size 256
 
-Prints, for the written validation and test masks, how much the field labels depend on context.
+Prints, for the written DeepGlobe-format validation and test masks, how much the field labels depend
+on context.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import time
 from dataset.deepglobe import SPLIT_DIRS
 from dataset.io import read_mask
 from dataset.synthetic import MIN_SIZE, context_stats, generate
+from dataset.synthetic_inria import generate_inria
 from option import report_error
 from utils.errors import FCtLError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="deepglobe", choices=["deepglobe", "inria"],
+                        help="deepglobe: 7-class land cover scenes (PNG); inria: building / background tiles (TIFF)")
     parser.add_argument("--out", default="data/synthetic", help="output folder (default: data/synthetic)")
     parser.add_argument("--train", type=int, default=40, help="training images")
     parser.add_argument("--val", type=int, default=12, help="validation (crossvali) images")
@@ -48,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        written = generate(args.out, args.train, args.val, args.test, args.size, args.seed)
+        make = generate_inria if args.dataset == "inria" else generate
+        written = make(args.out, args.train, args.val, args.test, args.size, args.seed)
     except FCtLError as error:
         return report_error(error, build_parser())
     seconds = time.perf_counter() - start
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for split in ("crossvali", "test")
         for name in written[split]
     ]
-    if labels:
+    if labels and args.dataset == "deepglobe":
         stats = context_stats(labels, args.patch)
         print(
             f"context check on {len(labels)} validation+test masks, patch {args.patch}: "
