@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.released_layout import KINDS, make_released_checkpoint
+from models.released_layout import INRIA_KINDS, KINDS, make_released_checkpoint
 
-SLOW_FIXTURES = {"released_checkpoints"}
+SLOW_FIXTURES = {"released_checkpoints", "inria_checkpoints"}
 
 if os.environ.get("PYTEST_XDIST_WORKER"):  # make test-fast: one torch thread per pytest worker
     torch.set_num_threads(1)
@@ -39,6 +39,30 @@ def released_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     yield paths
     for path in paths.values():
         path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def inria_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"inria_all" | "B10" | "B15": path} of fake files in the Inria release's layout (all.epoch.pth,
+    B10.epoch.pth, B15.epoch.pth, about 1 GB each); deleted at the end of the session."""
+    folder = tmp_path_factory.mktemp("released_inria")
+    names = {"inria_all": "all.epoch.pth", "B10": "B10.epoch.pth", "B15": "B15.epoch.pth"}
+    paths = {kind: folder / names[kind] for kind in INRIA_KINDS}
+    for seed, kind in enumerate(INRIA_KINDS, start=11):
+        make_released_checkpoint(kind, paths[kind], seed=seed)
+    yield paths
+    for path in paths.values():
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def inria_data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A small synthetic Inria-layout dataset (64 px TIFF tiles, 0/1 masks) for end-to-end runs."""
+    from dataset.synthetic_inria import generate_inria
+
+    folder = tmp_path_factory.mktemp("inria_data")
+    generate_inria(str(folder), n_train=2, n_val=2, n_test=2, size=64, seed=0)
+    return str(folder)
 
 
 @pytest.fixture(scope="session")
