@@ -122,3 +122,37 @@ def test_resume_refuses_a_missing_or_foreign_last_file(tmp_path):
     make_trainer(tmp_path, epochs=1).fit()
     with pytest.raises(CheckpointError, match="is a mode-1 fpn_resnet18 run, not mode 2"):
         CheckpointPolicy(str(tmp_path), "t").read_last(2, "fpn_resnet18")
+
+
+class _Lrs:
+    """A writer that keeps the learning rate of every step and the epochs scores were logged for."""
+
+    def __init__(self) -> None:
+        self.lrs, self.val_epochs = [], []
+
+    def add_scalar(self, tag, value, step) -> None:
+        if tag == "train/lr":
+            self.lrs.append(value)
+        if tag == "val/miou":
+            self.val_epochs.append(step)
+
+    def add_image(self, *args) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_inria_schedule_starts_halfway_and_keeps_only_every_fifth_epoch(tmp_path):
+    # The Inria release: epochs 51..100 of a 100-epoch poly schedule, checkpoints only with validation.
+    assert [e for e in range(51, 101) if keep_epoch(e, 0)] == list(range(55, 101, 5))
+    trainer = make_trainer(tmp_path, images=2)
+    trainer.schedule = Schedule(epochs=10, lr=1e-3, seed=3, val_every=5, start_epoch=5)
+    trainer.checkpoints = CheckpointPolicy(str(tmp_path), "t", keep=lambda e: keep_epoch(e, 0))
+    trainer.val_set, trainer.writer = Scenes(1), _Lrs()
+    writer = trainer.writer
+    state = trainer.fit()
+    assert (state.epoch, state.iteration) == (10, 10)  # one step an epoch, counted from epoch 5
+    assert writer.lrs[0] == pytest.approx(1e-3 * 0.5 ** 0.9) and len(writer.lrs) == 5
+    assert writer.val_epochs == [10]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.best.pth", "t.epoch.pth", "t.epoch10.pth", "t.last.pth"]
