@@ -11,10 +11,11 @@ tile i of a split depends only on (seed, split, i, size).
 
 Tile design: the same mottled ground everywhere, and bright rectangles of one roof texture (random
 grey or brick brightness, a darker rim) scattered over it. A tile is a "town" or a "quarry" tile
-(alternating within a split). In a town the rectangles are buildings (class 1) and a grid of dark
-roads about a third of the tile apart crosses the tile; in a quarry the same rectangles are stone
-slabs, labelled background (0), and there are no roads. A patch between two roads therefore cannot
-tell a roof from a slab, while its x2 and x3 windows usually show a road.
+(alternating within a split). In a town the rectangles are buildings (class 1) and one straight
+dark road crosses the tile (across or down, somewhere in its middle 60%); in a quarry the same
+rectangles are stone slabs, labelled background (0), and there is no road. A patch away from the road
+therefore cannot tell a roof from a slab (with patches half the tile's side, about half of a town's
+patches miss the road), while its x2 and x3 windows show the road.
 """
 
 from __future__ import annotations
@@ -34,20 +35,17 @@ MIN_SIZE = 64
 BUILDING = 1
 
 
-def _roads(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Bool (size, size): a grid of roads about size/3 apart, each 2-4% of the side wide."""
-    roads = np.zeros((size, size), dtype=bool)
-    spacing = max(8, size // 3)
-    width = max(2, int(size * rng.uniform(0.02, 0.04)))
-    for axis in (0, 1):
-        start = int(rng.integers(0, spacing))
-        for centre in range(start, size, spacing):
-            lo, hi = max(0, centre - width // 2), min(size, centre + (width + 1) // 2)
-            if axis == 0:
-                roads[lo:hi, :] = True
-            else:
-                roads[:, lo:hi] = True
-    return roads
+def _road(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Bool (size, size): one straight road, 3-5% of the side wide, across or down the tile."""
+    road = np.zeros((size, size), dtype=bool)
+    width = max(2, int(size * rng.uniform(0.03, 0.05)))
+    centre = int(rng.uniform(0.2, 0.8) * size)
+    lo, hi = max(0, centre - width // 2), min(size, centre + (width + 1) // 2)
+    if rng.random() < 0.5:
+        road[lo:hi, :] = True
+    else:
+        road[:, lo:hi] = True
+    return road
 
 
 def _rectangles(rng: np.random.Generator, size: int, free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +71,7 @@ def _rectangles(rng: np.random.Generator, size: int, free: np.ndarray) -> tuple[
 def make_tile(rng: np.random.Generator, size: int, town: bool) -> tuple[np.ndarray, np.ndarray]:
     """One tile: (image uint8 (size, size, 3), label uint8 (size, size) of 0/1)."""
     ground = fractal_noise(rng, 1, size, 3, 4)[0]
-    roads = _roads(rng, size) if town else np.zeros((size, size), dtype=bool)
+    roads = _road(rng, size) if town else np.zeros((size, size), dtype=bool)
     rects, roof = _rectangles(rng, size, ~roads)
     image = np.empty((size, size, 3), dtype=np.float32)
     for channel, (base, amount) in enumerate(((0.42, 0.08), (0.45, 0.09), (0.33, 0.06))):

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=192, help="side of the synthetic tiles")
     parser.add_argument("--train_images", type=int, default=48)
     parser.add_argument("--val_images", type=int, default=8)
-    parser.add_argument("--size_p", type=int, default=64, help="patch side")
+    parser.add_argument("--size_p", type=int, default=96, help="patch side (4 x 4 patches on a 192 px tile)")
     parser.add_argument("--lr", type=float, default=1e-3, help="higher than the release's 5e-5: few steps, no ImageNet")
     parser.add_argument("--backbone", default="fpn_resnet18")
     parser.add_argument("--seed", type=int, default=0)
