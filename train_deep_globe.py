@@ -24,6 +24,7 @@ import torch.distributed as dist
 from dataset.deepglobe import DeepGlobe, first_images, item_bytes
 from dataset.io import allow_large_images
 from engine.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
+from models.backbones import memory_format_for
 from models.setup import create_model
 from option import (
     OptionError,
@@ -201,8 +202,7 @@ def run(argv: list[str] | None = None) -> int:
         training=args.train, pretrained=not args.no_pretrained, gamma_init=args.gamma_init,
         n_class=args.class_table.n_class, correlation=args.correlation, class_table=args.class_table.record(),
     ).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=memory_format_for(args.backbone, device.type, args.train))
 
     if args.train:
         _train(args, model, device, info, log)

@@ -12,6 +12,7 @@ import torchvision
 from torchvision.models import VGG16_Weights
 
 from models.imagenet import imagenet_state_dict
+from models.padded_vgg import PaddedVGG
 
 POOL3_END = 17
 POOL4_END = 24
@@ -85,6 +86,9 @@ class FCN8(nn.Module):
     # sub-batch's memory; two patches at a time bound that peak and give the same logits
     # (docs/performance.md has the benchmark).
     stem_batch = 2
+    # Skip the convolution work on conv1_1's 100-px zero padding that only repeats a per-channel
+    # constant (models/padded_vgg.py); the same features up to float rounding.
+    skip_padding = True
 
     def __init__(self, n_class: int, head: bool = True, pretrained: bool = False) -> None:
         super().__init__()
@@ -123,13 +127,26 @@ class FCN8(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """x (B,3,H,W) in [0,1], not normalised -> ([p3, p4], p5)."""
         features = self.vgg.features
-        stem = features[:POOL3_END]
+        if not (self.skip_padding and PaddedVGG.applies(features[0])):
+            stem = features[:POOL3_END]
+            if torch.is_grad_enabled() or x.shape[0] <= self.stem_batch:
+                p3 = stem(x)
+            else:
+                p3 = torch.cat([stem(chunk) for chunk in x.split(self.stem_batch)])
+            p4 = features[POOL3_END:POOL4_END](p3)
+            return [p3, p4], features[POOL4_END:](p4)
+
+        def stem(chunk: torch.Tensor):
+            return PaddedVGG.run(features[1:POOL3_END], *PaddedVGG.start(features[0], chunk))
+
         if torch.is_grad_enabled() or x.shape[0] <= self.stem_batch:
-            p3 = stem(x)
+            p3, constant, extent = stem(x)
         else:
-            p3 = torch.cat([stem(chunk) for chunk in x.split(self.stem_batch)])
-        p4 = features[POOL3_END:POOL4_END](p3)
-        return [p3, p4], features[POOL4_END:](p4)
+            parts = [stem(chunk) for chunk in x.split(self.stem_batch)]
+            p3, (_, constant, extent) = torch.cat([part[0] for part in parts]), parts[0]
+        p4, constant, extent = PaddedVGG.run(features[POOL3_END:POOL4_END], p3, constant, extent)
+        p5, _, _ = PaddedVGG.run(features[POOL4_END:], p4, constant, extent)
+        return [p3, p4], p5
 
     def decode(self, skips: list[torch.Tensor], top: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """FCN8 head: skips [p3, p4], top p5 (possibly context-fused) -> logits (B,n_class,*size).

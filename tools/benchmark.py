@@ -3,7 +3,12 @@
 Each configuration runs in a fresh process so that its peak memory (RSS on CPU, max allocated on CUDA)
 is its own. For every configuration the script reports seconds per image, patches per second, the same
 number of bare network forwards (the floor the pipeline can reach), the pipeline's overhead over that
-floor, GFLOPs per patch (counted with torch.utils.flop_counter) and peak memory.
+floor, GFLOPs per patch (counted with torch.utils.flop_counter), peak memory, and the machine's own
+ceiling measured in the same run (convolutions at the network's shapes, both memory formats; bf16 and
+fp16 too on CUDA, ``tools/perf.py``) with the forwards' GFLOP/s as a fraction of it.
+
+    python -m tools.benchmark --profile          # also where one mode-4 sub-batch's time goes, by stage
+    python -m tools.benchmark --train_modes 1 2 4 --image 320 --size_p 160   # training steps per second
 
     python -m tools.benchmark                                   # the issue-3 setting, see --help
     python -m tools.benchmark --backbone fpn_resnet18 --mode 4 --image 2448 --size_p 508 --size_g 508
@@ -72,7 +77,12 @@ def _setup(opts: argparse.Namespace):
         model = create_model(opts.mode, opts.backbone, pre_path=paths.get("pre"), c_path=paths.get("c"),
                              glo_path=paths.get("glo"), training=False, pretrained=False)
     model = model.to(device).eval()
-    channels_last = device.type == "cuda" if opts.channels_last is None else opts.channels_last
+    if opts.channels_last is None and opts.backbone != "stand_in":
+        from models.backbones import memory_format_for
+
+        channels_last = memory_format_for(opts.backbone, device.type, training=False) == torch.channels_last
+    else:
+        channels_last = bool(opts.channels_last)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cfg = PipelineConfig(opts.size_p, opts.size_g, opts.context, opts.sub_batch_size, opts.amp, AMP_DTYPES[opts.amp_dtype])
@@ -220,8 +230,20 @@ def _worker(opts: argparse.Namespace) -> dict:
         bare = (time.perf_counter() - started) / opts.repeat
         counter = FlopCounterMode(display=False)
         with counter:
-            model(x[:1], medium=None if medium is None else medium[:1], global_context=g_context)
-    return {
+            model(x[:1], medium=None if medium is None else medium[:1], global_context=g_context,
+                  **{k: v[:1] for k, v in windows.items()})
+    extra = {}
+    if opts.backbone != "stand_in":
+        from tools.perf import conv_ceiling, profile_stages, training_steps
+
+        extra["ceiling"] = conv_ceiling(opts.backbone, p, sb, device)
+        if opts.profile:
+            extra["profile"] = profile_stages(predictor, image, repeat=opts.repeat)
+        if opts.train_modes:
+            del model, predictor, x, medium, windows, g_context
+            extra["training"] = [training_steps(mode, opts.backbone, opts.image, p, sb, device)
+                                 for mode in opts.train_modes]
+    return extra | {
         "backbone": opts.backbone, "mode": opts.mode, "image": opts.image, "size_p": p, "size_g": opts.size_g,
         "tta": opts.tta, "amp": opts.amp, "device": str(device), "patches": patches,
         "seconds_per_image": per_image, "patches_per_second": patches / per_image if patches else 0.0,
@@ -319,6 +341,26 @@ def _scenes(opts: argparse.Namespace) -> None:
             json.dump(results, f, indent=2)
 
 
+def _print_extra(result: dict) -> None:
+    """The ceiling, the forwards as a fraction of it, the stage profile and the training rows."""
+    if "ceiling" in result:
+        best = max(row["gflops_per_s"] for row in result["ceiling"] if row["dtype"] == "float32")
+        bare_rate = result["gflops_per_patch"] * result["patches"] / result["bare_seconds"] if result["patches"] else 0
+        print("  convolution ceiling (GFLOP/s):")
+        for row in result["ceiling"]:
+            print(f"    {row['conv']:<28}{row['format']:<15}{row['dtype']:<10}{row['gflops_per_s']:8.1f}")
+        print(f"  bare forwards          {bare_rate:.1f} GFLOP/s = {100 * bare_rate / best:.0f}% of the best float32 "
+              f"ceiling ({best:.1f})")
+    if "profile" in result:
+        total = result["profile"][-1][1]
+        print("  stages of one sub-batch (seconds, share of the whole forward):")
+        for name, seconds in result["profile"]:
+            print(f"    {name:<36}{seconds:8.3f}  {100 * seconds / total:5.1f}%")
+    for row in result.get("training", []):
+        print(f"  training mode {row['mode']}: {row['steps_per_second']:.3f} steps/s ({row['seconds_per_step']:.2f} s "
+              f"per step of one {row['image']}px image, {row['sub_batches_per_step']} sub-batches)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Benchmark the FCtL inference pipeline.")
     parser.add_argument("--backbone", default="fcn8_vgg16",
@@ -336,7 +378,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels_last weights and inputs (default: on CUDA only, as train_deep_globe.py)")
+                        help="channels_last weights and inputs (default: as train_deep_globe.py, memory_format_for)")
     parser.add_argument("--stand_in_channels", type=int, default=1, help="hidden channels of --backbone stand_in")
     parser.add_argument("--streaming", action="store_true",
                         help="peak memory against image size for the band-streaming path (see --sizes)")
@@ -353,6 +395,10 @@ def main() -> None:
     parser.add_argument("--scene", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--released_layout", action=argparse.BooleanOptionalAction, default=True,
                         help="load 1 GB released-layout checkpoints (fcn8_vgg16, mode 4) instead of random init")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each stage of one mode-4 sub-batch (VGG/ResNet blocks, head, correlations, ...)")
+    parser.add_argument("--train_modes", type=int, nargs="*", default=[],
+                        help="also measure training steps per second of these modes (random images of --image px)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stream_worker", action="store_true", help=argparse.SUPPRESS)
@@ -394,6 +440,7 @@ def main() -> None:
     print(f"  bare forwards, seconds {result['bare_seconds']:.3f}  (pipeline overhead {overhead:+.1f}%)")
     print(f"  GFLOPs per patch       {result['gflops_per_patch']:.1f}")
     print(f"  peak memory            {result['peak_memory_mb']:.0f} MB")
+    _print_extra(result)
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(result, f, indent=2)
