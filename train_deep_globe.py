@@ -201,8 +201,8 @@ def run(argv: list[str] | None = None) -> int:
         c2_path=resolve_checkpoint(args.model_path, args.c2_path),
         training=args.train, pretrained=not args.no_pretrained, gamma_init=args.gamma_init,
         n_class=args.class_table.n_class, correlation=args.correlation, class_table=args.class_table.record(),
+        memory_format=memory_format_for(args.backbone, device.type, args.train),
     ).to(device)
-    model = model.to(memory_format=memory_format_for(args.backbone, device.type, args.train))
 
     if args.train:
         _train(args, model, device, info, log)

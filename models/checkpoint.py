@@ -40,6 +40,7 @@ from models.modes import MODES
 from utils.distributed import unwrap
 from utils.errors import CheckpointError
 from utils.files import atomic_open
+from utils.memory import release_file_pages
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,8 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _load_file(path: str) -> Any:
-    """torch.load with weights_only, memory-mapped when the file is in the zip format."""
+def _load_file(path: str) -> tuple[Any, bool]:
+    """(torch.load with weights_only, whether it is memory-mapped: when the file is in the zip format)."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check the path (and `model_path`)")
     if not os.path.isfile(path):
@@ -152,7 +153,7 @@ def _load_file(path: str) -> Any:
             f"checkpoint {path} is not a PyTorch checkpoint (unrecognised header); re-download it or pick another file"
         )
     try:
-        return torch.load(path, map_location="cpu", mmap=use_mmap, weights_only=True)
+        return torch.load(path, map_location="cpu", mmap=use_mmap, weights_only=True), use_mmap
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower():
             raise CheckpointError(
@@ -186,13 +187,14 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
     dropped, the Inria release's block names translated. meta holds the stored ``_fctl`` entries
     (backbone, mode, n_class, correlation, classes, format_version; absent for released files) plus
     ``kind`` ("state-dict", "fctl-weights" or "training-state"), ``ignored`` (dropped keys), ``aliases``
-    (file key -> FCtLNet name) and, for a released file, ``release`` ("deepglobe" or "inria"; None
-    when it holds no correlation block) and ``release_mode`` (an Inria file's mode, told by its keys).
+    (file key -> FCtLNet name), ``mapped`` (whether the tensors are memory-mapped) and, for a
+    released file, ``release`` ("deepglobe" or "inria"; None when it holds no correlation block) and
+    ``release_mode`` (an Inria file's mode, told by its keys).
     extra is a training-state file's other entries (optimizer, epoch, ...; empty for weight files).
     Problems raise CheckpointError naming the file.
     """
     path = os.fspath(path)
-    obj = _load_file(path)
+    obj, mapped = _load_file(path)
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(obj).__name__}, not a state dict; pick a model checkpoint (.pth)"
@@ -245,7 +247,7 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
     if not weights:
         raise CheckpointError(f"checkpoint {path} holds no model tensors; pick a model checkpoint (.pth)")
     meta = dict(stored)
-    meta.update(kind=kind, ignored=ignored, aliases=aliases)
+    meta.update(kind=kind, ignored=ignored, aliases=aliases, mapped=mapped)
     if not stored:
         has_blocks = any(n.split(".", 1)[0] in CORRELATION_BLOCKS for n in weights)
         meta["release"] = "inria" if inria_keys else ("deepglobe" if has_blocks else None)
@@ -299,7 +301,7 @@ def _describe_file(weights: dict[str, torch.Tensor], meta: dict) -> str:
 
 
 def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool, assign: bool = False,
-                 source_mode: int | None = None) -> LoadReport:
+                 source_mode: int | None = None, memory_format: torch.memory_format | None = None) -> LoadReport:
     """Copy a checkpoint file's tensors into ``module`` by name and report what happened.
 
     ``module`` is an FCtLNet (its trainable part is loaded) or a head=False backbone used as a frozen
@@ -309,10 +311,14 @@ def load_weights(module: nn.Module, path: str, *, what: str, allow_missing: bool
     which case they keep their initial values and the report lists them as "starting fresh". Nothing is
     copied when an error is raised. The file is memory-mapped, so tensors nobody needs are never read.
     With ``assign`` the module's tensors are replaced by the memory-mapped file tensors (copy-on-write)
-    instead of being copied into: for inference this halves the peak memory of loading.
+    instead of being copied into: for inference this halves the peak memory of loading. With
+    ``assign`` and ``memory_format`` channels_last, 4-D tensors become channels_last copies and the
+    file pages under each are dropped as soon as it is copied (``utils.memory.release_file_pages``), so
+    the copies do not double the memory of loading either.
     """
     weights, meta = read_checkpoint(path)
     return load_state_into(module, weights, path, what=what, allow_missing=allow_missing, meta=meta, assign=assign,
+                           memory_format=memory_format,
                            source_mode=source_mode)
 
 
@@ -326,6 +332,7 @@ def load_state_into(
     meta: dict | None = None,
     assign: bool = False,
     source_mode: int | None = None,
+    memory_format: torch.memory_format | None = None,
 ) -> LoadReport:
     """``load_weights`` for weights already read by ``read_checkpoint`` (``path`` only names the file in
     messages; ``meta`` is read_checkpoint's meta, for the backbone/class checks and the report).
@@ -404,11 +411,15 @@ def load_state_into(
     loaded = [n for n in slots if n in weights]
     if isinstance(target, FCtLNet):
         _check_correlation(target, loaded, meta, path, what)
+    file_weights = weights
     weights, converted = _usable_values(weights, slots, loaded, path, what)
+    converted_names = {n for n in loaded if weights[n] is not file_weights[n]}
     if assign:
         # The module's tensors become the (memory-mapped) file tensors: no second copy in RAM.
         prefix = "" if isinstance(target, FCtLNet) else "backbone."
-        target.load_state_dict({n[len(prefix):]: weights[n] for n in loaded}, strict=False, assign=True)
+        chosen = {n: _in_format(weights[n], memory_format, meta.get("mapped", False) and n not in converted_names)
+                  for n in loaded}
+        target.load_state_dict({n[len(prefix):]: t for n, t in chosen.items()}, strict=False, assign=True)
     else:
         with torch.no_grad():
             for name in loaded:
@@ -485,6 +496,17 @@ def _check_stage(target: nn.Module, weights: dict[str, torch.Tensor], meta: dict
     elif source_mode is not None and recorded is not None and recorded != source_mode:
         raise CheckpointError(f"{what} {path} is {_recorded_file(recorded)}, but the {role} comes from "
                               f"{MODES[source_mode].describe_expected_file()}")
+
+
+def _in_format(tensor: torch.Tensor, memory_format: torch.memory_format | None, file_backed: bool) -> torch.Tensor:
+    """``tensor`` in ``memory_format`` (4-D tensors only); the file pages under a replaced file tensor
+    are dropped at once, so that loading never holds a file tensor and its copy together."""
+    if memory_format is None or tensor.dim() != 4 or tensor.is_contiguous(memory_format=memory_format):
+        return tensor
+    copy = tensor.contiguous(memory_format=memory_format)
+    if file_backed:
+        release_file_pages(tensor)
+    return copy
 
 
 _CHECK_CHUNK = 1 << 22  # values checked at a time: the largest released tensor has 103M

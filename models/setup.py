@@ -27,6 +27,7 @@ def create_model(
     gamma_init: float = 0.0,
     correlation: str = "centred",
     class_table: dict | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> FCtLNet:
     """Build the mode's network and load its checkpoints; returns it in train or eval mode.
 
@@ -42,6 +43,8 @@ def create_model(
     gamma_init: start of the correlation gates; it matters only for context modules pre_path lacks.
     correlation, class_table: see FCtLNet; files recording (or, for released files, implying) other
     ones are refused.
+    memory_format: how the model's weights are stored (``models.backbones.memory_format_for``); for
+    inference the file tensors are converted as they are loaded (see ``load_weights``).
     """
     # For inference with every part coming from a file, build on the meta device: no memory is spent
     # on random initial weights, and the loads below make the memory-mapped file tensors the model's.
@@ -52,7 +55,8 @@ def create_model(
         model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
                             gamma_init=gamma_init, correlation=correlation, class_table=class_table)
     if pre_path is not None:
-        log.info(load_weights(model, pre_path, what="`pre_path`", allow_missing=training, assign=not training).summary())
+        log.info(load_weights(model, pre_path, what="`pre_path`", allow_missing=training, assign=not training,
+                              memory_format=memory_format).summary())
     for name in SETTINGS:
         path, setting = paths[name], f"`{name}`"
         encoder = next((e for e in spec.frozen if e.setting == name), None)
@@ -64,10 +68,11 @@ def create_model(
             log.warning("mode %d without %s: the frozen %s keeps random weights", mode, setting, encoder.attribute)
             continue
         log.info(load_weights(getattr(model, encoder.attribute), path, what=setting, allow_missing=False,
-                              assign=not training, source_mode=encoder.source_mode).summary())
+                              assign=not training, source_mode=encoder.source_mode,
+                              memory_format=memory_format).summary())
     if complete:
         leftover = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
         if leftover:
             raise CheckpointError(f"the checkpoints left {len(leftover)} tensors unset (e.g. {leftover[0]}); "
                                   f"pass complete files for `pre_path`/`c_path`/`glo_path`/`c2_path`")
-    return model.train(training)
+    return model.to(memory_format=memory_format).train(training)

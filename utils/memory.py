@@ -1,4 +1,5 @@
-"""Process memory settings for long streaming runs.
+"""Process memory settings: glibc's mmap threshold for long streaming runs, and dropping the pages of
+memory-mapped checkpoint tensors once a copy replaces them.
 
 glibc's malloc serves allocations above its mmap threshold with fresh mappings that go back to the
 system when freed, and smaller ones from its heap. The threshold is dynamic: each time a mapped block
@@ -17,6 +18,35 @@ import ctypes.util
 import sys
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_MADV_DONTNEED = 4  # Linux
+_PAGE = 4096
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def release_file_pages(tensor) -> bool:
+    """Let the kernel drop the resident pages under a CPU tensor that is memory-mapped from a file and
+    was only ever read (a checkpoint loaded with ``mmap=True``), e.g. once a copy in another memory
+    format replaces it. Reading the tensor again re-reads the file, so its values do not change; the
+    pages at both ends, which other tensors may share, are kept. Never use it on memory that was
+    written (anonymous memory would read back as zeros). Linux only; returns whether it was done."""
+    if not sys.platform.startswith("linux") or tensor.device.type != "cpu":
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    start = tensor.data_ptr()
+    first = -(-start // _PAGE) * _PAGE
+    last = (start + tensor.numel() * tensor.element_size()) // _PAGE * _PAGE
+    if last <= first:
+        return False
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) == 0
 
 
 def fix_mmap_threshold(size: int = 1 << 20) -> bool:
