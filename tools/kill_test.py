@@ -62,14 +62,20 @@ def train_command(data: str, models: str, logs: str, epochs: int, resume: bool) 
     return cmd + (["--resume"] if resume else [])
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class CliProcess:
     """A command in its own process group (so a signal reaches its DataLoader workers too, as a
     terminal's Ctrl-C does) whose stderr is collected in ``text`` as it comes."""
 
     def __init__(self, cmd: list[str]) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        # SIGINT back to its default in the child: a shell ignores it in jobs started in the background
+        # (``cmd &``), the child would inherit that, and Python then never raises KeyboardInterrupt.
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_default_sigint)
         self.text = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
