@@ -213,17 +213,27 @@ def generate(out_dir: str, n_train: int, n_val: int, n_test: int, size: int, see
     """
     if size < MIN_SIZE:
         raise ValueError(f"synthetic images need size >= {MIN_SIZE}")
+    def write(root: str, name: str, rng: np.random.Generator, farm: bool) -> None:
+        image, label = make_scene(rng, size, farm)
+        write_image_png(os.path.join(root, "Sat", f"{name}_sat.png"), image)
+        write_index_png(os.path.join(root, "Label", f"{name}_mask.png"), label)
+
+    return write_splits(out_dir, (n_train, n_val, n_test), seed, write, _remove_stale, is_farm)
+
+
+def write_splits(out_dir: str, counts: tuple[int, int, int], seed: int, write, remove_stale, kind) -> dict[str, list[str]]:
+    """The per-split loop of the synthetic generators: the split folders, the surplus of an earlier run
+    removed (``remove_stale(folder, split, keep)``), then ``write(root, id, rng, kind(seed, split, i))``
+    for image i of each split; returns the ids per split."""
     written: dict[str, list[str]] = {}
-    for split, count in (("train", n_train), ("crossvali", n_val), ("test", n_test)):
+    for split, count in zip(("train", "crossvali", "test"), counts):
         root = os.path.join(out_dir, SPLIT_DIRS[split])
         ids = [scene_id(split, i) for i in range(count)]
         for sub in ("Sat", "Label"):
             os.makedirs(os.path.join(root, sub), exist_ok=True)
-            _remove_stale(os.path.join(root, sub), split, set(ids))
+            remove_stale(os.path.join(root, sub), split, set(ids))
         for i, name in enumerate(ids):
-            image, label = make_scene(scene_rng(seed, split, i), size, is_farm(seed, split, i))
-            write_image_png(os.path.join(root, "Sat", f"{name}_sat.png"), image)
-            write_index_png(os.path.join(root, "Label", f"{name}_mask.png"), label)
+            write(root, name, scene_rng(seed, split, i), kind(seed, split, i))
         written[split] = ids
     return written
 

@@ -25,9 +25,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from dataset.deepglobe import SPLIT_DIRS
 from dataset.io import write_index_png
-from dataset.synthetic import fractal_noise, scene_id, scene_rng
+from dataset.synthetic import fractal_noise, write_splits
 from utils.errors import DataError
 from utils.files import atomic_open
 
@@ -117,16 +116,9 @@ def generate_inria(out_dir: str, n_train: int, n_val: int, n_test: int, size: in
     Deterministic: the same arguments give byte-identical files."""
     if size < MIN_SIZE:
         raise ValueError(f"synthetic Inria tiles need size >= {MIN_SIZE}")
-    written: dict[str, list[str]] = {}
-    for split, count in (("train", n_train), ("crossvali", n_val), ("test", n_test)):
-        root = os.path.join(out_dir, SPLIT_DIRS[split])
-        ids = [scene_id(split, i) for i in range(count)]
-        for sub in ("Sat", "Label"):
-            os.makedirs(os.path.join(root, sub), exist_ok=True)
-            _remove_stale(os.path.join(root, sub), split, set(ids))
-        for i, name in enumerate(ids):
-            image, label = make_tile(scene_rng(seed, split, i), size, is_town(seed, split, i))
-            write_tiff(os.path.join(root, "Sat", f"{name}_sat.tif"), image)
-            write_index_png(os.path.join(root, "Label", f"{name}_mask.png"), label, n_class=2)
-        written[split] = ids
-    return written
+    def write(root: str, name: str, rng: np.random.Generator, town: bool) -> None:
+        image, label = make_tile(rng, size, town)
+        write_tiff(os.path.join(root, "Sat", f"{name}_sat.tif"), image)
+        write_index_png(os.path.join(root, "Label", f"{name}_mask.png"), label, n_class=2)
+
+    return write_splits(out_dir, (n_train, n_val, n_test), seed, write, _remove_stale, is_town)
