@@ -279,6 +279,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--splits_dir", default=DEFAULT_SPLITS_DIR, help="folder with train.txt, crossvali.txt, test.txt"
     )
+    return run_prepare(parser, argv, prepare)
+
+
+def run_prepare(parser: argparse.ArgumentParser, argv: list[str] | None, prepare_fn) -> int:
+    """The shared end of the prepare tools' command lines: the common options, the run, the report,
+    and one ``error:`` line (exit status 2) for a user error."""
     parser.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
     parser.add_argument("--verify", action="store_true", help="decode every image fully to find truncated files")
     parser.add_argument(
@@ -288,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     allow_large_images(args.allow_large_images)
     try:
-        report = prepare(args.src, args.dst, args.splits_dir, link=not args.copy, verify=args.verify)
+        report = prepare_fn(args.src, args.dst, args.splits_dir, link=not args.copy, verify=args.verify)
     except FCtLError as error:
         return report_error(error, parser)
     print("\n".join(format_report(report, args.dst)))

@@ -27,16 +27,15 @@ import sys
 import numpy as np
 
 from dataset.deepglobe import IMAGE_SUFFIX
-from dataset.io import _opened, allow_large_images
-from option import report_error
+from dataset.io import _opened
 from tools.prepare_deepglobe import (
     SPLITS,
     PrepareReport,
     _prepare_split,
-    format_report,
     read_split_list,
+    run_prepare,
 )
-from utils.errors import DataError, FCtLError
+from utils.errors import DataError
 from utils.files import ensure_writable_dir
 
 log = logging.getLogger("prepare_inria")
@@ -184,20 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "--splits", "--splits_dir", dest="splits_dir", default=DEFAULT_SPLITS_DIR,
         help="folder with train.txt, crossvali.txt, test.txt (default: data/inria_splits)",
     )
-    parser.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
-    parser.add_argument("--verify", action="store_true", help="decode every image fully to find truncated files")
-    parser.add_argument(
-        "--allow_large_images", action="store_true", help="switch off Pillow's decompression-bomb limit"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    allow_large_images(args.allow_large_images)
-    try:
-        report = prepare(args.src, args.dst, args.splits_dir, link=not args.copy, verify=args.verify)
-    except FCtLError as error:
-        return report_error(error, parser)
-    print("\n".join(format_report(report, args.dst)))
-    return 0
+    return run_prepare(parser, argv, prepare)
 
 
 if __name__ == "__main__":
