@@ -6,13 +6,15 @@ three fixed bilinear up-samplers ``up_output``, ``up_pool4_out``, ``up_final``. 
 kept: the released files carry it (about 123.6M unused parameters) but nothing reads it.
 """
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import torchvision
 from torchvision.models import VGG16_Weights
 
 from models.imagenet import imagenet_state_dict
-from models.padded_vgg import PaddedVGG
+from models.padded_vgg import BackgroundPlan, Core, PaddedVGG
 
 POOL3_END = 17
 POOL4_END = 24
@@ -89,12 +91,15 @@ class FCN8(nn.Module):
     # Skip the convolution work on conv1_1's 100-px zero padding that only repeats a per-channel
     # constant (models/padded_vgg.py); the same features up to float rounding.
     skip_padding = True
+    # Background plans kept per encoder (one per input size, dtype and device in use).
+    kept_plans = 4
 
     def __init__(self, n_class: int, head: bool = True, pretrained: bool = False) -> None:
         super().__init__()
         imagenet = imagenet_state_dict(VGG16_Weights.IMAGENET1K_V1) if pretrained else None
         self.n_class = n_class
         self.has_head = head
+        self._plans: dict[tuple, BackgroundPlan] = {}
         self.vgg = nn.Module()
         self.vgg.features = vgg16_features()
         if imagenet is not None:
@@ -127,26 +132,53 @@ class FCN8(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """x (B,3,H,W) in [0,1], not normalised -> ([p3, p4], p5)."""
         features = self.vgg.features
-        if not (self.skip_padding and PaddedVGG.applies(features[0])):
-            stem = features[:POOL3_END]
-            if torch.is_grad_enabled() or x.shape[0] <= self.stem_batch:
-                p3 = stem(x)
-            else:
-                p3 = torch.cat([stem(chunk) for chunk in x.split(self.stem_batch)])
-            p4 = features[POOL3_END:POOL4_END](p3)
-            return [p3, p4], features[POOL4_END:](p4)
+        if self.skip_padding and PaddedVGG.applies(features[0]):
+            return self._encode_cores(x)
+        stem = features[:POOL3_END]
+        if torch.is_grad_enabled() or x.shape[0] <= self.stem_batch:
+            p3 = stem(x)
+        else:
+            p3 = torch.cat([stem(chunk) for chunk in x.split(self.stem_batch)])
+        p4 = features[POOL3_END:POOL4_END](p3)
+        return [p3, p4], features[POOL4_END:](p4)
 
-        def stem(chunk: torch.Tensor):
-            return PaddedVGG.run(features[1:POOL3_END], *PaddedVGG.start(features[0], chunk))
+    def _encode_cores(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``encode`` computing only the cores (``BackgroundPlan``)."""
+        plan = self.padding_plan(x)
+
+        def stem(chunk: torch.Tensor) -> tuple[Core, torch.Tensor]:
+            core = plan.run(plan.start(chunk), 1, POOL3_END)
+            return core, plan.full(core, POOL3_END)
 
         if torch.is_grad_enabled() or x.shape[0] <= self.stem_batch:
-            p3, constant, extent = stem(x)
+            core, p3 = stem(x)
         else:
             parts = [stem(chunk) for chunk in x.split(self.stem_batch)]
-            p3, (_, constant, extent) = torch.cat([part[0] for part in parts]), parts[0]
-        p4, constant, extent = PaddedVGG.run(features[POOL3_END:POOL4_END], p3, constant, extent)
-        p5, _, _ = PaddedVGG.run(features[POOL4_END:], p4, constant, extent)
-        return [p3, p4], p5
+            core = replace(parts[0][0], x=torch.cat([part[0].x for part in parts]))
+            p3 = torch.cat([part[1] for part in parts])
+        core = plan.run(core, POOL3_END, POOL4_END)
+        p4 = plan.full(core, POOL4_END)
+        end = len(self.vgg.features)
+        return [p3, p4], plan.full(plan.run(core, POOL4_END, end), end)
+
+    def padding_plan(self, x: torch.Tensor) -> BackgroundPlan:
+        """The background plan for inputs like ``x``. With autograd it is built for this pass (its
+        background depends on the weights being trained). Without, it is built on first use and kept
+        while the weights, the input's size, dtype, device, memory format and the autocast state stay
+        the same; the few most recent are kept (patches, context windows and the global view differ
+        in size)."""
+        features = self.vgg.features
+        stops = (POOL3_END, POOL4_END, len(features))
+        if torch.is_grad_enabled():
+            return BackgroundPlan(features, x, stops)
+        key = BackgroundPlan.key_of(features, x)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = BackgroundPlan(features, x, stops)
+            while len(self._plans) >= self.kept_plans:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
+        return plan
 
     def decode(self, skips: list[torch.Tensor], top: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """FCN8 head: skips [p3, p4], top p5 (possibly context-fused) -> logits (B,n_class,*size).

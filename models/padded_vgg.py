@@ -1,25 +1,27 @@
-"""VGG features on FCN8's 100-px zero padding, without computing what the padding makes constant.
+"""VGG features on FCN8's 100-px zero padding, without computing what the padding decides alone.
 
 FCN8 pads its input by 100 px (conv1_1 ``padding=100``), so a p x p patch is computed as a
-(p + 198)-px map in every early layer. Wherever a layer's receptive field lies wholly in that padding
-and away from the map's own edge, its input is one value per channel, so its output is one value per
-channel too: the constant ``c_l`` of layer l (conv1_1: its bias; a conv: bias + the kernel's sum times
-the constant; ReLU: relu of it; max-pool: the same). Only two parts of each map can differ from it:
+(p + 198)-px map in every early layer. Only the pixels whose receptive field reaches the image, the
+*core* of each map (a box, grown by each conv's halo and halved by each pool), depend on the image.
+Every other pixel holds what it holds for an all-zero image, the *background*. Two passes use this;
+both give the plain stack's features up to float rounding (a convolution of a crop may sum in
+another order than one of the whole map):
 
-- the *core*: the pixels whose receptive field reaches the image (a box, grown by each conv's halo
-  and halved by each pool);
-- the *ring*: a band along the map's edge, where a conv's own zero padding (``padding=1``) enters.
-
-``PaddedVGG`` runs the layers on maps that are filled with the constant and then get the core and
-the four ring strips computed by convolutions on crops (with their halos) of the full input map, so
-every pixel gets the value the full convolution gives it. The cost of a conv is then that of the core
-plus the thin ring instead of the whole map: at p = 508 the conv1 maps are 706 px wide and the core
-512 px. Once the core and ring cover most of a map, the layer runs as usual. The logits are the same
-up to float rounding (a convolution on a crop may sum in another order than on the whole map).
+- ``BackgroundPlan`` (no autograd: inference and the frozen context encoders). The layers run once
+  on a zero image of the input's size; the plan keeps the background around each core and the whole
+  maps at the stops that ``FCN8`` returns. A pass convolves only the cores, each with a halo taken
+  from the background, and pools them where they lie; the whole maps are made only at the stops.
+  ReLUs are folded into the next copy or pool. At p = 508 the conv1 cores are 512 of 706 px wide.
+- ``PaddedVGG`` (with autograd: training). The background depends on the weights being trained, so it
+  is not kept but tracked: far from the map's edge it is one value per channel, the *constant* ``c_l``
+  of layer l (conv1_1: its bias; a conv: bias + the kernel's sum times the constant; ReLU: relu of it;
+  max-pool: the same), and near the edge a *ring* where a conv's own zero padding enters. Each map is
+  filled with the constant and gets the core and the four ring strips computed by convolutions on
+  crops of the input map; once core and ring cover most of a map, the layer runs as usual.
 
 Only what VGG's feature stack holds is handled: 3x3 (or any odd, stride-1, same-padding)
-convolutions, ReLU and max-pooling (any stride, ceil mode or not); anything else stops the tracking
-and the remaining layers run as usual.
+convolutions, ReLU and max-pooling (any stride, ceil mode or not); anything else runs on the whole
+map from there on.
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ class Extent:
 
 def _clip(box: Box, height: int, width: int) -> Box:
     return max(0, box[0]), min(height, box[1]), max(0, box[2]), min(width, box[3])
+
+
+def _grown(box: Box, ph: int, pw: int, height: int, width: int) -> Box:
+    """A conv's core from its input's: ``box`` grown by the halo, clipped; an empty core stays empty."""
+    if box[0] >= box[1] or box[2] >= box[3]:
+        return box
+    return _clip((box[0] - ph, box[1] + ph, box[2] - pw, box[3] + pw), height, width)
 
 
 def _same_padding_conv(layer: nn.Module) -> bool:
@@ -129,8 +138,9 @@ def _pool_extent(layer: nn.MaxPool2d, extent: Extent, height: int, width: int) -
 
 
 class PaddedVGG:
-    """Runs VGG layers from FCN8's padded first conv on, skipping the constant padding work (see the
-    module doc). Stateless between calls: ``start`` begins a pass, ``run`` continues it over more layers."""
+    """The background of VGG layers from FCN8's padded first conv on, by tracking its constant and
+    computing only its rings (see the module doc). Stateless between calls: ``blank`` begins a pass,
+    ``run`` continues it over more layers."""
 
     @staticmethod
     def applies(first: nn.Module) -> bool:
@@ -142,17 +152,18 @@ class PaddedVGG:
                 and p[0] >= k[0] and p[1] >= k[1])
 
     @staticmethod
-    def start(first: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Extent]:
-        """The padded first conv of ``x`` (B, C, H, W): (map, constant, extent). Only the part whose
-        window reaches the image is convolved; the rest of the map is the bias."""
+    def blank(first: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Extent]:
+        """The padded first conv of an all-zero image shaped like ``x[:1]``: (map, constant, extent).
+        The map is the bias everywhere (in the dtype the conv gives under the current autocast) and
+        the core is empty, so ``run`` computes only the rings."""
         (kh, kw), (ph, pw) = first.kernel_size, first.padding
         height, width = x.shape[2] + 2 * ph - kh + 1, x.shape[3] + 2 * pw - kw + 1
-        constant = first.bias.detach().clone() if first.bias is not None else x.new_zeros(first.out_channels)
-        top, left = ph - kh + 1, pw - kw + 1
-        core = F.conv2d(x, first.weight, first.bias, padding=(kh - 1, kw - 1))
-        out = _filled(constant, x.shape[0], height, width, core)
-        out[:, :, top:top + core.shape[2], left:left + core.shape[3]] = core
-        return out, constant, Extent(height, width, (top, top + core.shape[2], left, left + core.shape[3]), 0)
+        constant = first.bias if first.bias is not None else x.new_zeros(first.out_channels)
+        dtype = F.conv2d(x[:1, :, :1, :1], first.weight[:, :, :1, :1]).dtype
+        out = torch.empty((1, first.out_channels, height, width), dtype=dtype, device=x.device,
+                          memory_format=_format_of(x))
+        out.copy_(constant.to(dtype).view(1, -1, 1, 1).expand_as(out))
+        return out, constant, Extent(height, width, (0, 0, 0, 0), 0)
 
     @staticmethod
     def run(layers: nn.Sequential | list[nn.Module], x: torch.Tensor, constant: torch.Tensor | None,
@@ -163,9 +174,7 @@ class PaddedVGG:
             tracked = constant is not None and extent.core is not None
             if tracked and _same_padding_conv(layer) and extent.share() < FULL_SHARE:
                 ph, pw = layer.padding
-                top, bottom, left, right = extent.core
-                grown = Extent(height, width, _clip((top - ph, bottom + ph, left - pw, right + pw), height, width),
-                               extent.ring + max(ph, pw))
+                grown = Extent(height, width, _grown(extent.core, ph, pw, height, width), extent.ring + max(ph, pw))
                 constant = _constant_conv(layer, constant)
                 x, extent = _conv_boxes(layer, x, constant, grown.boxes()), grown
             elif tracked and isinstance(layer, nn.ReLU):
@@ -179,10 +188,227 @@ class PaddedVGG:
                 ph, pw = layer.padding
                 x = layer(x)
                 constant = _constant_conv(layer, constant)
-                top, bottom, left, right = extent.core
-                extent = Extent(height, width, _clip((top - ph, bottom + ph, left - pw, right + pw), height, width),
-                                extent.ring + max(ph, pw))
+                extent = Extent(height, width, _grown(extent.core, ph, pw, height, width), extent.ring + max(ph, pw))
             else:
                 x = layer(x)
                 constant, extent = None, Extent(x.shape[2], x.shape[3], None, 0)
         return x, constant, extent
+
+
+# --- Without autograd: only the cores, on a background computed once --------------------------------
+
+@dataclass(frozen=True)
+class Core:
+    """A batch of maps known only on ``box`` of a (height, width) map; everywhere else each map holds
+    the plan's background. ``relu`` says that a ReLU is still to be applied to ``x`` (it is folded into
+    the next copy or applied after the next max-pool, which it commutes with)."""
+
+    x: torch.Tensor
+    box: Box
+    height: int
+    width: int
+    relu: bool = False
+
+    def whole(self) -> bool:
+        return self.box == (0, self.height, 0, self.width)
+
+    def relued(self) -> torch.Tensor:
+        return torch.relu(self.x) if self.relu else self.x
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One layer of a plan: ``kind`` is 'conv', 'relu', 'pool' or 'map' (run on the whole map);
+    ``read`` the box of the input map it reads (past the map's edge: the conv's zero padding); ``box``
+    and (``height``, ``width``) where its output may differ from the background; ``pieces`` the
+    background of ``read`` outside the input's core, as (box relative to ``read``, (1, C, h, w))."""
+
+    layer: nn.Module
+    kind: str
+    read: Box
+    box: Box
+    height: int
+    width: int
+    pieces: tuple[tuple[Box, torch.Tensor], ...] = ()
+
+
+def _grow(box: Box, ph: int, pw: int) -> Box:
+    return box[0] - ph, box[1] + ph, box[2] - pw, box[3] + pw
+
+
+def _pieces(background: torch.Tensor, read: Box, inner: Box) -> tuple[tuple[Box, torch.Tensor], ...]:
+    """The parts of ``background`` (1, C, H, W) in box ``read`` outside box ``inner`` (both in map
+    coordinates, ``inner`` inside ``read``), zero where ``read`` passes the map's edge."""
+    height, width = background.shape[2], background.shape[3]
+    top, bottom, left, right = read
+    pad = (max(0, -left), max(0, right - width), max(0, -top), max(0, bottom - height))
+    window = background[:, :, max(0, top):min(height, bottom), max(0, left):min(width, right)]
+    window = F.pad(window, pad) if any(pad) else window
+    t, b, l, r = inner[0] - top, inner[1] - top, inner[2] - left, inner[3] - left
+    h, w = bottom - top, right - left
+    boxes = [(0, t, 0, w), (b, h, 0, w), (t, b, 0, l), (t, b, r, w)]
+    return tuple(((y0, y1, x0, x1), window[:, :, y0:y1, x0:x1].clone())
+                 for y0, y1, x0, x1 in boxes if y0 < y1 and x0 < x1)
+
+
+def _paste(core: Core, read: Box, pieces) -> torch.Tensor:
+    """The batch's maps on box ``read``: the core, with its pending ReLU, among the background pieces."""
+    x = core.x
+    out = torch.empty((x.shape[0], x.shape[1], read[1] - read[0], read[3] - read[2]), dtype=x.dtype,
+                      device=x.device, memory_format=_format_of(x))
+    for (y0, y1, x0, x1), piece in pieces:
+        out[:, :, y0:y1, x0:x1] = piece
+    top, bottom, left, right = core.box
+    _put(core, out[:, :, top - read[0]:bottom - read[0], left - read[2]:right - read[2]])
+    return out
+
+
+def _put(core: Core, window: torch.Tensor) -> None:
+    """Write the core's maps, with their pending ReLU, into ``window`` (a view of the same shape)."""
+    if core.relu and torch.is_grad_enabled():
+        window.copy_(torch.relu(core.x))
+    elif core.relu:  # one pass instead of two
+        torch.clamp_min(core.x, 0, out=window)
+    else:
+        window.copy_(core.x)
+
+
+def _pool_geometry(layer: nn.MaxPool2d, box: Box, height: int, width: int, out_h: int, out_w: int) -> tuple[Box, Box]:
+    """(read, box) of a max-pool with (``out_h``, ``out_w``) outputs: ``box`` holds the outputs whose
+    window meets the input's core ``box``, ``read`` the input rows and columns those windows cover."""
+    k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
+    s = layer.stride if isinstance(layer.stride, int) else layer.stride[0]
+    # Output i pools input [s*i, s*i + k): it meets [lo, hi) when s*i + k > lo and s*i < hi.
+    rows = max(0, (box[0] - k) // s + 1), min(out_h, -(-box[1] // s))
+    cols = max(0, (box[2] - k) // s + 1), min(out_w, -(-box[3] // s))
+    read = (rows[0] * s, min(height, (rows[1] - 1) * s + k), cols[0] * s, min(width, (cols[1] - 1) * s + k))
+    return read, (*rows, *cols)
+
+
+def _pool_aligned(layer: nn.Module) -> int | None:
+    """The stride of a max-pool whose windows tile the map (kernel == stride), else None."""
+    if not (isinstance(layer, nn.MaxPool2d) and layer.padding in (0, (0, 0)) and layer.dilation in (1, (1, 1))):
+        return None
+    k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
+    s = layer.stride if isinstance(layer.stride, int) else layer.stride[0]
+    square = layer.kernel_size in (k, (k, k)) and layer.stride in (s, (s, s))
+    return s if square and k == s else None
+
+
+class BackgroundPlan:
+    """FCN8's padded VGG pass without autograd, computing only the *cores*: the pixels whose receptive
+    field reaches the image.
+
+    Every other pixel of a layer's map holds what the same layer holds for an all-zero image, the
+    *background*, whatever the image (the padding is zero either way). The plan runs the layers once on
+    a zero image of the input's size to get it, and keeps only what later passes read: the background
+    around each core (a convolution's halo, a pool's partial windows, the map's edge) and the whole
+    maps at ``stops``. A pass then convolves each core with its halo and fills the rest from the
+    background. At p = 508 the conv1 cores are 512 of 706 px wide. The features are those of the plain
+    stack up to float rounding (a convolution of a crop may sum in another order).
+
+    A plan depends on the weights, so it is for inference only (no gradient reaches the background)
+    and must be rebuilt when they change: ``key`` tells when.
+    """
+
+    def __init__(self, layers: nn.Sequential, x: torch.Tensor, stops: tuple[int, ...]) -> None:
+        self.key = self.key_of(layers, x)
+        # Built with autograd, the background carries the weights' gradient; such a plan is for one pass.
+        self.differentiable = torch.is_grad_enabled()
+        self.steps: list[_Step] = []
+        self.backgrounds: dict[int, torch.Tensor] = {}
+        first = layers[0]
+        (kh, kw), (ph, pw) = first.kernel_size, first.padding
+        background, constant, extent = PaddedVGG.blank(first, x)
+        box = (ph - kh + 1, ph - kh + 1 + x.shape[2] + kh - 1, pw - kw + 1, pw - kw + 1 + x.shape[3] + kw - 1)
+        self.steps.append(_Step(first, "first", (0, x.shape[2], 0, x.shape[3]), box, *background.shape[2:]))
+        for index in range(1, len(layers)):
+            out, constant, extent = PaddedVGG.run(layers[index:index + 1], background, constant, extent)
+            step = self._step(layers, index, box, background, out)
+            self.steps.append(step)
+            background, box = out, step.box
+            if index + 1 in stops:  # a copy: the next layer may be an in-place ReLU
+                self.backgrounds[index + 1] = background.clone()
+
+    @staticmethod
+    def key_of(layers: nn.Sequential, x: torch.Tensor) -> tuple:
+        """What a plan depends on: the input's shape past the batch, dtype, device and memory format,
+        the autocast state, and the identity and version of every weight."""
+        device = x.device.type
+        autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)) \
+            if device in ("cpu", "cuda") else None
+        # Inference tensors keep no version counter: weights created under inference_mode count as unchanged.
+        weights = tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in layers.parameters())
+        return tuple(x.shape[1:]), x.dtype, x.device, _format_of(x), autocast, weights
+
+    def _step(self, layers, index: int, box: Box, background: torch.Tensor, out: torch.Tensor) -> _Step:
+        """How layer ``index`` runs on a core ``box`` of ``background``'s map; ``out`` is its background."""
+        layer = layers[index]
+        (height, width), (out_h, out_w) = background.shape[2:], out.shape[2:]
+        whole = box == (0, height, 0, width)
+        if isinstance(layer, nn.ReLU):
+            return _Step(layer, "relu", box, box, height, width)
+        if _same_padding_conv(layer) and not whole:
+            ph, pw = layer.padding
+            grown = _clip(_grow(box, ph, pw), height, width)
+            stride = self._next_pool_stride(layers, index)
+            if stride is not None:  # so that the pool reads the core as it is
+                grown = _clip((grown[0] // stride * stride, -(-grown[1] // stride) * stride,
+                               grown[2] // stride * stride, -(-grown[3] // stride) * stride), height, width)
+            read = _grow(grown, ph, pw)
+            return _Step(layer, "conv", read, grown, height, width, _pieces(background, read, box))
+        if _pool_aligned(layer) is not None and not whole:
+            read, pooled = _pool_geometry(layer, box, height, width, out_h, out_w)
+            return _Step(layer, "pool", read, pooled, out_h, out_w, () if read == box else _pieces(background, read, box))
+        full = (0, height, 0, width)
+        return _Step(layer, "map", full, (0, out_h, 0, out_w), out_h, out_w, () if whole else _pieces(background, full, box))
+
+    @staticmethod
+    def _next_pool_stride(layers, index: int) -> int | None:
+        for layer in list(layers)[index + 1:]:
+            if not isinstance(layer, nn.ReLU):
+                return _pool_aligned(layer)
+        return None
+
+    def start(self, x: torch.Tensor) -> Core:
+        """The first (padded) conv of ``x`` (B, C, H, W), on its core only."""
+        if torch.is_grad_enabled() and not self.differentiable:
+            raise RuntimeError("this BackgroundPlan was built without autograd, so its background has no "
+                               "gradient: build a new plan for a pass with autograd")
+        step = self.steps[0]
+        first = step.layer
+        core = F.conv2d(x, first.weight, first.bias, padding=(first.kernel_size[0] - 1, first.kernel_size[1] - 1))
+        return Core(core, step.box, step.height, step.width)
+
+    def run(self, core: Core, start: int, stop: int) -> Core:
+        """Layers ``start`` (>= 1) to ``stop`` (exclusive) on ``core``."""
+        for step in self.steps[start:stop]:
+            core = self._apply(step, core)
+        return core
+
+    def _apply(self, step: _Step, core: Core) -> Core:
+        if step.kind == "relu":
+            return Core(core.x, core.box, core.height, core.width, relu=True)
+        if step.kind == "conv":
+            layer = step.layer
+            x = _paste(core, step.read, step.pieces)
+            return Core(F.conv2d(x, layer.weight, layer.bias), step.box, step.height, step.width)
+        if step.kind == "pool":
+            x = core.x if not step.pieces else _paste(core, step.read, step.pieces)
+            out = step.layer(x)
+            relu = core.relu and not step.pieces
+            return Core(torch.relu(out) if relu else out, step.box, step.height, step.width)
+        x = core.relued() if core.whole() else _paste(core, step.read, step.pieces)
+        return Core(step.layer(x), step.box, step.height, step.width)
+
+    def full(self, core: Core, stop: int) -> torch.Tensor:
+        """The whole maps (B, C, height, width) of a core that ends at ``stop``, one of the plan's stops."""
+        if core.whole():
+            return core.relued()
+        background = self.backgrounds[stop]
+        out = torch.empty((core.x.shape[0], *background.shape[1:]), dtype=core.x.dtype, device=core.x.device,
+                          memory_format=_format_of(core.x))
+        out.copy_(background.expand_as(out))
+        top, bottom, left, right = core.box
+        _put(core, out[:, :, top:bottom, left:right])
+        return out

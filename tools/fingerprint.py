@@ -7,7 +7,8 @@
 For both backbones and every mode, seeded models (gates opened so every block matters) are saved in
 our weight format, loaded back through ``create_model`` as a test run loads them, and run on one
 non-square image with and without TTA; the summed logits of each run are saved. ``--compare`` says
-which runs differ, and by how much. The weights are written by the checkout that makes the
+which runs differ, by how much, and how many pixels changed class where the old logits were not a
+near tie. The weights are written by the checkout that makes the
 fingerprint, so a change of the weight format or of the initialisation shows up too.
 """
 
@@ -29,6 +30,7 @@ from utils.errors import DataError, FCtLError
 from utils.files import ensure_writable_dir
 
 BACKBONES = {"fpn_resnet18": 64, "fcn8_vgg16": 72}  # backbone -> patch side (small: seconds on a CPU)
+FLIP_MARGIN = 0.05  # a changed class where the old top two logits were further apart is a real change
 
 
 def _weights(folder: str, backbone: str) -> dict[int, str]:
@@ -82,9 +84,16 @@ def compare(before: str, after: str) -> int:
             print(f"{name}: identical")
             continue
         differ += 1
-        gap = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
-        agree = float((a.argmax(0) == b.argmax(0)).float().mean()) if a.shape == b.shape else 0.0
-        print(f"{name}: DIFFERS (max |difference| {gap:.3g}, same class at {100 * agree:.2f}% of pixels)")
+        if a.shape != b.shape:
+            print(f"{name}: DIFFERS (shapes {tuple(a.shape)} and {tuple(b.shape)})")
+            continue
+        gap = float((a - b).abs().max())
+        flipped = a.argmax(0) != b.argmax(0)
+        top2 = a.topk(2, dim=0).values
+        sure = int((flipped & (top2[0] - top2[1] > FLIP_MARGIN)).sum())
+        print(f"{name}: DIFFERS (max |difference| {gap:.3g}, same class at "
+              f"{100 * (1 - float(flipped.float().mean())):.2f}% of pixels, {sure} flipped where BEFORE's margin "
+              f"between its top two classes is > {FLIP_MARGIN})")
     print(f"{len(names) - differ} of {len(names)} runs identical")
     return differ
 

@@ -64,14 +64,17 @@ def conv_ceiling(backbone: str, size_p: int, batch: int, device: torch.device, r
     return rows
 
 
-def _vgg_blocks(features, x: torch.Tensor, stage: Callable) -> torch.Tensor:
-    """VGG's five blocks on ``x``, each timed as a stage, the way FCN8.encode runs them."""
+def _vgg_blocks(backbone: FCN8, x: torch.Tensor, stage: Callable) -> torch.Tensor:
+    """VGG's five blocks on ``x`` without autograd, each timed as a stage, the way FCN8.encode runs
+    them (on the cores of the background plan when the padding is skipped)."""
+    features = backbone.vgg.features
     bounds = [(0, 5), (5, 10), (10, POOL3_END), (POOL3_END, POOL4_END), (POOL4_END, len(features))]
     if FCN8.skip_padding and PaddedVGG.applies(features[0]):
-        state = stage("vgg conv1 block", lambda: PaddedVGG.run(features[1:5], *PaddedVGG.start(features[0], x)))
+        plan = backbone.padding_plan(x)
+        core = stage("vgg conv1 block", lambda: plan.run(plan.start(x), 1, 5))
         for i, (lo, hi) in enumerate(bounds[1:], start=2):
-            state = stage(f"vgg conv{i} block", lambda lo=lo, hi=hi, s=state: PaddedVGG.run(features[lo:hi], *s))
-        return state[0]
+            core = stage(f"vgg conv{i} block", lambda lo=lo, hi=hi, c=core: plan.run(c, lo, hi))
+        return plan.full(core, len(features))
     for i, (lo, hi) in enumerate(bounds, start=1):
         x = stage(f"vgg conv{i} block", lambda lo=lo, hi=hi, x=x: features[lo:hi](x))
     return x
@@ -107,9 +110,8 @@ def profile_stages(predictor, image: torch.Tensor, repeat: int = 1) -> list[tupl
         g = stage("global encoder (once per image)", lambda: net.encode_global(small))
         backbone = net.backbone
         if isinstance(backbone, FCN8):
-            features = backbone.vgg.features
             skips, top = stage("vgg blocks, patches", lambda: backbone.encode(x))
-            _vgg_blocks(features, x, lambda name, fn: stage(f"  {name}", fn))
+            _vgg_blocks(backbone, x, lambda name, fn: stage(f"  {name}", fn))
         else:
             skips, top = stage("resnet + top, patches", lambda: backbone.encode(x))
         context = stage("frozen context encoder", lambda: net.context_encoder.context(medium))

@@ -97,9 +97,10 @@ def test_stem_in_chunks_without_grad(fcn8: FCN8) -> None:
     result must be that of one pass, including a last, shorter chunk."""
     x = torch.rand(2 * fcn8.stem_batch + 1, 3, 40, 40)
     batches = []
-    # The first ReLU runs as a module in both the padding-skipping and the plain path (conv1_1 itself
-    # is called as a function when the padding is skipped).
-    hook = fcn8.vgg.features[1].register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    with torch.no_grad():
+        fcn8.encode(x[:1])  # builds the background plan, which runs the layers once on a zero image
+    # pool1 runs as a module in every path (the padding-skipping ones call the convs as functions).
+    hook = fcn8.vgg.features[4].register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
     try:
         with torch.no_grad():
             skips, top = fcn8.encode(x)
@@ -110,7 +111,9 @@ def test_stem_in_chunks_without_grad(fcn8: FCN8) -> None:
     finally:
         hook.remove()
     assert chunked == [fcn8.stem_batch, fcn8.stem_batch, 1]
-    assert batches == [len(x), len(x)]  # the reference pass, then one pass with autograd
+    # The reference pass, then with autograd: the background of a zero image (its plan is built for
+    # that pass), then the patches in one pass.
+    assert batches == [len(x), 1, len(x)]
     torch.testing.assert_close(skips[0], whole)
     torch.testing.assert_close(top, fcn8.vgg.features[17:](whole))
 
