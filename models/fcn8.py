@@ -88,10 +88,10 @@ class FCN8(nn.Module):
     # sub-batch's memory; two patches at a time bound that peak and give the same logits
     # (docs/performance.md has the benchmark).
     stem_batch = 2
-    # Skip the convolution work on conv1_1's 100-px zero padding that only repeats a per-channel
-    # constant (models/padded_vgg.py); the same features up to float rounding.
+    # Convolve only the pixels that the image reaches, not conv1_1's 100-px zero padding
+    # (models/padded_vgg.py); the same features up to float rounding.
     skip_padding = True
-    # Background plans kept per encoder (one per input size, dtype and device in use).
+    # Background plans kept per encoder without autograd (one per input size, dtype and device in use).
     kept_plans = 4
 
     def __init__(self, n_class: int, head: bool = True, pretrained: bool = False) -> None:
@@ -174,10 +174,11 @@ class FCN8(nn.Module):
         key = BackgroundPlan.key_of(features, x)
         plan = self._plans.get(key)
         if plan is None:
-            plan = BackgroundPlan(features, x, stops)
+            # Plans of earlier weights can never serve again (version counters only grow): drop them.
+            self._plans = {k: v for k, v in self._plans.items() if BackgroundPlan.same_weights(k, key)}
             while len(self._plans) >= self.kept_plans:
                 self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = plan
+            plan = self._plans[key] = BackgroundPlan(features, x, stops)
         return plan
 
     def decode(self, skips: list[torch.Tensor], top: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -3,21 +3,24 @@
 FCN8 pads its input by 100 px (conv1_1 ``padding=100``), so a p x p patch is computed as a
 (p + 198)-px map in every early layer. Only the pixels whose receptive field reaches the image, the
 *core* of each map (a box, grown by each conv's halo and halved by each pool), depend on the image.
-Every other pixel holds what it holds for an all-zero image, the *background*. Two passes use this;
-both give the plain stack's features up to float rounding (a convolution of a crop may sum in
-another order than one of the whole map):
+Every other pixel holds what it holds for an all-zero image: the *background*.
 
-- ``BackgroundPlan`` (no autograd: inference and the frozen context encoders). The layers run once
-  on a zero image of the input's size; the plan keeps the background around each core and the whole
-  maps at the stops that ``FCN8`` returns. A pass convolves only the cores, each with a halo taken
-  from the background, and pools them where they lie; the whole maps are made only at the stops.
-  ReLUs are folded into the next copy or pool. At p = 508 the conv1 cores are 512 of 706 px wide.
-- ``PaddedVGG`` (with autograd: training). The background depends on the weights being trained, so it
-  is not kept but tracked: far from the map's edge it is one value per channel, the *constant* ``c_l``
-  of layer l (conv1_1: its bias; a conv: bias + the kernel's sum times the constant; ReLU: relu of it;
-  max-pool: the same), and near the edge a *ring* where a conv's own zero padding enters. Each map is
-  filled with the constant and gets the core and the four ring strips computed by convolutions on
-  crops of the input map; once core and ring cover most of a map, the layer runs as usual.
+- ``BackgroundPlan`` runs a pass on the cores alone. It takes the background of every layer, keeps
+  the pieces around each core that a later pass reads (a conv's halo, a pool's partial windows, the
+  map's edge) and the whole maps at the stops that ``FCN8`` returns. A pass convolves each core with
+  its halo and pools it where it lies; whole maps are made only at the stops. ReLUs are folded into
+  the next copy or applied after the next pool. At p = 508 the conv1 cores are 512 of 706 px wide.
+- ``PaddedVGG`` computes the background cheaply: far from the map's edge it is one value per channel,
+  the *constant* ``c_l`` of layer l (conv1_1: its bias; a conv: bias + the kernel's sum times the
+  constant; ReLU: relu of it; max-pool: the same); near the edge lies a *ring* where a conv's own
+  zero padding enters. Each map is filled with the constant and gets its rings convolved; once the
+  rings cover most of a map, the layer runs on the whole map.
+
+Both are differentiable: with autograd (training) the background carries the gradient of every
+weight it depends on, and a plan is built for each pass on a batch of one. Without autograd
+(inference, the frozen context encoders) a plan is kept while the weights stay the same
+(``FCN8.padding_plan``). The features are the plain stack's up to float rounding (a convolution of a
+crop may sum in another order than one of the whole map).
 
 Only what VGG's feature stack holds is handled: 3x3 (or any odd, stride-1, same-padding)
 convolutions, ReLU and max-pooling (any stride, ceil mode or not); anything else runs on the whole
@@ -218,10 +221,11 @@ class Core:
 
 @dataclass(frozen=True)
 class _Step:
-    """One layer of a plan: ``kind`` is 'conv', 'relu', 'pool' or 'map' (run on the whole map);
-    ``read`` the box of the input map it reads (past the map's edge: the conv's zero padding); ``box``
-    and (``height``, ``width``) where its output may differ from the background; ``pieces`` the
-    background of ``read`` outside the input's core, as (box relative to ``read``, (1, C, h, w))."""
+    """One layer of a plan. ``kind`` is 'first' (the padded conv), 'conv', 'relu', 'pool' or 'map' (run
+    on the whole map); ``read`` the box of the input map it reads (past the map's edge: the conv's zero
+    padding); ``box`` and (``height``, ``width``) where its output may differ from the background;
+    ``pieces`` the background of ``read`` outside the input's core, as (box relative to ``read``,
+    (1, C, h, w))."""
 
     layer: nn.Module
     kind: str
@@ -296,19 +300,12 @@ def _pool_aligned(layer: nn.Module) -> int | None:
 
 
 class BackgroundPlan:
-    """FCN8's padded VGG pass without autograd, computing only the *cores*: the pixels whose receptive
-    field reaches the image.
+    """A pass of FCN8's padded VGG layers on the cores alone, for inputs shaped like ``x`` past the
+    batch (see the module doc). ``stops`` are the layer indices whose whole maps ``full`` gives.
 
-    Every other pixel of a layer's map holds what the same layer holds for an all-zero image, the
-    *background*, whatever the image (the padding is zero either way). The plan runs the layers once on
-    a zero image of the input's size to get it, and keeps only what later passes read: the background
-    around each core (a convolution's halo, a pool's partial windows, the map's edge) and the whole
-    maps at ``stops``. A pass then convolves each core with its halo and fills the rest from the
-    background. At p = 508 the conv1 cores are 512 of 706 px wide. The features are those of the plain
-    stack up to float rounding (a convolution of a crop may sum in another order).
-
-    A plan depends on the weights, so it is for inference only (no gradient reaches the background)
-    and must be rebuilt when they change: ``key`` tells when.
+    The background comes from ``PaddedVGG`` on a zero image of batch one, under the caller's grad
+    and autocast state. Built with autograd, the plan carries the weights' gradient and serves that
+    one pass; built without, it serves any number of passes while ``key_of`` stays the same.
     """
 
     def __init__(self, layers: nn.Sequential, x: torch.Tensor, stops: tuple[int, ...]) -> None:
@@ -340,6 +337,11 @@ class BackgroundPlan:
         # Inference tensors keep no version counter: weights created under inference_mode count as unchanged.
         weights = tuple((p.data_ptr(), -1 if p.is_inference() else p._version) for p in layers.parameters())
         return tuple(x.shape[1:]), x.dtype, x.device, _format_of(x), autocast, weights
+
+    @staticmethod
+    def same_weights(key: tuple, other: tuple) -> bool:
+        """Whether two ``key_of`` keys are of the same weights (at the same versions)."""
+        return key[-1] == other[-1]
 
     def _step(self, layers, index: int, box: Box, background: torch.Tensor, out: torch.Tensor) -> _Step:
         """How layer ``index`` runs on a core ``box`` of ``background``'s map; ``out`` is its background."""

@@ -241,8 +241,8 @@ def _worker(opts: argparse.Namespace) -> dict:
             extra["profile"] = profile_stages(predictor, image, repeat=opts.repeat)
         if opts.train_modes:
             del model, predictor, x, medium, windows, g_context
-            extra["training"] = [training_steps(mode, opts.backbone, opts.image, p, sb, device)
-                                 for mode in opts.train_modes]
+            extra["training"] = [training_steps(mode, opts.backbone, opts.image, p, sb, device,
+                                                channels_last=opts.channels_last) for mode in opts.train_modes]
     return extra | {
         "backbone": opts.backbone, "mode": opts.mode, "image": opts.image, "size_p": p, "size_g": opts.size_g,
         "tta": opts.tta, "amp": opts.amp, "device": str(device), "patches": patches,
@@ -358,7 +358,8 @@ def _print_extra(result: dict) -> None:
             print(f"    {name:<36}{seconds:8.3f}  {100 * seconds / total:5.1f}%")
     for row in result.get("training", []):
         print(f"  training mode {row['mode']}: {row['steps_per_second']:.3f} steps/s ({row['seconds_per_step']:.2f} s "
-              f"per step of one {row['image']}px image, {row['sub_batches_per_step']} sub-batches)")
+              f"per step of one {row['image']}px image, {row['sub_batches_per_step']} sub-batches, "
+              f"{'channels_last' if row['channels_last'] else 'contiguous'})")
 
 
 def main() -> None:
@@ -378,7 +379,8 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                        help="channels_last weights and inputs (default: as train_deep_globe.py, memory_format_for)")
+                        help="channels_last weights and inputs, for inference and --train_modes (default: as "
+                             "train_deep_globe.py, memory_format_for)")
     parser.add_argument("--stand_in_channels", type=int, default=1, help="hidden channels of --backbone stand_in")
     parser.add_argument("--streaming", action="store_true",
                         help="peak memory against image size for the band-streaming path (see --sizes)")

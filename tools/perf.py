@@ -140,16 +140,20 @@ def profile_stages(predictor, image: torch.Tensor, repeat: int = 1) -> list[tupl
 
 
 def training_steps(mode: int, backbone: str, size: int, size_p: int, sub_batch_size: int, device: torch.device,
-                   steps: int = 3, batch: int = 1, channels_last: bool = True) -> dict:
+                   steps: int = 3, batch: int = 1, channels_last: bool | None = None) -> dict:
     """Optimizer steps per second of ``Trainer.train_step`` on random images (``batch`` per step), the
-    model stored channels_last as ``train_deep_globe.py`` stores it (or not)."""
+    model stored in the memory format ``train_deep_globe.py`` trains in (``memory_format_for``) unless
+    ``channels_last`` says otherwise."""
     from engine.training import Schedule, Trainer
+    from models.backbones import memory_format_for
     from models.fctl import build_model
     from pipeline.predictor import PipelineConfig
     from utils.loss import FocalLoss
 
     torch.manual_seed(0)
     model = build_model(mode, backbone, n_class=7).to(device).train()
+    if channels_last is None:
+        channels_last = memory_format_for(backbone, device.type, training=True) == torch.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-6)
@@ -159,5 +163,6 @@ def training_steps(mode: int, backbone: str, size: int, size_p: int, sub_batch_s
     labels = [torch.randint(0, 7, (size, size), dtype=torch.uint8, device=device) for _ in range(batch)]
     seconds, _ = timed(lambda: trainer.train_step(trainer.units(images, labels)), device, steps)
     patches = sum(1 for _ in trainer.units(images, labels)) if not model.spec.whole_image else batch
-    return {"mode": mode, "backbone": backbone, "image": size, "size_p": size_p, "seconds_per_step": seconds,
+    return {"mode": mode, "backbone": backbone, "image": size, "size_p": size_p, "channels_last": channels_last,
+            "seconds_per_step": seconds,
             "steps_per_second": 1.0 / seconds, "sub_batches_per_step": patches}

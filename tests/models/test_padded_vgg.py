@@ -176,6 +176,7 @@ def test_plan_is_reused_and_rebuilt_when_the_weights_change():
         # An optimizer step or a loaded checkpoint changes the weights in place: the background changes.
         model.vgg.features[2].bias.add_(0.5)
         assert model.padding_plan(x) is not first
+        assert len(model._plans) == 1  # the plans of the old weights are gone
         plain, skipped = _both(model, x)
     _close(plain, skipped)
     for size in range(40, 40 + FCN8.kept_plans + 2):
