@@ -71,11 +71,15 @@ def _clip(box: Box, height: int, width: int) -> Box:
     return max(0, box[0]), min(height, box[1]), max(0, box[2]), min(width, box[3])
 
 
+def _grow(box: Box, ph: int, pw: int) -> Box:
+    return box[0] - ph, box[1] + ph, box[2] - pw, box[3] + pw
+
+
 def _grown(box: Box, ph: int, pw: int, height: int, width: int) -> Box:
     """A conv's core from its input's: ``box`` grown by the halo, clipped; an empty core stays empty."""
     if box[0] >= box[1] or box[2] >= box[3]:
         return box
-    return _clip((box[0] - ph, box[1] + ph, box[2] - pw, box[3] + pw), height, width)
+    return _clip(_grow(box, ph, pw), height, width)
 
 
 def _same_padding_conv(layer: nn.Module) -> bool:
@@ -236,10 +240,6 @@ class _Step:
     pieces: tuple[tuple[Box, torch.Tensor], ...] = ()
 
 
-def _grow(box: Box, ph: int, pw: int) -> Box:
-    return box[0] - ph, box[1] + ph, box[2] - pw, box[3] + pw
-
-
 def _pieces(background: torch.Tensor, read: Box, inner: Box) -> tuple[tuple[Box, torch.Tensor], ...]:
     """The parts of ``background`` (1, C, H, W) in box ``read`` outside box ``inner`` (both in map
     coordinates, ``inner`` inside ``read``), zero where ``read`` passes the map's edge."""
@@ -309,11 +309,11 @@ class BackgroundPlan:
     """
 
     def __init__(self, layers: nn.Sequential, x: torch.Tensor, stops: tuple[int, ...]) -> None:
-        self.key = self.key_of(layers, x)
         # Built with autograd, the background carries the weights' gradient; such a plan is for one pass.
         self.differentiable = torch.is_grad_enabled()
         self.steps: list[_Step] = []
-        self.backgrounds: dict[int, torch.Tensor] = {}
+        # Per stop, the whole background map as the one piece ``_paste`` lays under the core.
+        self.backgrounds: dict[int, tuple[tuple[Box, torch.Tensor], ...]] = {}
         first = layers[0]
         (kh, kw), (ph, pw) = first.kernel_size, first.padding
         background, constant, extent = PaddedVGG.blank(first, x)
@@ -325,7 +325,8 @@ class BackgroundPlan:
             self.steps.append(step)
             background, box = out, step.box
             if index + 1 in stops:  # a copy: the next layer may be an in-place ReLU
-                self.backgrounds[index + 1] = background.clone()
+                whole_map = (0, background.shape[2], 0, background.shape[3])
+                self.backgrounds[index + 1] = ((whole_map, background.clone()),)
 
     @staticmethod
     def key_of(layers: nn.Sequential, x: torch.Tensor) -> tuple:
@@ -352,7 +353,7 @@ class BackgroundPlan:
             return _Step(layer, "relu", box, box, height, width)
         if _same_padding_conv(layer) and not whole:
             ph, pw = layer.padding
-            grown = _clip(_grow(box, ph, pw), height, width)
+            grown = _grown(box, ph, pw, height, width)
             stride = self._next_pool_stride(layers, index)
             if stride is not None:  # so that the pool reads the core as it is
                 grown = _clip((grown[0] // stride * stride, -(-grown[1] // stride) * stride,
@@ -407,10 +408,4 @@ class BackgroundPlan:
         """The whole maps (B, C, height, width) of a core that ends at ``stop``, one of the plan's stops."""
         if core.whole():
             return core.relued()
-        background = self.backgrounds[stop]
-        out = torch.empty((core.x.shape[0], *background.shape[1:]), dtype=core.x.dtype, device=core.x.device,
-                          memory_format=_format_of(core.x))
-        out.copy_(background.expand_as(out))
-        top, bottom, left, right = core.box
-        _put(core, out[:, :, top:bottom, left:right])
-        return out
+        return _paste(core, (0, core.height, 0, core.width), self.backgrounds[stop])
