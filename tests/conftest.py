@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.released_layout import INRIA_KINDS, KINDS, make_released_checkpoint
+from tools.released_layout import INRIA_KINDS, KINDS, make_released_checkpoint
 
 SLOW_FIXTURES = {"released_checkpoints", "inria_checkpoints"}
 

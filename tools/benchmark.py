@@ -255,7 +255,7 @@ def _worker(opts: argparse.Namespace) -> dict:
 
 def _released_files(folder: str, spec, n_class: int = 7) -> dict:
     """Released-layout files for the model of ``spec`` and its frozen encoders: {"pre"|"c"|"glo": path}."""
-    from models.released_layout import make_released_checkpoint
+    from tools.released_layout import make_released_checkpoint
 
     paths = {}
     for example, key in ((spec.example, "pre"), *((e.example, e.setting.split("_")[0]) for e in spec.frozen)):

@@ -19,7 +19,7 @@ from models.checkpoint import (
     save_weights,
 )
 from models.fctl import FCtLNet, build_model
-from models.released_layout import CLASSIFIER, LAYOUT
+from tools.released_layout import CLASSIFIER, LAYOUT
 from utils.errors import CheckpointError
 
 N_CLASS = 7

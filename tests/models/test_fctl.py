@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.fctl import FCtLNet, build_model
-from models.released_layout import released_shapes
+from tools.released_layout import released_shapes
 from utils.errors import ConfigError
 
 N_CLASS = 7

@@ -12,8 +12,8 @@ import torch
 from models.checkpoint import load_weights, read_checkpoint
 from models.correlation import FCtLCorrelation
 from models.fctl import FCtLNet, build_model
-from models.released_layout import CLASSIFIER, LAYOUT, make_released_checkpoint
 from models.setup import create_model
+from tools.released_layout import CLASSIFIER, LAYOUT, make_released_checkpoint
 from utils.errors import CheckpointError
 
 N_CLASS = 2

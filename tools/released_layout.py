@@ -1,12 +1,14 @@
-"""Fake released FCtL checkpoints for tests: the exact key/shape layout of the released files.
+"""Fake released FCtL checkpoints for tests and tools (tools.benchmark): the exact key/shape layout of
+the released files.
 
 Kinds: the DeepGlobe release's "all", "medium", "global" (all/medium/global.epoch.pth) and the Inria
 release's "inria_all", "B10", "B15" (all/B10/B15.epoch.pth).
-LAYOUT is the released key layout (released_keys.json, released_keys_inria.json): per file, rows (key, shape, canonical),
-canonical None when the key is its own canonical key; alias rows (pool3.*, big_pool5.*, ...) name the
-tensor they share. ``make_released_checkpoint`` writes such a file the way nn.DataParallel training saved
-them: a plain state dict, ``module.`` keys, every alias the SAME tensor object (one storage in the file),
-random values, and VGG's classifier in full size (zeros: it is never read, and zeros are cheap to make).
+LAYOUT is the released key layout (released_keys/deepglobe.json, released_keys/inria.json): per file,
+rows (key, shape, canonical), canonical None when the key is its own canonical key; alias rows (pool3.*,
+big_pool5.*, ...) name the tensor they share. ``make_released_checkpoint`` writes such a file the way
+nn.DataParallel training saved them: a plain state dict, ``module.`` keys, every alias the SAME tensor
+object (one storage in the file), random values, and VGG's classifier in full size (zeros: it is never
+read, and zeros are cheap to make).
 """
 
 import json
@@ -24,16 +26,16 @@ N_CLASS_LAYERS = ("module.output.6.", "module.adj_pool3.", "module.adj_pool4.", 
 CLASSIFIER = "module.vgg.classifier."
 
 def _read_layout(file_name: str) -> dict[str, tuple[tuple[str, tuple[int, ...], str | None], ...]]:
-    """A key layout file shipped next to this module:
+    """A key layout file in released_keys/ next to this module:
     per file, rows (key, shape, canonical key or None when the key is its own canonical name)."""
-    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), file_name)) as handle:
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "released_keys", file_name)) as handle:
         raw = json.load(handle)
     return {kind: tuple((key, tuple(shape), None if canonical == key else canonical) for key, shape, canonical in rows)
             for kind, rows in raw.items()}
 
 
-_INRIA = _read_layout("released_keys_inria.json")
-LAYOUT = {**_read_layout("released_keys.json"), **{kind: _INRIA[name] for kind, name in _INRIA_FILE_KIND.items()}}
+_INRIA = _read_layout("inria.json")
+LAYOUT = {**_read_layout("deepglobe.json"), **{kind: _INRIA[name] for kind, name in _INRIA_FILE_KIND.items()}}
 
 
 def canonical_key(kind: str, key: str) -> str:
