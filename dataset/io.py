@@ -74,8 +74,10 @@ def _check_file(path: str, what: str) -> None:
 
 
 @contextmanager
-def _opened(path: str, what: str, load: bool = True) -> Iterator[Image.Image]:
-    """Open (and by default fully decode) an image, turning every Pillow failure into a DataError."""
+def opened_image(path: str, what: str, load: bool = True) -> Iterator[Image.Image]:
+    """Context manager: the Pillow image at ``path``, opened (and fully decoded unless ``load`` is False)
+    and closed on exit. A missing, empty or folder path, an image past Pillow's pixel limit, an unknown
+    format and a truncated or damaged file raise DataError naming ``what`` and ``path``."""
     _check_file(path, what)
     try:
         with warnings.catch_warnings():
@@ -110,7 +112,7 @@ def _opened(path: str, what: str, load: bool = True) -> Iterator[Image.Image]:
 
 def image_size(path: str) -> tuple[int, int]:
     """(H, W) of an image from its header only (cheap; a truncated body is not noticed here)."""
-    with _opened(path, "image", load=False) as image:
+    with opened_image(path, "image", load=False) as image:
         return image.height, image.width
 
 
@@ -169,7 +171,7 @@ def read_image(path: str) -> torch.Tensor:
     the whole image through numpy first would need about 10). In a DataLoader worker the result is
     allocated in shared memory, so handing it to the main process copies nothing.
     """
-    with _opened(path, "image") as image:
+    with opened_image(path, "image") as image:
         height, width = image.height, image.width
         out = torch.empty((3, height, width), dtype=torch.uint8)
         if get_worker_info() is not None:
@@ -231,7 +233,7 @@ def _mask_to_index(image: Image.Image, path: str, table: ClassTable) -> np.ndarr
 
 def read_mask(path: str, expected_hw: tuple[int, int] | None, table: ClassTable = DEEPGLOBE) -> torch.Tensor:
     """Read a label mask as uint8 class indices (H, W) of ``table``, checking its size against its image's."""
-    with _opened(path, "label mask") as image:
+    with opened_image(path, "label mask") as image:
         index = _mask_to_index(image, path, table)
     if expected_hw is not None and tuple(index.shape) != tuple(expected_hw):
         raise DataError(

@@ -351,80 +351,18 @@ def load_state_into(
     path = os.fspath(path)
     meta = meta or {}
     target = unwrap(module)
-    if isinstance(target, FCtLNet):
-        slots = target.trainable_state_dict()
-        model_backbone, model_classes, role = target.backbone_name, target.n_class, f"mode-{target.mode} model"
-    elif hasattr(target, "encode") and hasattr(target, "name"):
-        slots = {"backbone." + k: v for k, v in target.state_dict().items()}
-        model_backbone, role = target.name, f"{target.name} encoder"
-        model_classes = target.n_class if target.has_head else None
-    else:
-        raise TypeError(f"load_weights expects an FCtLNet or a backbone, got {type(target).__name__}")
-
-    file_backbone = meta.get("backbone") or _infer_backbone(weights)
-    if file_backbone is not None and file_backbone != model_backbone:
-        raise CheckpointError(
-            f"{what} {path} holds a {file_backbone} model but the {role} uses {model_backbone}; "
-            f"use `backbone` {file_backbone} or a {model_backbone} checkpoint"
-        )
-    stale_norm = next((n for n in weights if n.startswith("backbone.") and n.endswith(".running_mean")), None)
-    if stale_norm is not None and model_backbone.startswith("fpn_"):
-        raise CheckpointError(
-            f"{what} {path} holds a BatchNorm {model_backbone} ({stale_norm}) from before the FPN backbones "
-            f"switched to GroupNorm; its weights do not fit the GroupNorm model, so retrain that stage"
-        )
-    file_classes = meta.get("n_class")
-    if model_classes is not None and file_classes is not None and file_classes != model_classes:
-        raise CheckpointError(
-            f"{what} {path} was trained for {file_classes} classes but the {role} has {model_classes}; "
-            f"use the file's `dataset`/`classes` or a checkpoint of this class table"
-        )
-    if isinstance(target, FCtLNet):
-        _check_classes(target, meta, path, what)
-    for name, slot in slots.items():
-        source = weights.get(name)
-        if source is not None and source.shape != slot.shape and name.startswith(_CLASS_LAYERS) \
-                and model_classes is not None:
-            raise CheckpointError(
-                f"{what} {path} was trained for {source.shape[0]} classes ({released_name(name)} has shape "
-                f"{tuple(source.shape)}) but the {role} has {model_classes}; use the file's `dataset`/`classes` "
-                f"(DeepGlobe: 7 classes, Inria: 2) or a checkpoint of this class table"
-            )
-        if source is not None and source.shape != slot.shape:
-            raise CheckpointError(
-                f"{what} {path}: {released_name(name)} has shape {tuple(source.shape)} in the file but "
-                f"{tuple(slot.shape)} in the {role}; pick a checkpoint of the same model"
-            )
-    missing = [n for n in slots if n not in weights]
-    missing_groups = _groups(missing, list(slots))
-    if missing and not allow_missing:
-        if isinstance(target, FCtLNet):
-            expected = target.spec.describe_expected_file()
-        else:
-            expected = f"a {model_backbone} model"
-        raise CheckpointError(
-            f"{what} {path} lacks {', '.join(missing_groups)} ({len(missing)} tensors, e.g. "
-            f"{released_name(missing[0])}) needed by the {role}: it looks like {_describe_file(weights, meta)}; "
-            f"the {role} needs {expected}"
-        )
-    _check_stage(target, weights, meta, path, what, role, allow_missing, source_mode)
-    loaded = [n for n in slots if n in weights]
+    receiver = _receiver(target)
+    _check_backbone(receiver, weights, meta, path, what)
+    _check_class_count(target, receiver, meta, path, what)
+    _check_shapes(receiver, weights, path, what)
+    missing, missing_groups = _check_complete(target, receiver, weights, meta, path, what, allow_missing)
+    _check_stage(target, weights, meta, path, what, receiver.role, allow_missing, source_mode)
+    loaded = [n for n in receiver.slots if n in weights]
     if isinstance(target, FCtLNet):
         _check_correlation(target, loaded, meta, path, what)
-    file_weights = weights
-    weights, converted = _usable_values(weights, slots, loaded, path, what)
-    converted_names = {n for n in loaded if weights[n] is not file_weights[n]}
-    if assign:
-        # The module's tensors become the (memory-mapped) file tensors: no second copy in RAM.
-        prefix = "" if isinstance(target, FCtLNet) else "backbone."
-        chosen = {n: _in_format(weights[n], memory_format, meta.get("mapped", False) and n not in converted_names)
-                  for n in loaded}
-        target.load_state_dict({n[len(prefix):]: t for n, t in chosen.items()}, strict=False, assign=True)
-    else:
-        with torch.no_grad():
-            for name in loaded:
-                slots[name].copy_(weights[name])
-    unexpected = [n for n in weights if n not in slots]
+    usable, converted = _usable_values(weights, receiver.slots, loaded, path, what)
+    _put_values(target, receiver, usable, weights, loaded, meta, assign, memory_format)
+    unexpected = [n for n in usable if n not in receiver.slots]
     return LoadReport(
         what=what,
         path=path,
@@ -433,9 +371,117 @@ def load_state_into(
         unexpected=unexpected,
         ignored=list(meta.get("ignored", [])),
         missing_groups=missing_groups,
-        unexpected_groups=_groups(unexpected, list(weights)),
+        unexpected_groups=_groups(unexpected, list(usable)),
         converted=converted,
     )
+
+
+@dataclass(frozen=True)
+class _Receiver:
+    """What a file's tensors go into: ``slots`` (FCtLNet name -> the module's tensor), the model's
+    backbone, its class count (None for a backbone without head), its name in messages (``role``) and
+    the prefix of the slot names that the module's own state dict lacks."""
+
+    slots: dict[str, torch.Tensor]
+    backbone: str
+    n_class: int | None
+    role: str
+    prefix: str
+
+
+def _receiver(target: nn.Module) -> _Receiver:
+    """The receiver of an FCtLNet (its trainable part) or of a backbone (all of its tensors); TypeError
+    for anything else."""
+    if isinstance(target, FCtLNet):
+        return _Receiver(target.trainable_state_dict(), target.backbone_name, target.n_class,
+                         f"mode-{target.mode} model", "")
+    if hasattr(target, "encode") and hasattr(target, "name"):
+        return _Receiver({"backbone." + k: v for k, v in target.state_dict().items()}, target.name,
+                         target.n_class if target.has_head else None, f"{target.name} encoder", "backbone.")
+    raise TypeError(f"load_weights expects an FCtLNet or a backbone, got {type(target).__name__}")
+
+
+def _check_backbone(receiver: _Receiver, weights: dict[str, torch.Tensor], meta: dict, path: str, what: str) -> None:
+    """The file's backbone (recorded, else judged by its key names) is the model's, and an FPN file is
+    not from before the switch to GroupNorm."""
+    file_backbone = meta.get("backbone") or _infer_backbone(weights)
+    if file_backbone is not None and file_backbone != receiver.backbone:
+        raise CheckpointError(
+            f"{what} {path} holds a {file_backbone} model but the {receiver.role} uses {receiver.backbone}; "
+            f"use `backbone` {file_backbone} or a {receiver.backbone} checkpoint"
+        )
+    stale_norm = next((n for n in weights if n.startswith("backbone.") and n.endswith(".running_mean")), None)
+    if stale_norm is not None and receiver.backbone.startswith("fpn_"):
+        raise CheckpointError(
+            f"{what} {path} holds a BatchNorm {receiver.backbone} ({stale_norm}) from before the FPN backbones "
+            f"switched to GroupNorm; its weights do not fit the GroupNorm model, so retrain that stage"
+        )
+
+
+def _check_class_count(target: nn.Module, receiver: _Receiver, meta: dict, path: str, what: str) -> None:
+    """A file that records its class count (and, into an FCtLNet, its class table) fits the model's."""
+    file_classes = meta.get("n_class")
+    if receiver.n_class is not None and file_classes is not None and file_classes != receiver.n_class:
+        raise CheckpointError(
+            f"{what} {path} was trained for {file_classes} classes but the {receiver.role} has {receiver.n_class}; "
+            f"use the file's `dataset`/`classes` or a checkpoint of this class table"
+        )
+    if isinstance(target, FCtLNet):
+        _check_classes(target, meta, path, what)
+
+
+def _check_shapes(receiver: _Receiver, weights: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """Every file tensor that a slot takes has the slot's shape; a class layer of another shape is told
+    as a file of another class count."""
+    for name, slot in receiver.slots.items():
+        source = weights.get(name)
+        if source is not None and source.shape != slot.shape and name.startswith(_CLASS_LAYERS) \
+                and receiver.n_class is not None:
+            raise CheckpointError(
+                f"{what} {path} was trained for {source.shape[0]} classes ({released_name(name)} has shape "
+                f"{tuple(source.shape)}) but the {receiver.role} has {receiver.n_class}; use the file's "
+                f"`dataset`/`classes` (DeepGlobe: 7 classes, Inria: 2) or a checkpoint of this class table"
+            )
+        if source is not None and source.shape != slot.shape:
+            raise CheckpointError(
+                f"{what} {path}: {released_name(name)} has shape {tuple(source.shape)} in the file but "
+                f"{tuple(slot.shape)} in the {receiver.role}; pick a checkpoint of the same model"
+            )
+
+
+def _check_complete(target: nn.Module, receiver: _Receiver, weights: dict[str, torch.Tensor], meta: dict, path: str,
+                    what: str, allow_missing: bool) -> tuple[list[str], list[str]]:
+    """(the slots the file lacks, their groups); lacking any is a CheckpointError unless ``allow_missing``."""
+    missing = [n for n in receiver.slots if n not in weights]
+    missing_groups = _groups(missing, list(receiver.slots))
+    if missing and not allow_missing:
+        if isinstance(target, FCtLNet):
+            expected = target.spec.describe_expected_file()
+        else:
+            expected = f"a {receiver.backbone} model"
+        raise CheckpointError(
+            f"{what} {path} lacks {', '.join(missing_groups)} ({len(missing)} tensors, e.g. "
+            f"{released_name(missing[0])}) needed by the {receiver.role}: it looks like "
+            f"{_describe_file(weights, meta)}; the {receiver.role} needs {expected}"
+        )
+    return missing, missing_groups
+
+
+def _put_values(target: nn.Module, receiver: _Receiver, usable: dict[str, torch.Tensor],
+                file_weights: dict[str, torch.Tensor], loaded: list[str], meta: dict, assign: bool,
+                memory_format: torch.memory_format | None) -> None:
+    """Put the ``loaded`` tensors of ``usable`` (``_usable_values`` of ``file_weights``) into ``target``:
+    copied into its slots, or with ``assign`` made its own (see load_weights)."""
+    if assign:
+        # The module's tensors become the (memory-mapped) file tensors: no second copy in RAM.
+        converted_names = {n for n in loaded if usable[n] is not file_weights[n]}
+        chosen = {n: _in_format(usable[n], memory_format, meta.get("mapped", False) and n not in converted_names)
+                  for n in loaded}
+        target.load_state_dict({n[len(receiver.prefix):]: t for n, t in chosen.items()}, strict=False, assign=True)
+    else:
+        with torch.no_grad():
+            for name in loaded:
+                receiver.slots[name].copy_(usable[name])
 
 
 def file_correlation(meta: dict) -> str | None:

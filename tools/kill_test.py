@@ -157,66 +157,114 @@ def run_trials(trials: int, seed: int = 0, epochs: int = 4, max_delay: float = 1
             cycle += 1
             models = os.path.join(workdir, f"models{cycle}")
             done_before = None
-        resume = done_before is not None
         # The last trial kills right after an epoch was saved, so that the final run always resumes.
         strategy = "after-save" if last_trial else rng.choice(["uniform", "after-epoch"])
-        before = set(inspect(models)["temporaries"])
-        run = CliProcess(train_command(data, models, logs, epochs, resume))
-        t0 = time.time()
-        if strategy == "uniform":
-            delay = rng.uniform(0.0, max_delay)
-            while time.time() - t0 < delay and run.proc.poll() is None:
-                time.sleep(0.01)
-        elif strategy == "after-save":
-            while run.proc.poll() is None and time.time() - t0 < 4 * max_delay and not EPOCH_SAVED.search(run.text):
-                time.sleep(0.01)
-            delay = time.time() - t0
-        else:  # shortly after the k-th epoch of this run ended: during that epoch's checkpoint writes
-            k = rng.randint(1, epochs - (done_before or 0))
-            wait_after = rng.uniform(0.0, 1.5)
-            while (run.proc.poll() is None and time.time() - t0 < 4 * max_delay
-                   and len(set(EPOCH_DONE.findall(run.text))) < k):
-                time.sleep(0.01)
-            t1 = time.time()
-            while time.time() - t1 < wait_after and run.proc.poll() is None:
-                time.sleep(0.01)
-            delay = time.time() - t0
-        seen = run.text
-        killed = run.kill()
-        state = inspect(models)
-        new_temporaries = sorted(set(state["temporaries"]) - before)
-        if not killed:
-            phase = "finished first"
-        elif new_temporaries:
-            phase = "checkpoint write"
-        elif EPOCH_BAR.search(seen):
-            phase = "training"
-        else:
-            phase = "start-up"
-        problems = [f"unloadable {b}" for b in state["broken"]] + [f"unexpected file {o}" for o in state["others"]]
-        try:
-            done_after = last_epoch(models)
-        except CheckpointError as exc:
-            problems.append(f"last.pth: {exc}")
-            done_after = done_before
-        if done_before is not None and (done_after is None or done_after < done_before):
-            problems.append(f"last.pth went back from epoch {done_before} to {done_after}")
-        if resume and killed is False and "resumed" not in seen:
-            problems.append("a --resume run finished without resuming")
-        if not killed and run.proc.returncode != 0:
-            problems.append(f"run ended by itself with status {run.proc.returncode}: {seen.strip()[-300:]}")
-        row = {"trial": trial, "strategy": strategy, "delay": delay, "phase": phase, "resume": resume,
-               "checkpoints": len(state["checkpoints"]), "loadable": len(state["checkpoints"]) - len(state["broken"]),
-               "temporaries": len(new_temporaries), "epoch_before": done_before, "epoch_after": done_after,
-               "problems": problems}
+        row = kill_trial(trial, strategy, rng, data, models, logs, epochs, max_delay, done_before)
         rows.append(row)
-        failures.extend(f"trial {trial}: {p}" for p in problems)
-        report(f"trial {trial:3d} {strategy:<11} kill at {delay:5.2f}s ({phase:<16}) resume={'yes' if resume else 'no ':<3} "
-               f"last epoch {done_before}->{done_after} checkpoints {row['loadable']}/{row['checkpoints']} loadable"
-               f"{f', {len(new_temporaries)} temporary left' if new_temporaries else ''}"
-               f"{'  FAILED: ' + '; '.join(problems) if problems else ''}")
-        done_before = done_after
-    # The chain must finish: --resume (or a fresh start) runs to the end and cleans up.
+        failures.extend(f"trial {trial}: {p}" for p in row["problems"])
+        report(trial_line(row))
+        done_before = row["epoch_after"]
+    final_problems, final_resumes, final_line = final_run(data, models, logs, epochs, done_before)
+    failures.extend(f"final: {p}" for p in final_problems)
+    report(final_line)
+    summary = summarise(trials, rows, final_problems, final_resumes, failures, time.time() - started)
+    if own:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return summary
+
+
+def kill_trial(trial: int, strategy: str, rng: random.Random, data: str, models: str, logs: str, epochs: int,
+               max_delay: float, done_before: int | None) -> dict:
+    """One trial: start the chain's next run in ``models`` (with --resume once ``done_before`` epochs are
+    saved), SIGKILL it at the moment ``strategy`` draws from ``rng`` and check what it left. The row of
+    the trial; its ``problems`` are empty when every check passed, ``epoch_after`` is the epoch of
+    <task>.last.pth afterwards."""
+    resume = done_before is not None
+    before = set(inspect(models)["temporaries"])
+    run = CliProcess(train_command(data, models, logs, epochs, resume))
+    delay = wait_for_kill(run, strategy, rng, max_delay, epochs, done_before)
+    seen = run.text
+    killed = run.kill()
+    state = inspect(models)
+    new_temporaries = sorted(set(state["temporaries"]) - before)
+    phase = kill_phase(killed, new_temporaries, seen)
+    problems, done_after = after_kill_problems(state, models, done_before, resume, killed, run, seen)
+    return {"trial": trial, "strategy": strategy, "delay": delay, "phase": phase, "resume": resume,
+            "checkpoints": len(state["checkpoints"]), "loadable": len(state["checkpoints"]) - len(state["broken"]),
+            "temporaries": len(new_temporaries), "epoch_before": done_before, "epoch_after": done_after,
+            "problems": problems}
+
+
+def wait_for_kill(run: CliProcess, strategy: str, rng: random.Random, max_delay: float, epochs: int,
+                  done_before: int | None) -> float:
+    """Wait until the kill moment of ``strategy`` ("uniform": a delay drawn up to ``max_delay``;
+    "after-save": the first saved epoch; "after-epoch": 0 to 1.5 s after a drawn epoch of the run
+    completed) or until ``run`` ends; the seconds since its start."""
+    t0 = time.time()
+    if strategy == "uniform":
+        delay = rng.uniform(0.0, max_delay)
+        while time.time() - t0 < delay and run.proc.poll() is None:
+            time.sleep(0.01)
+    elif strategy == "after-save":
+        while run.proc.poll() is None and time.time() - t0 < 4 * max_delay and not EPOCH_SAVED.search(run.text):
+            time.sleep(0.01)
+        delay = time.time() - t0
+    else:  # shortly after the k-th epoch of this run ended: during that epoch's checkpoint writes
+        k = rng.randint(1, epochs - (done_before or 0))
+        wait_after = rng.uniform(0.0, 1.5)
+        while (run.proc.poll() is None and time.time() - t0 < 4 * max_delay
+               and len(set(EPOCH_DONE.findall(run.text))) < k):
+            time.sleep(0.01)
+        t1 = time.time()
+        while time.time() - t1 < wait_after and run.proc.poll() is None:
+            time.sleep(0.01)
+        delay = time.time() - t0
+    return delay
+
+
+def kill_phase(killed: bool, new_temporaries: list[str], seen: str) -> str:
+    """What the run was doing when killed, judged by what it left and printed (``seen``)."""
+    if not killed:
+        return "finished first"
+    if new_temporaries:
+        return "checkpoint write"
+    if EPOCH_BAR.search(seen):
+        return "training"
+    return "start-up"
+
+
+def after_kill_problems(state: dict, models: str, done_before: int | None, resume: bool, killed: bool,
+                        run: CliProcess, seen: str) -> tuple[list[str], int | None]:
+    """(the failed checks of a killed run's folder ``models``, whose ``inspect`` is ``state``; the epoch
+    of its <task>.last.pth, ``done_before`` when that file cannot be read)."""
+    problems = [f"unloadable {b}" for b in state["broken"]] + [f"unexpected file {o}" for o in state["others"]]
+    try:
+        done_after = last_epoch(models)
+    except CheckpointError as exc:
+        problems.append(f"last.pth: {exc}")
+        done_after = done_before
+    if done_before is not None and (done_after is None or done_after < done_before):
+        problems.append(f"last.pth went back from epoch {done_before} to {done_after}")
+    if resume and killed is False and "resumed" not in seen:
+        problems.append("a --resume run finished without resuming")
+    if not killed and run.proc.returncode != 0:
+        problems.append(f"run ended by itself with status {run.proc.returncode}: {seen.strip()[-300:]}")
+    return problems, done_after
+
+
+def trial_line(row: dict) -> str:
+    """The report line of a trial's row."""
+    resume = "yes" if row["resume"] else "no "
+    left = f", {row['temporaries']} temporary left" if row["temporaries"] else ""
+    failed = "  FAILED: " + "; ".join(row["problems"]) if row["problems"] else ""
+    return (f"trial {row['trial']:3d} {row['strategy']:<11} kill at {row['delay']:5.2f}s ({row['phase']:<16}) "
+            f"resume={resume:<3} last epoch {row['epoch_before']}->{row['epoch_after']} checkpoints "
+            f"{row['loadable']}/{row['checkpoints']} loadable{left}{failed}")
+
+
+def final_run(data: str, models: str, logs: str, epochs: int, done_before: int | None) -> tuple[list[str], bool, str]:
+    """The chain must finish: --resume (or a fresh start) runs to the end and cleans up. (The failed
+    checks, whether the run had to resume, its report line.)"""
     final_resumes = done_before is not None and done_before < epochs
     final = CliProcess(train_command(data, models, logs, epochs, resume=done_before is not None))
     code = final.wait(timeout=600)
@@ -232,11 +280,16 @@ def run_trials(trials: int, seed: int = 0, epochs: int = 4, max_delay: float = 1
         final_problems.append(f"final last.pth holds epoch {last_epoch(models)}, not {epochs}")
     if f"{TASK}.epoch.pth" not in state["checkpoints"]:
         final_problems.append("final run left no <task>.epoch.pth")
-    failures.extend(f"final: {p}" for p in final_problems)
-    report(f"final {'--resume' if final_resumes else 'run'}: exit {code}, {len(state['checkpoints'])} checkpoints, "
-           f"{'ok' if not final_problems else 'FAILED: ' + '; '.join(final_problems)}")
+    line = (f"final {'--resume' if final_resumes else 'run'}: exit {code}, {len(state['checkpoints'])} checkpoints, "
+            f"{'ok' if not final_problems else 'FAILED: ' + '; '.join(final_problems)}")
+    return final_problems, final_resumes, line
+
+
+def summarise(trials: int, rows: list[dict], final_problems: list[str], final_resumes: bool, failures: list[str],
+              seconds: float) -> dict:
+    """The summary dict of ``run_trials``."""
     killed_rows = [r for r in rows if r["phase"] != "finished first"]
-    summary = {
+    return {
         "trials": trials,
         "killed": len(killed_rows),
         "all_loadable": sum(1 for r in rows if r["loadable"] == r["checkpoints"] and not r["problems"]),
@@ -247,11 +300,8 @@ def run_trials(trials: int, seed: int = 0, epochs: int = 4, max_delay: float = 1
         "final_ok": not final_problems,
         "final_resumed": final_resumes,
         "failures": failures,
-        "seconds": time.time() - started,
+        "seconds": seconds,
     }
-    if own:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,7 +152,7 @@ def place_image(source: str, target: str, link: bool) -> tuple[str, str | None]:
     return "copied", reason
 
 
-def _prepare_split(
+def prepare_split(
     split: str,
     ids: list[str],
     images: dict[str, str],
@@ -229,7 +229,7 @@ def prepare(
     ensure_writable_dir(dst, "dst")  # before any file is placed, not halfway through a split
     report = PrepareReport(splits=[])
     for split in SPLITS:
-        split_report, failure = _prepare_split(split, lists[split], images, masks, dst, link, verify, progress)
+        split_report, failure = prepare_split(split, lists[split], images, masks, dst, link, verify, progress)
         report.splits.append(split_report)
         report.link_failure = report.link_failure or failure
     return report

@@ -27,11 +27,11 @@ import sys
 import numpy as np
 
 from dataset.deepglobe import IMAGE_SUFFIX
-from dataset.io import _opened
+from dataset.io import opened_image
 from tools.prepare_deepglobe import (
     SPLITS,
     PrepareReport,
-    _prepare_split,
+    prepare_split,
     read_split_list,
     run_prepare,
 )
@@ -94,7 +94,7 @@ def read_ground_truth(path: str, expected_hw: tuple[int, int]) -> np.ndarray:
 
     The file must have one band holding 0 and 255 (the official values) or 0 and 1, and the size
     `expected_hw` (H, W) of its image; anything else is a DataError naming the file."""
-    with _opened(path, "ground truth") as image:
+    with opened_image(path, "ground truth") as image:
         mode = image.mode
         if mode not in _GT_MODES and not mode.startswith("I;16"):
             raise DataError(
@@ -164,7 +164,7 @@ def prepare(
     ensure_writable_dir(dst, "dst")  # before any file is placed, not halfway through a split
     report = PrepareReport(splits=[])
     for split in SPLITS:
-        split_report, failure = _prepare_split(
+        split_report, failure = prepare_split(
             split, lists[split], images, masks, dst, link, verify, progress,
             image_name=_image_name, read_label=read_ground_truth,
         )
