@@ -77,6 +77,10 @@ class FCN8(nn.Module):
 
     head=False builds only ``vgg.features`` (frozen context/global encoders need nothing else: the
     context is pool5, see ``context_features``).
+
+    skip_padding (default True) convolves only the pixels that the image reaches, not conv1_1's 100-px
+    zero padding (models/padded_vgg.py): the same features up to float rounding. False runs the plain
+    VGG stack on the padded input.
     """
 
     name = "fcn8_vgg16"
@@ -88,17 +92,15 @@ class FCN8(nn.Module):
     # sub-batch's memory; two patches at a time bound that peak and give the same logits
     # (docs/performance.md has the benchmark).
     stem_batch = 2
-    # Convolve only the pixels that the image reaches, not conv1_1's 100-px zero padding
-    # (models/padded_vgg.py); the same features up to float rounding.
-    skip_padding = True
     # Background plans kept per encoder without autograd (one per input size, dtype and device in use).
     kept_plans = 4
 
-    def __init__(self, n_class: int, head: bool = True, pretrained: bool = False) -> None:
+    def __init__(self, n_class: int, head: bool = True, pretrained: bool = False, skip_padding: bool = True) -> None:
         super().__init__()
         imagenet = imagenet_state_dict(VGG16_Weights.IMAGENET1K_V1) if pretrained else None
         self.n_class = n_class
         self.has_head = head
+        self.skip_padding = skip_padding
         self._plans: dict[tuple, BackgroundPlan] = {}
         self.vgg = nn.Module()
         self.vgg.features = vgg16_features()
@@ -187,9 +189,14 @@ class FCN8(nn.Module):
         The crop offsets 5, 9 and 31 and the scalings 0.01 / 0.0001 of p4 / p3 are those of the released
         model; they undo the 100-pixel input padding.
         """
+        return self.upsample_scores(skips, self.output(top), size)
+
+    def upsample_scores(self, skips: list[torch.Tensor], scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The rest of ``decode`` after the head convolutions: skips [p3, p4] and the class scores at p5's
+        resolution (``output`` of p5) -> logits (B,n_class,*size)."""
         p3, p4 = skips
         height, width = size
-        up = self.up_output(self.output(top))
+        up = self.up_output(scores)
         a4 = self.adj_pool4(0.01 * p4)
         up = self.up_pool4_out(a4[:, :, 5 : 5 + up.shape[2], 5 : 5 + up.shape[3]] + up)
         a3 = self.adj_pool3(0.0001 * p3)

@@ -69,7 +69,7 @@ def _vgg_blocks(backbone: FCN8, x: torch.Tensor, stage: Callable) -> torch.Tenso
     them (on the cores of the background plan when the padding is skipped)."""
     features = backbone.vgg.features
     bounds = [(0, 5), (5, 10), (10, POOL3_END), (POOL3_END, POOL4_END), (POOL4_END, len(features))]
-    if FCN8.skip_padding and PaddedVGG.applies(features[0]):
+    if backbone.skip_padding and PaddedVGG.applies(features[0]):
         plan = backbone.padding_plan(x)
         core = stage("vgg conv1 block", lambda: plan.run(plan.start(x), 1, 5))
         for i, (lo, hi) in enumerate(bounds[1:], start=2):
@@ -102,11 +102,11 @@ def profile_stages(predictor, image: torch.Tensor, repeat: int = 1) -> list[tupl
     boxes = [grid[i % len(grid)] for i in range(cfg.sub_batch_size)]  # a full sub-batch, repeating if need be
     tops, lefts = [t for t, _ in boxes], [left for _, left in boxes]
     with torch.inference_mode():
-        x = stage("crop patches", lambda: predictor._memory_format(
+        x = stage("crop patches", lambda: predictor.to_memory_format(
             torch.stack([source.window(t, left, p, p) for t, left in boxes]).float().div_(255)))
-        medium = stage("medium windows (resize)", lambda: predictor._memory_format(
+        medium = stage("medium windows (resize)", lambda: predictor.to_memory_format(
             medium_contexts(source, tops, lefts, p, cfg.context)))
-        small = stage("global view (resize)", lambda: predictor._memory_format(global_view(source, cfg.size_g)))
+        small = stage("global view (resize)", lambda: predictor.to_memory_format(global_view(source, cfg.size_g)))
         g = stage("global encoder (once per image)", lambda: net.encode_global(small))
         backbone = net.backbone
         if isinstance(backbone, FCN8):
@@ -122,17 +122,7 @@ def profile_stages(predictor, image: torch.Tensor, repeat: int = 1) -> list[tupl
         if isinstance(backbone, FCN8):
             head = stage("head conv6 (7x7, 512->4096)", lambda: backbone.output[:2](fused))
             scores = stage("head conv7 + classifier", lambda: backbone.output[2:](head))
-
-            def rest():
-                p3, p4 = skips
-                up = backbone.up_output(scores)
-                a4 = backbone.adj_pool4(0.01 * p4)
-                up = backbone.up_pool4_out(a4[:, :, 5:5 + up.shape[2], 5:5 + up.shape[3]] + up)
-                a3 = backbone.adj_pool3(0.0001 * p3)
-                full = backbone.up_final(a3[:, :, 9:9 + up.shape[2], 9:9 + up.shape[3]] + up)
-                return full[:, :, 31:31 + p, 31:31 + p].contiguous()
-
-            stage("skips, transposed convs, crop", rest)
+            stage("skips, transposed convs, crop", lambda: backbone.upsample_scores(skips, scores, (p, p)))
         else:
             stage("fpn + head + upsampling", lambda: backbone.decode(skips, fused, (p, p)))
         stage("whole model forward", lambda: net(x, medium=medium, global_context=g))

@@ -17,16 +17,28 @@ def fcn8() -> FCN8:
     return FCN8(3, head=False).eval()
 
 
-def _both(model: FCN8, x: torch.Tensor):
-    old = FCN8.skip_padding
-    try:
-        FCN8.skip_padding = False
-        plain = model.encode(x)
-        FCN8.skip_padding = True
-        skipped = model.encode(x)
-    finally:
-        FCN8.skip_padding = old
-    return plain, skipped
+@pytest.fixture(scope="module")
+def plain_fcn8(fcn8) -> FCN8:
+    return _plain_twin(fcn8)
+
+
+def _plain_twin(model: FCN8) -> FCN8:
+    """``model`` built with skip_padding=False: the same weights, dtype and train/eval state."""
+    dtype = next(model.parameters()).dtype
+    twin = FCN8(model.n_class, head=model.has_head, skip_padding=False).to(dtype).train(model.training)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def _both(plain: FCN8, skipping: FCN8, x: torch.Tensor):
+    assert not plain.skip_padding and skipping.skip_padding
+    return plain.encode(x), skipping.encode(x)
+
+
+def test_skip_padding_is_a_setting_of_each_model():
+    assert FCN8(3, head=False).skip_padding and "skip_padding" not in vars(FCN8)
+    plain = FCN8(3, head=False, skip_padding=False)
+    assert not plain.skip_padding and FCN8(3, head=False).skip_padding
 
 
 def _close(plain, skipped) -> None:
@@ -36,10 +48,10 @@ def _close(plain, skipped) -> None:
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 1, 1), (2, 3, 40, 40), (1, 3, 64, 96), (3, 3, 100, 100), (1, 3, 97, 71)])
-def test_same_features_for_any_input_shape(fcn8, shape):
+def test_same_features_for_any_input_shape(fcn8, plain_fcn8, shape):
     torch.manual_seed(1)
     with torch.no_grad():
-        _close(*_both(fcn8, torch.rand(shape)))
+        _close(*_both(plain_fcn8, fcn8, torch.rand(shape)))
 
 
 def test_the_background_is_the_zero_image_and_only_its_rings_are_computed(fcn8):
@@ -70,15 +82,10 @@ def test_gradients_match():
                 layer.bias.uniform_(0.0, 0.2)
     x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
     grads = []
-    for skip in (False, True):
-        FCN8.skip_padding = skip
-        try:
-            encoder.zero_grad()
-            (p3, p4), p5 = encoder.encode(x)
-            (p3.sum() + p4.sum() + (p5 ** 2).sum()).backward()
-            grads.append({n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None})
-        finally:
-            FCN8.skip_padding = True
+    for model in (_plain_twin(encoder), encoder):
+        (p3, p4), p5 = model.encode(x)
+        (p3.sum() + p4.sum() + (p5 ** 2).sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-9, atol=1e-9)
@@ -89,12 +96,13 @@ def test_channels_last_and_bf16_autocast(fcn8):
     x = torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     model = FCN8(3, head=False).eval().to(memory_format=torch.channels_last)
     model.load_state_dict(fcn8.state_dict())
+    plain_model = _plain_twin(model).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        plain, skipped = _both(model, x)
+        plain, skipped = _both(plain_model, model, x)
         _close(plain, skipped)
         assert skipped[1].is_contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            plain, skipped = _both(model, x)
+            plain, skipped = _both(plain_model, model, x)
     for a, b in zip([*plain[0], plain[1]], [*skipped[0], skipped[1]]):
         assert a.dtype == b.dtype == torch.bfloat16
         torch.testing.assert_close(b.float(), a.float(), rtol=0.05, atol=0.05)
@@ -144,20 +152,16 @@ def test_plan_handles_every_layer_kind(shape):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
-def test_plan_computes_less_than_the_plain_stack(fcn8):
+def test_plan_computes_less_than_the_plain_stack(fcn8, plain_fcn8):
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.rand(2, 3, 64, 64)
     counts = []
     with torch.no_grad():
         fcn8.encode(x)  # the plan is built here, with one plain pass on a zero image
-        for skip in (False, True):
-            FCN8.skip_padding = skip
-            try:
-                with FlopCounterMode(display=False) as counter:
-                    fcn8.encode(x)
-            finally:
-                FCN8.skip_padding = True
+        for model in (plain_fcn8, fcn8):
+            with FlopCounterMode(display=False) as counter:
+                model.encode(x)
             counts.append(counter.get_total_flops())
     assert counts[1] < 0.5 * counts[0]
 
@@ -177,7 +181,7 @@ def test_plan_is_reused_and_rebuilt_when_the_weights_change():
         model.vgg.features[2].bias.add_(0.5)
         assert model.padding_plan(x) is not first
         assert len(model._plans) == 1  # the plans of the old weights are gone
-        plain, skipped = _both(model, x)
+        plain, skipped = _both(_plain_twin(model), model, x)
     _close(plain, skipped)
     for size in range(40, 40 + FCN8.kept_plans + 2):
         with torch.no_grad():
