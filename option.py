@@ -1,23 +1,34 @@
-"""Command-line options of ``train_deep_globe.py``.
+"""Command-line options of ``train_deep_globe.py``, and the frozen ``Settings`` made of them.
 
 Option names follow the original FCtL/GLNet code so its shell scripts and habits carry over; the options
-it lacked (paths, device, resume, TTA, ...) are added under plain names. ``check_options`` rejects values
+it lacked (paths, device, resume, TTA, ...) are added under plain names. ``parse_options`` turns the
+command line into ``Settings`` once, every default and derived value resolved there, and rejects values
 that cannot work before any file is opened, so a typo costs a second, not a day of training.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
+import functools
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 from models.backbones import BACKBONES
 from models.correlation import CORRELATIONS
 from models.modes import MODES, mode_spec
 from pipeline.contexts import CONTEXTS
 from utils.errors import ConfigError, FCtLError, Interrupted, render, user_message
+
+if TYPE_CHECKING:
+    import torch
+
+    from dataset.classes import ClassTable
+    from dataset.scenes import InputRange
 
 EXIT_USER_ERROR = 2
 DATASETS = ("deepglobe", "inria", "custom")
@@ -39,7 +50,7 @@ class OptionError(ConfigError):
     """A command-line option value, or a combination of options, that cannot work."""
 
 
-def flag_renamer(parser: argparse.ArgumentParser | None):
+def flag_renamer(parser: argparse.ArgumentParser | None) -> Callable[[str], str]:
     """Turns a library setting name into the parser's flag for it (``size_p`` -> ``--size_p``);
     names the parser does not have stay as they are."""
     flags = {}
@@ -66,14 +77,9 @@ class _Parser(argparse.ArgumentParser):
         raise OptionError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """All options, grouped as a user meets them in ``--help``."""
-    p = _Parser(
-        prog="train_deep_globe.py",
-        description="FCtL for ultra-high-resolution segmentation: train (--train), evaluate a labelled "
-        "split (--evaluate) or write test predictions (default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+# --- the parser, one function per group of --help ------------------------------------------------------
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
     run = p.add_argument_group("what to run")
     run.add_argument("--task_name", default="fctl", help="name of the run: checkpoints <task>.*.pth, logs <log_path>/<task>")
     run.add_argument("--mode", type=int, default=1, choices=sorted(MODES),
@@ -97,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backbone", default="fcn8_vgg16", choices=list(BACKBONES),
                      help="fcn8_vgg16 loads the released checkpoints; fpn_* are the fast GLNet-style backbones")
 
+
+def _add_path_options(p: argparse.ArgumentParser) -> None:
     paths = p.add_argument_group("paths")
     paths.add_argument("--data_path", default=None,
                        help="folder holding train/ crossvali/ offical_crossvali/ (default: data, or data_inria for "
@@ -114,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--glo_path", default=None,
                        help="modes 3/4: the global (mode-0) model whose encoder gives the large context")
 
+
+def _add_scene_options(p: argparse.ArgumentParser) -> None:
     own = p.add_argument_group("your own scenes (test mode)")
     own.add_argument("--input", nargs="+", default=None, metavar="PATH",
                      help="predict these files instead of --data_path/--split: files, folders, glob patterns or .txt "
@@ -134,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--skip_existing", action="store_true",
                      help="do not predict scenes whose outputs already exist (resume a long batch)")
 
+
+def _add_geometry_options(p: argparse.ArgumentParser) -> None:
     geo = p.add_argument_group("patches and contexts")
     geo.add_argument("--size_p", type=int, default=508, help="patch side in pixels")
     geo.add_argument("--size_g", type=int, default=508, help="side of the resized whole image (global view)")
@@ -149,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="8 flip/rotation views summed (default ON in test mode, OFF for --evaluate/--val)")
     tta.add_argument("--no_tta", dest="tta", action="store_false")
 
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
     tr = p.add_argument_group("training")
     tr.add_argument("--epochs", type=int, default=50, help="length of the poly schedule (the last epoch)")
     tr.add_argument("--start_epoch", type=int, default=0,
@@ -167,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no_pretrained", action="store_true",
                     help="start the backbone from random weights instead of ImageNet (needed offline)")
 
+
+def _add_system_options(p: argparse.ArgumentParser) -> None:
     sys_ = p.add_argument_group("system")
     sys_.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     sys_.add_argument("--num_workers", type=int, default=2, help="image-reading worker processes")
@@ -177,100 +193,325 @@ def build_parser() -> argparse.ArgumentParser:
     sys_.add_argument("--allow_large_images", action="store_true",
                       help="lift Pillow's decompression-bomb limit (about 89 megapixels) for trusted large scenes")
     sys_.add_argument("--max_images", type=int, default=None, help="use only the first N images of each split (quick runs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All options, grouped as a user meets them in ``--help``."""
+    p = _Parser(
+        prog="train_deep_globe.py",
+        description="FCtL for ultra-high-resolution segmentation: train (--train), evaluate a labelled "
+        "split (--evaluate) or write test predictions (default).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for add_group in (_add_run_options, _add_path_options, _add_scene_options, _add_geometry_options,
+                      _add_training_options, _add_system_options):
+        add_group(p)
     return p
 
 
-def parse_options(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse and validate; raises OptionError with one line on a value that cannot work."""
-    args = build_parser().parse_args(argv)
-    check_options(args)
-    return args
+# --- the settings --------------------------------------------------------------------------------------
+
+class RunKind(enum.Enum):
+    """What a run does: exactly one of these."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"  # score a labelled split (--evaluate, or --val alone)
+    PREDICT_SPLIT = "predict"  # write the masks of a split (test mode)
+    PREDICT_SCENES = "predict scenes"  # write the masks of --input scenes
 
 
-def resolve_checkpoint(model_path: str, name: str | None) -> str | None:
-    """Join a checkpoint name to --model_path as the original does; absolute paths pass through."""
-    if name is None:
-        return None
-    return os.path.join(model_path, os.path.expanduser(name))
+@dataclass(frozen=True)
+class RunSettings:
+    """What to run. ``split`` is the split read by inference on a split (--split, default crossvali for an
+    evaluation and test for predictions), None otherwise; ``tta`` says whether inference sums the 8
+    views (--tta/--no_tta, default on for predictions, off for an evaluation; False when training)."""
+
+    task_name: str
+    kind: RunKind
+    mode: int
+    backbone: str
+    split: str | None
+    tta: bool
+
+    @property
+    def training(self) -> bool:
+        return self.kind is RunKind.TRAIN
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """The data set's name (deepglobe, inria or custom; the original's numbers resolved), its class
+    table (shipped, or read from --classes) and the correlation of the model's blocks."""
+
+    name: str
+    classes: ClassTable
+    correlation: str
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    """Where things are read and written. ``log_dir`` is <log_path>/<task_name>; ``metrics_path`` is
+    the evaluation's JSON (default <log_dir>/metrics_<split>.json), None when the run is no evaluation;
+    the checkpoints (``pre_path`` ...) are joined to ``model_path`` (absolute ones kept), None when not given."""
+
+    data_path: str
+    model_path: str
+    log_dir: str
+    prediction_path: str
+    metrics_path: str | None
+    pre_path: str | None
+    c_path: str | None
+    glo_path: str | None
+    c2_path: str | None
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """Scenes of your own (--input): the paths as given (expanded when read) and how they are read and
+    written; ``bands`` and ``input_range`` parsed."""
+
+    inputs: tuple[str, ...]
+    output_format: str | None
+    cog: bool
+    save_confidence: bool
+    quicklook: bool
+    bands: tuple[int, int, int] | None
+    input_range: InputRange | None
+    skip_existing: bool
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """The patch pipeline's geometry and precision (``context`` defaulted by the data set; ``amp_dtype``
+    the torch dtype of --amp_dtype)."""
+
+    size_p: int
+    size_g: int
+    context: int
+    context2: int
+    sub_batch_size: int
+    amp: bool
+    amp_dtype: torch.dtype
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The schedule and the start of training; ``validate`` is --val with --train, ``pretrained`` the
+    opposite of --no_pretrained, ``save_each_epoch_from`` defaulted by the data set. ``seed`` also
+    seeds the initial weights of any run."""
+
+    batch_size: int
+    epochs: int
+    start_epoch: int
+    lr: float
+    weight_decay: float
+    gamma_init: float
+    validate: bool
+    val_every: int
+    save_each_epoch_from: int
+    seed: int
+    resume: bool
+    pretrained: bool
+
+
+@dataclass(frozen=True)
+class SystemSettings:
+    """Device, workers and the handling of images (``device`` None: cuda when available)."""
+
+    device: str | None
+    num_workers: int
+    skip_bad_images: bool
+    allow_large_images: bool
+    max_images: int | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run of ``train_deep_globe.py`` needs, built once by ``parse_options``; ``scenes``
+    is set exactly when ``run.kind`` is PREDICT_SCENES. Field names are unique across the groups and
+    equal the library's setting names (``size_p``, ``seed``, ...)."""
+
+    run: RunSettings
+    dataset: DatasetSettings
+    paths: PathSettings
+    pipeline: PipelineSettings
+    training: TrainingSettings
+    system: SystemSettings
+    scenes: SceneSettings | None
+
+    def value(self, name: str) -> Any:
+        """The setting called ``name`` in whichever group holds it; KeyError when none does."""
+        for group in (self.run, self.dataset, self.paths, self.pipeline, self.training, self.system, self.scenes):
+            if group is not None and name in {f.name for f in fields(group)}:
+                return getattr(group, name)
+        raise KeyError(name)
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Settings:
+    """The settings of the command line ``argv`` (default: ``sys.argv[1:]``); OptionError (or the
+    ConfigError of an unreadable --classes table) with one line on a value that cannot work."""
+    return build_settings(build_parser().parse_args(argv))
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``args`` as ``build_parser`` parses them (``args`` is not changed): defaults and
+    derived values resolved, impossible values and combinations rejected with an OptionError naming
+    the option and the fix."""
+    dataset = _dataset_settings(args)
+    defaults = DATASET_DEFAULTS[dataset.name]
+
+    def given(name: str) -> Any:
+        value = getattr(args, name)
+        return defaults[name] if value is None else value
+
+    pipeline = _pipeline_settings(args, context=given("context"))
+    training = _training_settings(args, save_each_epoch_from=given("save_each_epoch_from"))
+    system = SystemSettings(device=args.device, num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
+                            allow_large_images=args.allow_large_images, max_images=args.max_images)
+    _check_numbers(pipeline, training, system)
+    kind = _run_kind(args)
+    scenes = _scene_settings(args)
+    _check_checkpoints(args, kind)
+    split = {RunKind.EVALUATE: args.split or "crossvali", RunKind.PREDICT_SPLIT: args.split or "test"}.get(kind)
+    predicting = kind in (RunKind.PREDICT_SPLIT, RunKind.PREDICT_SCENES)
+    tta = kind is not RunKind.TRAIN and (predicting if args.tta is None else args.tta)
+    run = RunSettings(task_name=args.task_name, kind=kind, mode=args.mode, backbone=args.backbone, split=split,
+                      tta=tta)
+    log_dir = os.path.join(args.log_path, args.task_name)
+    metrics_path = None
+    if kind is RunKind.EVALUATE:
+        metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
+    checkpoint = functools.partial(_checkpoint_path, args.model_path)
+    paths = PathSettings(data_path=given("data_path"), model_path=args.model_path, log_dir=log_dir,
+                         prediction_path=args.prediction_path, metrics_path=metrics_path,
+                         pre_path=checkpoint(args.pre_path), c_path=checkpoint(args.c_path),
+                         glo_path=checkpoint(args.glo_path), c2_path=checkpoint(args.c2_path))
+    return Settings(run=run, dataset=dataset, paths=paths, pipeline=pipeline, training=training, system=system,
+                    scenes=scenes)
+
+
+@functools.cache
+def _shipped_table(name: str) -> ClassTable:
+    """A shipped class table, read once per process (so that equal options give equal settings)."""
+    from dataset.classes import shipped_table
+
+    return shipped_table(name)
+
+
+def _dataset_settings(args: argparse.Namespace) -> DatasetSettings:
+    from dataset.classes import load_class_table
+
+    name = DATASET_NUMBERS.get(args.dataset, args.dataset)
+    if name == "custom":
+        if args.classes is None:
+            raise OptionError("--dataset custom needs --classes FILE (a class-table JSON; see data/classes/*.json)")
+        classes = load_class_table(args.classes)
+    elif args.classes is not None:
+        raise OptionError(f"--classes is for --dataset custom; --dataset {name} has its own table "
+                          f"(data/classes/{name}.json): drop --classes or pass --dataset custom")
+    else:
+        classes = _shipped_table(name)
+    correlation = args.correlation or DATASET_DEFAULTS[name]["correlation"]
+    return DatasetSettings(name=name, classes=classes, correlation=correlation)
+
+
+def _pipeline_settings(args: argparse.Namespace, context: int) -> PipelineSettings:
+    from pipeline.config import AMP_DTYPES
+
+    return PipelineSettings(size_p=args.size_p, size_g=args.size_g, context=context, context2=args.context2,
+                            sub_batch_size=args.sub_batch_size, amp=args.amp, amp_dtype=AMP_DTYPES[args.amp_dtype])
+
+
+def _training_settings(args: argparse.Namespace, save_each_epoch_from: int) -> TrainingSettings:
+    return TrainingSettings(batch_size=args.batch_size, epochs=args.epochs, start_epoch=args.start_epoch, lr=args.lr,
+                            weight_decay=args.weight_decay, gamma_init=args.gamma_init,
+                            validate=args.train and args.val, val_every=args.val_every,
+                            save_each_epoch_from=save_each_epoch_from, seed=args.seed, resume=args.resume,
+                            pretrained=not args.no_pretrained)
+
+
+def _check_numbers(pipeline: PipelineSettings, training: TrainingSettings, system: SystemSettings) -> None:
+    """Values out of their range, each named by its option."""
+    positive = {"size_p": pipeline.size_p, "size_g": pipeline.size_g, "batch_size": training.batch_size,
+                "sub_batch_size": pipeline.sub_batch_size, "epochs": training.epochs, "val_every": training.val_every}
+    for name, value in positive.items():
+        if value < 1:
+            raise OptionError(f"--{name} must be at least 1 (got {value})")
+    if system.num_workers < 0:
+        raise OptionError(f"--num_workers must be 0 or more (got {system.num_workers})")
+    if not (math.isfinite(training.lr) and training.lr > 0):
+        raise OptionError(f"--lr must be a positive number (got {training.lr})")
+    if not (math.isfinite(training.weight_decay) and training.weight_decay >= 0):
+        raise OptionError(f"--weight_decay must be 0 or a positive number (got {training.weight_decay})")
+    if not math.isfinite(training.gamma_init):
+        raise OptionError(f"--gamma_init must be a finite number (got {training.gamma_init})")
+    for name, value in (("context", pipeline.context), ("context2", pipeline.context2)):
+        if value not in CONTEXTS:
+            raise OptionError(f"--{name} {value} is not supported; use one of {CONTEXTS}")
+    if not 0 <= training.start_epoch < training.epochs:
+        raise OptionError(f"--start_epoch must be 0 or more and below --epochs {training.epochs} "
+                          f"(got {training.start_epoch})")
+    if training.save_each_epoch_from < 0:
+        raise OptionError(f"--save_each_epoch_from must be 0 (never) or an epoch (got {training.save_each_epoch_from})")
+    if system.max_images is not None and system.max_images < 1:
+        raise OptionError(f"--max_images must be at least 1 (got {system.max_images})")
+
+
+def _run_kind(args: argparse.Namespace) -> RunKind:
+    """--train, --evaluate, --val alone (an evaluation, of crossvali unless --split) or --input; else
+    predictions of a split."""
+    if args.train and args.evaluate:
+        raise OptionError("--train and --evaluate exclude each other; validate during training with --val")
+    if args.resume and not args.train:
+        raise OptionError("--resume only makes sense with --train")
+    if args.train:
+        return RunKind.TRAIN
+    if args.input is not None:
+        return RunKind.PREDICT_SCENES
+    if args.evaluate or args.val:
+        return RunKind.EVALUATE
+    return RunKind.PREDICT_SPLIT
 
 
 SCENE_ONLY = ("output_format", "cog", "save_confidence", "quicklook", "bands", "input_range", "skip_existing")
 
 
-def _check_scene_options(args: argparse.Namespace) -> None:
+def _scene_settings(args: argparse.Namespace) -> SceneSettings | None:
+    """The --input options, None without --input (where the other scene options are refused)."""
     from dataset.scenes import InputRange, parse_bands
 
     if args.input is None:
         given = [name for name in SCENE_ONLY if getattr(args, name) not in (None, False)]
         if given:
             raise OptionError(f"--{given[0]} applies to --input scenes only; add --input PATH")
-        return
+        return None
     if args.train or args.evaluate or args.val:
         raise OptionError("--input predicts unlabelled scenes in test mode; drop --train/--evaluate/--val")
     if args.split is not None:
         raise OptionError("--input replaces --split (and --data_path); drop --split")
-    args.bands = None if args.bands is None else parse_bands(args.bands)
-    args.input_range = None if args.input_range is None else InputRange.parse(args.input_range)
+    return SceneSettings(inputs=tuple(args.input), output_format=args.output_format, cog=args.cog,
+                         save_confidence=args.save_confidence, quicklook=args.quicklook,
+                         bands=None if args.bands is None else parse_bands(args.bands),
+                         input_range=None if args.input_range is None else InputRange.parse(args.input_range),
+                         skip_existing=args.skip_existing)
 
 
-def _resolve_dataset(args: argparse.Namespace) -> None:
-    """--dataset's defaults and class table (``args.class_table``)."""
-    from dataset.classes import load_class_table, shipped_table
-
-    args.dataset = DATASET_NUMBERS.get(args.dataset, args.dataset)
-    for name, value in DATASET_DEFAULTS[args.dataset].items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    if args.dataset == "custom":
-        if args.classes is None:
-            raise OptionError("--dataset custom needs --classes FILE (a class-table JSON; see data/classes/*.json)")
-        args.class_table = load_class_table(args.classes)
-    elif args.classes is not None:
-        raise OptionError(f"--classes is for --dataset custom; --dataset {args.dataset} has its own table "
-                          f"(data/classes/{args.dataset}.json): drop --classes or pass --dataset custom")
-    else:
-        args.class_table = shipped_table(args.dataset)
-
-
-def check_options(args: argparse.Namespace) -> None:
-    """Reject impossible option combinations early, naming the option and the fix."""
-    _resolve_dataset(args)
-    positive = ("size_p", "size_g", "batch_size", "sub_batch_size", "epochs", "val_every")
-    for name in positive:
-        if getattr(args, name) < 1:
-            raise OptionError(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    if args.num_workers < 0:
-        raise OptionError(f"--num_workers must be 0 or more (got {args.num_workers})")
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        raise OptionError(f"--lr must be a positive number (got {args.lr})")
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        raise OptionError(f"--weight_decay must be 0 or a positive number (got {args.weight_decay})")
-    if not math.isfinite(args.gamma_init):
-        raise OptionError(f"--gamma_init must be a finite number (got {args.gamma_init})")
-    for name in ("context", "context2"):
-        if getattr(args, name) not in CONTEXTS:
-            raise OptionError(f"--{name} {getattr(args, name)} is not supported; use one of {CONTEXTS}")
-    if not 0 <= args.start_epoch < args.epochs:
-        raise OptionError(f"--start_epoch must be 0 or more and below --epochs {args.epochs} (got {args.start_epoch})")
-    if args.save_each_epoch_from < 0:
-        raise OptionError(f"--save_each_epoch_from must be 0 (never) or an epoch (got {args.save_each_epoch_from})")
-    if args.max_images is not None and args.max_images < 1:
-        raise OptionError(f"--max_images must be at least 1 (got {args.max_images})")
-    if args.train and args.evaluate:
-        raise OptionError("--train and --evaluate exclude each other; validate during training with --val")
-    if args.resume and not args.train:
-        raise OptionError("--resume only makes sense with --train")
-    _check_scene_options(args)
-    if not args.train and args.val:
-        args.evaluate = True
-        args.split = args.split or "crossvali"
+def _check_checkpoints(args: argparse.Namespace, kind: RunKind) -> None:
+    """The models that the mode's frozen encoders come from, and the weights that inference runs."""
     for encoder in reversed(mode_spec(args.mode).frozen):
         if getattr(args, encoder.setting) is not None:
             continue
-        if args.train:
+        if kind is RunKind.TRAIN:
             raise OptionError(f"training mode {args.mode} needs --{encoder.setting} (a trained {encoder.role} "
                               f"mode-{encoder.source_mode} model; run {encoder.stage_script} first)")
         raise OptionError(f"mode {args.mode} needs --{encoder.setting} (the {encoder.role} mode-{encoder.source_mode} "
                           f"model, e.g. {encoder.example})")
-    if not args.train and args.pre_path is None:
+    if kind is not RunKind.TRAIN and args.pre_path is None:
         raise OptionError("testing and --evaluate need --pre_path (the weights to run, e.g. all.epoch.pth)")
+
+
+def _checkpoint_path(model_path: str, name: str | None) -> str | None:
+    """Join a checkpoint name to --model_path as the original does; absolute paths pass through."""
+    if name is None:
+        return None
+    return os.path.join(model_path, os.path.expanduser(name))

@@ -13,13 +13,16 @@ checkpoint to resume from. Tracebacks are kept for bugs.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 
 from dataset.deepglobe import DeepGlobe, first_images, item_bytes
 from dataset.io import allow_large_images
@@ -28,14 +31,16 @@ from models.backbones import memory_format_for
 from models.setup import create_model
 from option import (
     OptionError,
+    RunKind,
+    Settings,
     build_parser,
     exit_status_of_signal,
     flag_renamer,
     parse_options,
     report_error,
-    resolve_checkpoint,
 )
-from pipeline.predictor import AMP_DTYPES, PipelineConfig, Predictor, out_of_memory
+from pipeline.config import PipelineConfig
+from pipeline.predictor import Predictor, out_of_memory
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
 from utils.errors import FCtLError, describe_signal, signal_of
 from utils.files import ensure_writable_dir, remove_stale_temporaries
@@ -44,19 +49,42 @@ from utils.memory import fix_mmap_threshold
 from utils.workers import check_shared_memory, stop_on_signals, worker_init
 
 
-def _split(args: argparse.Namespace, split: str, labelled: bool):
-    """One split of --data_path as the options ask (bad images skipped or not, --max_images)."""
-    return first_images(DeepGlobe(args.data_path, split, labelled=labelled, skip_bad=args.skip_bad_images,
-                                  classes=args.class_table), args.max_images)
+@dataclass(frozen=True)
+class _Run:
+    """What every handler works with: the settings, this process's device and place in the job, the log."""
+
+    settings: Settings
+    device: torch.device
+    info: DistInfo
+    log: logging.Logger
+
+    def split(self, split: str, labelled: bool) -> Dataset:
+        """One split of the data folder as the settings ask (bad images skipped or not, at most max_images)."""
+        s = self.settings
+        return first_images(DeepGlobe(s.paths.data_path, split, labelled=labelled, skip_bad=s.system.skip_bad_images,
+                                      classes=s.dataset.classes), s.system.max_images)
+
+    def output_folder(self, folder: str, setting: str, remove_stale: Callable[[], list[str]]) -> None:
+        """Make ``folder`` (the value of ``setting``) ready for this run's files: created and checked
+        writable by every process, then, on the main one, cleared of the temporaries that an interrupted
+        earlier run left there (``remove_stale`` deletes them and returns their paths) with a warning;
+        every process waits for that before any writes."""
+        ensure_writable_dir(folder, setting)
+        if self.info.is_main:
+            stale = remove_stale()
+            if stale:
+                self.log.warning(f"removed {len(stale)} temporary files left in {folder} by an interrupted write "
+                                 f"(e.g. {os.path.basename(stale[0])}); the finished files there are complete")
+        barrier()
 
 
-def _pipeline(args: argparse.Namespace) -> PipelineConfig:
-    return PipelineConfig(args.size_p, args.size_g, args.context, args.sub_batch_size, args.amp,
-                          AMP_DTYPES[args.amp_dtype], args.context2)
+def _pipeline(s: Settings) -> PipelineConfig:
+    p = s.pipeline
+    return PipelineConfig(p.size_p, p.size_g, p.context, p.sub_batch_size, p.amp, p.amp_dtype, p.context2)
 
 
-def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.device, info: DistInfo, log) -> None:
-    """Build the training run's objects from the options and fit."""
+def _train(run: _Run, model: torch.nn.Module) -> None:
+    """Build the training run's objects from the settings and fit."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from dataset.deepglobe import collate_list
@@ -64,45 +92,39 @@ def _train(args: argparse.Namespace, model: torch.nn.Module, device: torch.devic
     from engine.training import Schedule, Trainer
     from utils.loss import FocalLoss
 
-    if info.is_main:
-        ensure_writable_dir(args.model_path, "model_path")
+    s, device, info = run.settings, run.device, run.info
+    t, workers = s.training, s.system.num_workers
+    checkpoints = CheckpointPolicy(s.paths.model_path, s.run.task_name, enabled=info.is_main,
+                                   keep=lambda epoch: keep_epoch(epoch, t.save_each_epoch_from))
+    run.output_folder(s.paths.model_path, "model_path", checkpoints.remove_stale)
     wrapped = model
     if info.enabled:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_set = _split(args, "train", labelled=True)
-    val_set = _split(args, "crossvali", labelled=True) if args.val else None
+    train_set = run.split("train", labelled=True)
+    val_set = run.split("crossvali", labelled=True) if t.validate else None
     # Each worker prefetches 2 batches (torch's default) of batch_size images.
-    check_shared_memory(args.num_workers, 2 * args.num_workers * args.batch_size, item_bytes(train_set))
+    check_shared_memory(workers, 2 * workers * t.batch_size, item_bytes(train_set))
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
-                                 seed=args.seed, drop_last=False)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                                 seed=t.seed, drop_last=False)
+    loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate_list, pin_memory=device.type == "cuda",
-                        persistent_workers=args.num_workers > 0, worker_init_fn=worker_init)
+                        persistent_workers=workers > 0, worker_init_fn=worker_init)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
-    checkpoints = CheckpointPolicy(args.model_path, args.task_name, enabled=info.is_main,
-                                   keep=lambda epoch: keep_epoch(epoch, args.save_each_epoch_from))
-    stale = checkpoints.remove_stale()
-    if stale:
-        log.warning(f"removed {len(stale)} temporary files left in {args.model_path} by an interrupted "
-                    f"checkpoint write (e.g. {os.path.basename(stale[0])}); the .pth files are complete")
-    writer = SafeWriter(os.path.join(args.log_path, args.task_name)) if info.is_main else None
-    schedule = Schedule(epochs=args.epochs, lr=args.lr, seed=args.seed, val_every=args.val_every,
-                        start_epoch=args.start_epoch)
-    trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(args), schedule, device=device,
-                      dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=args.num_workers,
-                      writer=writer, settings={name: getattr(args, name) for name in FIXED_ON_RESUME},
-                      classes=args.class_table)
-    trainer.fit(resume=args.resume)
+    optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    writer = SafeWriter(s.paths.log_dir) if info.is_main else None
+    schedule = Schedule(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, start_epoch=t.start_epoch)
+    trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(s), schedule, device=device,
+                      dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=workers,
+                      writer=writer, settings={name: s.value(name) for name in FIXED_ON_RESUME},
+                      classes=s.dataset.classes)
+    trainer.fit(resume=t.resume)
 
 
-def _evaluate(args: argparse.Namespace, predictor: Predictor, device: torch.device, info: DistInfo, log_dir: str,
-              log) -> None:
-    split = args.split or "crossvali"
-    tta = bool(args.tta)
-    metrics_path = args.metrics_path or os.path.join(log_dir, f"metrics_{split}.json")
-    if info.is_main:  # fail now, not after scoring the whole split
+def _evaluate(run: _Run, predictor: Predictor) -> None:
+    s = run.settings
+    split, metrics_path = s.run.split, s.paths.metrics_path
+    if run.info.is_main:  # fail now, not after scoring the whole split
         folder = os.path.dirname(os.path.abspath(metrics_path))
         if os.path.isdir(metrics_path):
             raise OptionError(f"--metrics_path {metrics_path} is a folder; give the path of a .json file")
@@ -110,108 +132,94 @@ def _evaluate(args: argparse.Namespace, predictor: Predictor, device: torch.devi
             raise OptionError(f"--metrics_path {metrics_path} lies under {folder}, which is a file, not a folder; "
                               f"give a path in a folder")
         ensure_writable_dir(folder, "metrics_path")
-    dataset = _split(args, split, labelled=True)
+    dataset = run.split(split, labelled=True)
     started = time.time()
-    try:
-        scores, _ = evaluate_dataset(predictor, dataset, device, info, tta=tta, num_workers=args.num_workers,
-                                     classes=args.class_table)
-    except torch.OutOfMemoryError:
-        raise out_of_memory(device, predictor.cfg) from None
-    if info.is_main:
-        scores.update(split=split, mode=args.mode, backbone=args.backbone, tta=tta, images=len(dataset),
-                      dataset=args.dataset, classes=list(args.class_table.names))
+    scores, _ = evaluate_dataset(predictor, dataset, run.device, run.info, tta=s.run.tta,
+                                 num_workers=s.system.num_workers, classes=s.dataset.classes)
+    if run.info.is_main:
+        scores.update(split=split, mode=s.run.mode, backbone=s.run.backbone, tta=s.run.tta, images=len(dataset),
+                      dataset=s.dataset.name, classes=list(s.dataset.classes.names))
         write_metrics(metrics_path, scores)
-        log.info(format_scores(scores, args.class_table))
-        log.info(f"{len(dataset)} images ({scores['skipped']} skipped) in {time.time() - started:.1f}s; "
-                 f"metrics written to {metrics_path}")
+        run.log.info(format_scores(scores, s.dataset.classes))
+        run.log.info(f"{len(dataset)} images ({scores['skipped']} skipped) in {time.time() - started:.1f}s; "
+                     f"metrics written to {metrics_path}")
 
 
-def _predict(args: argparse.Namespace, predictor: Predictor, device: torch.device, info: DistInfo, log) -> None:
-    split = args.split or "test"
-    tta = True if args.tta is None else args.tta
-    dataset = _split(args, split, labelled=False)
-    ensure_writable_dir(args.prediction_path, "prediction_path")
-    if info.is_main:  # leftovers of a killed earlier run; before any process starts writing
-        stale = remove_stale_temporaries(args.prediction_path, "*_mask.png")
-        if stale:
-            log.warning(f"removed {len(stale)} temporary files left in {args.prediction_path} by an interrupted run")
-    barrier()
-    try:
-        summary = predict_dataset(predictor, dataset, args.prediction_path, device, info, tta=tta,
-                                  num_workers=args.num_workers, classes=args.class_table)
-    except torch.OutOfMemoryError:
-        raise out_of_memory(device, predictor.cfg) from None
-    if info.is_main:
+def _predict(run: _Run, predictor: Predictor) -> None:
+    s = run.settings
+    folder = s.paths.prediction_path
+    dataset = run.split(s.run.split, labelled=False)
+    run.output_folder(folder, "prediction_path", lambda: remove_stale_temporaries(folder, "*_mask.png"))
+    summary = predict_dataset(predictor, dataset, folder, run.device, run.info, tta=s.run.tta,
+                              num_workers=s.system.num_workers, classes=s.dataset.classes)
+    if run.info.is_main:
         per_image = summary["seconds"] / max(summary["images"], 1)
-        log.info(f"predicted {summary['images']} images ({summary['skipped']} skipped, {summary['patches']} patches, "
-                 f"TTA {'on' if tta else 'off'}) in {summary['seconds']:.1f}s ({per_image:.2f} s/image), "
-                 f"peak memory {summary['peak_memory_mb']:.0f} MB; masks in {args.prediction_path}")
+        run.log.info(f"predicted {summary['images']} images ({summary['skipped']} skipped, {summary['patches']} "
+                     f"patches, TTA {'on' if s.run.tta else 'off'}) in {summary['seconds']:.1f}s ({per_image:.2f} "
+                     f"s/image), peak memory {summary['peak_memory_mb']:.0f} MB; masks in {folder}")
 
 
-def _predict_scenes(args: argparse.Namespace, predictor: Predictor, device: torch.device, info: DistInfo, log) -> None:
+def _predict_scenes(run: _Run, predictor: Predictor) -> None:
     from dataset.scenes import expand_inputs
     from engine.scenes import SceneOutputs, SceneReading, check_outputs, predict_scenes, remove_stale_outputs
 
-    tta = True if args.tta is None else args.tta
-    paths = expand_inputs(args.input)
-    outputs = SceneOutputs(args.prediction_path, args.output_format, args.cog, args.save_confidence, args.quicklook,
-                           args.skip_existing, args.class_table)
-    reading = SceneReading(args.bands, args.input_range)
+    s, scenes = run.settings, run.settings.scenes
+    folder = s.paths.prediction_path
+    paths = expand_inputs(list(scenes.inputs))
+    outputs = SceneOutputs(folder, scenes.output_format, scenes.cog, scenes.save_confidence, scenes.quicklook,
+                           scenes.skip_existing, s.dataset.classes)
+    reading = SceneReading(scenes.bands, scenes.input_range)
     check_outputs(paths, outputs, reading)
-    ensure_writable_dir(args.prediction_path, "prediction_path")
-    if info.is_main:
-        stale = remove_stale_outputs(args.prediction_path)
-        if stale:
-            log.warning(f"removed {len(stale)} temporary files left in {args.prediction_path} by an interrupted run")
-        log.info(f"{len(paths)} input files; outputs in {args.prediction_path}")
-    barrier()
-    try:
-        summary = predict_scenes(predictor, paths, outputs, reading, device, info, tta=tta,
-                                 skip_bad=args.skip_bad_images)
-    except torch.OutOfMemoryError:
-        raise out_of_memory(device, predictor.cfg) from None
-    if info.is_main:
+    run.output_folder(folder, "prediction_path", lambda: remove_stale_outputs(folder))
+    if run.info.is_main:
+        run.log.info(f"{len(paths)} input files; outputs in {folder}")
+    summary = predict_scenes(predictor, paths, outputs, reading, run.device, run.info, tta=s.run.tta,
+                             skip_bad=s.system.skip_bad_images)
+    if run.info.is_main:
         megapixels = summary["pixels"] / 1e6
-        log.info(f"predicted {summary['scenes']} scenes ({megapixels:.1f} megapixels, {summary['patches']} patches, "
-                 f"TTA {'on' if tta else 'off'}; {summary['existing']} already done, {summary['skipped']} skipped) in "
-                 f"{summary['seconds']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB; outputs in "
-                 f"{args.prediction_path}")
+        run.log.info(f"predicted {summary['scenes']} scenes ({megapixels:.1f} megapixels, {summary['patches']} "
+                     f"patches, TTA {'on' if s.run.tta else 'off'}; {summary['existing']} already done, "
+                     f"{summary['skipped']} skipped) in {summary['seconds']:.1f}s, peak memory "
+                     f"{summary['peak_memory_mb']:.0f} MB; outputs in {folder}")
+
+
+# The inference handlers: each gets a Predictor; running out of memory is translated for all of them in run().
+_INFERENCE = {RunKind.EVALUATE: _evaluate, RunKind.PREDICT_SPLIT: _predict, RunKind.PREDICT_SCENES: _predict_scenes}
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = parse_options(argv)
-    if not args.train:  # inference: freed tensors go back to the system, memory stays flat over a long scene
+    """One run of the entry script with the command line ``argv``; returns the exit status (0)."""
+    s = parse_options(argv)
+    training = s.run.training
+    if not training:  # inference: freed tensors go back to the system, memory stays flat over a long scene
         fix_mmap_threshold()
-    info, device = init_distributed(args.device)
-    log_dir = os.path.join(args.log_path, args.task_name)
+    info, device = init_distributed(s.system.device)
     if info.is_main:
-        ensure_writable_dir(log_dir, "log_path")
-    log = setup_logging(info.rank, os.path.join(log_dir, "train.log" if args.train else "run.log"),
+        ensure_writable_dir(s.paths.log_dir, "log_path")
+    log = setup_logging(info.rank, os.path.join(s.paths.log_dir, "train.log" if training else "run.log"),
                         rename=flag_renamer(build_parser()))
-    allow_large_images(args.allow_large_images)
+    allow_large_images(s.system.allow_large_images)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    torch.manual_seed(args.seed)  # the initial weights of a fresh model depend on it
+    torch.manual_seed(s.training.seed)  # the initial weights of a fresh model depend on it
     model = create_model(
-        args.mode, args.backbone,
-        pre_path=resolve_checkpoint(args.model_path, args.pre_path),
-        c_path=resolve_checkpoint(args.model_path, args.c_path),
-        glo_path=resolve_checkpoint(args.model_path, args.glo_path),
-        c2_path=resolve_checkpoint(args.model_path, args.c2_path),
-        training=args.train, pretrained=not args.no_pretrained, gamma_init=args.gamma_init,
-        n_class=args.class_table.n_class, correlation=args.correlation, class_table=args.class_table.record(),
-        memory_format=memory_format_for(args.backbone, device.type, args.train),
+        s.run.mode, s.run.backbone,
+        pre_path=s.paths.pre_path, c_path=s.paths.c_path, glo_path=s.paths.glo_path, c2_path=s.paths.c2_path,
+        training=training, pretrained=s.training.pretrained, gamma_init=s.training.gamma_init,
+        n_class=s.dataset.classes.n_class, correlation=s.dataset.correlation, class_table=s.dataset.classes.record(),
+        memory_format=memory_format_for(s.run.backbone, device.type, training),
     ).to(device)
 
-    if args.train:
-        _train(args, model, device, info, log)
-    elif args.evaluate:
-        _evaluate(args, Predictor(model, _pipeline(args)), device, info, log_dir, log)
-    elif args.input is not None:
-        _predict_scenes(args, Predictor(model, _pipeline(args)), device, info, log)
-    else:
-        _predict(args, Predictor(model, _pipeline(args)), device, info, log)
+    context = _Run(s, device, info, log)
+    if training:
+        _train(context, model)
+        return 0
+    cfg = _pipeline(s)
+    try:
+        _INFERENCE[s.run.kind](context, Predictor(model, cfg))
+    except torch.OutOfMemoryError:
+        raise out_of_memory(device, cfg) from None
     return 0
 
 

@@ -82,16 +82,17 @@ def test_released_inria_files_need_the_plain_correlation(inria_data, inria_check
 
 
 def test_dataset_defaults_and_the_original_names():
-    args = parse_options(["--dataset", "2", "--pre_path", "x.pth", "--mode", "5", "--glo_path_10", "a.pth",
-                          "--glo_path_15", "b.pth"])
-    assert (args.dataset, args.correlation, args.context, args.context2, args.data_path) == \
+    s = parse_options(["--dataset", "2", "--pre_path", "x.pth", "--mode", "5", "--glo_path_10", "a.pth",
+                       "--glo_path_15", "b.pth"])
+    assert (s.dataset.name, s.dataset.correlation, s.pipeline.context, s.pipeline.context2, s.paths.data_path) == \
         ("inria", "plain", 2, 3, "data_inria")
-    assert (args.c_path, args.c2_path, args.class_table.n_class, args.save_each_epoch_from) == ("a.pth", "b.pth", 2, 0)
-    args = parse_options(["--dataset", "1", "--pre_path", "x.pth"])
-    assert (args.dataset, args.correlation, args.context, args.data_path, args.class_table.n_class) == \
+    assert (s.paths.c_path, s.paths.c2_path, s.dataset.classes.n_class, s.training.save_each_epoch_from) == \
+        (os.path.join("saved_models", "a.pth"), os.path.join("saved_models", "b.pth"), 2, 0)
+    s = parse_options(["--dataset", "1", "--pre_path", "x.pth"])
+    assert (s.dataset.name, s.dataset.correlation, s.pipeline.context, s.paths.data_path, s.dataset.classes.n_class) == \
         ("deepglobe", "centred", 3, "data", 7)
-    args = parse_options(["--dataset", "inria", "--pre_path", "x.pth", "--context10", "3", "--correlation", "centred"])
-    assert (args.context, args.correlation) == (3, "centred")
+    s = parse_options(["--dataset", "inria", "--pre_path", "x.pth", "--context10", "3", "--correlation", "centred"])
+    assert (s.pipeline.context, s.dataset.correlation) == (3, "centred")
 
 
 @pytest.mark.parametrize(("argv", "message"), [
