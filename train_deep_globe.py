@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset
 
-from dataset.deepglobe import DeepGlobe, first_images, item_bytes
 from dataset.io import allow_large_images
+from dataset.split_layout import SplitDataset, first_images, item_bytes
 from engine.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
 from models.backbones import memory_format_for
 from models.setup import create_model
@@ -61,7 +61,7 @@ class _Run:
     def split(self, split: str, labelled: bool) -> Dataset:
         """One split of the data folder as the settings ask (bad images skipped or not, at most max_images)."""
         s = self.settings
-        return first_images(DeepGlobe(s.paths.data_path, split, labelled=labelled, skip_bad=s.system.skip_bad_images,
+        return first_images(SplitDataset(s.paths.data_path, split, labelled=labelled, skip_bad=s.system.skip_bad_images,
                                       classes=s.dataset.classes), s.system.max_images)
 
     def output_folder(self, folder: str, setting: str, remove_stale: Callable[[], list[str]]) -> None:
@@ -87,9 +87,9 @@ def _train(run: _Run, model: torch.nn.Module) -> None:
     """Build the training run's objects from the settings and fit."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from dataset.deepglobe import collate_list
-    from engine.checkpoints import FIXED_ON_RESUME, CheckpointPolicy, keep_epoch
-    from engine.training import Schedule, Trainer
+    from dataset.split_layout import collate_list
+    from engine.checkpoint_policy import FIXED_ON_RESUME, CheckpointPolicy, keep_epoch
+    from engine.training import Trainer, TrainingPlan
     from utils.loss import FocalLoss
 
     s, device, info = run.settings, run.device, run.info
@@ -113,7 +113,7 @@ def _train(run: _Run, model: torch.nn.Module) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     writer = SafeWriter(s.paths.log_dir) if info.is_main else None
-    schedule = Schedule(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, start_epoch=t.start_epoch)
+    schedule = TrainingPlan(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, start_epoch=t.start_epoch)
     trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(s), schedule, device=device,
                       dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=workers,
                       writer=writer, settings={name: s.value(name) for name in FIXED_ON_RESUME},

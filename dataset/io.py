@@ -46,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import get_worker_info
 
 from dataset.classes import DEEPGLOBE, ClassTable
-from utils.errors import DataError
+from utils.errors import DataError, InputFileError
 from utils.files import atomic_open
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,11 @@ def allow_large_images(flag: bool) -> None:
 
 def _check_file(path: str, what: str) -> None:
     if not os.path.exists(path):
-        raise DataError(f"{what} not found: {path}; check the path (or re-run python -m tools.prepare_deepglobe)")
+        raise InputFileError(f"{what} not found: {path}; check the path (or re-run python -m tools.prepare_deepglobe)", path=path)
     if os.path.isdir(path):
-        raise DataError(f"{what} {path} is a folder, not a file")
+        raise InputFileError(f"{what} {path} is a folder, not a file", path=path)
     if os.path.getsize(path) == 0:
-        raise DataError(f"{what} {path} is empty (0 bytes): the copy or download is incomplete; fetch it again")
+        raise InputFileError(f"{what} {path} is empty (0 bytes): the copy or download is incomplete; fetch it again", path=path)
 
 
 @contextmanager
@@ -92,18 +92,16 @@ def opened_image(path: str, what: str, load: bool = True) -> Iterator[Image.Imag
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         found = re.search(r"\((\d+) pixels\)", str(error))
         count = f"{int(found.group(1))} pixels, " if found else ""
-        raise DataError(
-            f"{what} {path} has {count}more than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels "
-            f"(decompression-bomb guard); pass `allow_large_images` if you trust the file"
-        ) from None
+        raise InputFileError(f"{what} {path} has {count}more than Pillow's safety limit of {Image.MAX_IMAGE_PIXELS} pixels "
+                             f"(decompression-bomb guard); pass `allow_large_images` if you trust the file", path=path) from None
     except UnidentifiedImageError:
-        raise DataError(
-            f"{what} {path} is not a readable image (unknown format or corrupt); replace the file"
-        ) from None
+        raise InputFileError(f"{what} {path} is not a readable image (unknown format or corrupt); "
+                             f"replace the file", path=path) from None
     except _DECODE_ERRORS as error:
         if "truncated" in str(error).lower():
-            raise DataError(f"{what} {path} is truncated: the copy or download is incomplete; fetch it again") from None
-        raise DataError(f"{what} {path} cannot be decoded ({error}): the file is damaged; replace it") from None
+            raise InputFileError(f"{what} {path} is truncated: the copy or download is incomplete; "
+                                 f"fetch it again", path=path) from None
+        raise InputFileError(f"{what} {path} cannot be decoded ({error}): the file is damaged; replace it", path=path) from None
     try:
         yield image
     finally:
@@ -118,9 +116,8 @@ def image_size(path: str) -> tuple[int, int]:
 
 def _sixteen_to_eight(values: np.ndarray, path: str, mode: str, warn: bool = True) -> np.ndarray:
     if int(values.min()) < 0 or int(values.max()) > 65535:
-        raise DataError(
-            f"image {path} (mode {mode}) holds values outside 0..65535; convert it to 8-bit RGB first"
-        )
+        raise InputFileError(f"image {path} (mode {mode}) holds values outside 0..65535; "
+                             f"convert it to 8-bit RGB first", path=path)
     if warn:
         log.warning("%s: %s image (16-bit) reduced to 8 bits by keeping the high byte (value >> 8)", path, mode)
     return (values.astype(np.uint32) >> 8).astype(np.uint8)
@@ -148,11 +145,11 @@ def _to_rgb(image: Image.Image, path: str, warn: bool = True) -> np.ndarray:
         say("%s: palette image (mode P); expanded its palette to RGB", path)
         return np.array(image.convert("RGBA"))[:, :, :3].copy()
     if mode == "F":
-        raise DataError(f"image {path} holds floating-point pixels (mode F); convert it to 8-bit RGB first")
+        raise InputFileError(f"image {path} holds floating-point pixels (mode F); convert it to 8-bit RGB first", path=path)
     try:
         rgb = np.array(image.convert("RGB"))
     except ValueError:
-        raise DataError(f"image {path} has pixel mode {mode}, which cannot be converted to RGB") from None
+        raise InputFileError(f"image {path} has pixel mode {mode}, which cannot be converted to RGB", path=path) from None
     say("%s: image in mode %s; converted to RGB", path, mode)
     return rgb
 

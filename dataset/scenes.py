@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, InputFileError
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +186,17 @@ class RasterScene:
         rasterio = _rasterio()
         self.path = path
         if not os.path.isfile(path):
-            raise DataError(f"image {path} not found; check the path")
+            raise InputFileError(f"image {path} not found; check the path", path=path)
         if os.path.getsize(path) == 0:
-            raise DataError(f"image {path} is empty (0 bytes): the copy or download is incomplete; fetch it again")
+            raise InputFileError(f"image {path} is empty (0 bytes): the copy or download is incomplete; "
+                                 f"fetch it again", path=path)
         try:
             with warnings.catch_warnings():  # a plain TIFF or JPEG has no georeferencing: nothing to warn about
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 self._src = rasterio.open(path)
         except rasterio.errors.RasterioError as exc:
-            raise DataError(f"image {path} is not readable by GDAL ({_first_line(exc)}); replace the file") from None
+            raise InputFileError(f"image {path} is not readable by GDAL ({_first_line(exc)}); "
+                                 f"replace the file", path=path) from None
         try:
             self._setup(bands, input_range)
         except BaseException:
@@ -210,8 +212,8 @@ class RasterScene:
         self.crs, self.transform = src.crs, (src.transform if georeferenced else None)
         if bands is None:
             if self.count < 3:
-                raise DataError(f"image {path} has {self.count} band{'s' if self.count != 1 else ''}, fewer than 3; "
-                                f"pass `bands` to choose them (e.g. 1,1,1 for a grey scene)")
+                raise InputFileError(f"image {path} has {self.count} band{'s' if self.count != 1 else ''}, fewer than 3; "
+                                     f"pass `bands` to choose them (e.g. 1,1,1 for a grey scene)", path=path)
             if self.count > 3:
                 log.warning("%s: %d bands; using bands 1,2,3 as R,G,B (pass `bands` to choose others)", path, self.count)
             bands = (1, 2, 3)
@@ -222,12 +224,12 @@ class RasterScene:
         self.bands = tuple(int(b) for b in bands)
         dtypes = {src.dtypes[b - 1] for b in self.bands}
         if len(dtypes) != 1:
-            raise DataError(f"image {path}: bands {self.bands} have different data types ({', '.join(sorted(dtypes))}); "
-                            f"choose bands of one type with `bands`")
+            raise InputFileError(f"image {path}: bands {self.bands} have different data types ({', '.join(sorted(dtypes))}); "
+                                 f"choose bands of one type with `bands`", path=path)
         self.dtype = dtypes.pop()
         if self.dtype not in SUPPORTED_DTYPES:
-            raise DataError(f"image {path} has {self.dtype} pixels, which are not supported; convert it to "
-                            f"{', '.join(SUPPORTED_DTYPES)} first (e.g. with gdal_translate -ot)")
+            raise InputFileError(f"image {path} has {self.dtype} pixels, which are not supported; convert it to "
+                                 f"{', '.join(SUPPORTED_DTYPES)} first (e.g. with gdal_translate -ot)", path=path)
         block_rows, block_cols = src.block_shapes[0]
         if block_cols >= self.width and self.width > 4 * 512:
             log.warning("%s is not tiled (blocks of %dx%d px): every window decodes whole rows, which is slow for a "
@@ -236,8 +238,8 @@ class RasterScene:
         self.has_mask = not all(f == [MaskFlags.all_valid] for f in flags)
         self.range_rule = input_range
         if input_range is None and self.dtype != "uint8":
-            raise DataError(f"image {path} has {self.dtype} pixels; pass `input_range` to say how they map to 0..255: "
-                            f"LOW,HIGH (e.g. 0,3000) or percentiles such as p2,p98")
+            raise InputFileError(f"image {path} has {self.dtype} pixels; pass `input_range` to say how they map to 0..255: "
+                                 f"LOW,HIGH (e.g. 0,3000) or percentiles such as p2,p98", path=path)
         if input_range is None:
             self._scale = None
         elif input_range.percentiles is not None:
@@ -289,8 +291,8 @@ class RasterScene:
         try:
             return self._src.read(self.bands, window=self._window(y0, x0, y1, x1))
         except Exception as exc:  # GDAL reports damaged blocks only when they are read
-            raise DataError(f"image {self.path}: rows {y0}..{y1} cannot be read ({_first_line(exc)}); the file is "
-                            f"damaged or truncated: replace it") from None
+            raise InputFileError(f"image {self.path}: rows {y0}..{y1} cannot be read ({_first_line(exc)}); the file is "
+                                 f"damaged or truncated: replace it", path=self.path) from None
 
     def _valid_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         from rasterio.errors import NodataShadowWarning
@@ -366,7 +368,8 @@ class RasterScene:
                         lows[b] = min(lows[b], float(values.min()))
                         highs[b] = max(highs[b], float(values.max()))
             if not np.isfinite(lows).all():
-                raise DataError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from")
+                raise InputFileError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from",
+                                     path=self.path)
             lo_edge, width = lows, np.maximum(highs - lows, 1e-12) / 65536
         counts = np.zeros((3, 65536), dtype=np.int64)
         for raw, valid in self._strips():
@@ -380,7 +383,8 @@ class RasterScene:
                 counts[b] += np.bincount(index.ravel(), minlength=65536)
         totals = counts.sum(axis=1)
         if not totals.all():
-            raise DataError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from")
+            raise InputFileError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from",
+                                 path=self.path)
         pairs = np.zeros((3, 2))
         for b in range(3):
             cumulative = np.cumsum(counts[b])

@@ -49,8 +49,8 @@ import re
 
 import numpy as np
 
-from dataset.deepglobe import SPLIT_DIRS
 from dataset.io import write_image_png, write_index_png
+from dataset.split_layout import SPLIT_DIRS
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from dataset.classes import DEEPGLOBE, ClassTable
-from dataset.deepglobe import item_bytes
 from dataset.io import PngBandWriter
+from dataset.split_layout import item_bytes
 from pipeline.predictor import Predictor
 from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
 from utils.errors import DataError
@@ -50,7 +50,7 @@ def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: 
     """Score ``dataset`` (labelled); returns (scores dict, optional first (image, label, prediction) sample).
     ``classes``: the table whose ``unscored`` class the means leave out.
 
-    Images the dataset skipped (``DeepGlobe(skip_bad=True)`` yields None for them, with a warning) are
+    Images the dataset skipped (``SplitDataset(skip_bad=True)`` yields None for them, with a warning) are
     counted in ``scores['skipped']``; when every image was skipped there is nothing to score and a
     DataError says so (on every process: the counts are summed first).
     """

@@ -32,11 +32,12 @@ from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.geotiff import NODATA, GeoTiffBandWriter
 from dataset.io import PngBandWriter, read_image, write_image_png
 from dataset.scenes import InputRange, RasterScene, stem_of, uses_pillow
+from pipeline.inputs import largest_window
 from pipeline.predictor import Predictor
 from pipeline.quicklook import MaskThumbnail, compose, preview_size, scene_thumbnail
 from pipeline.sources import TensorSource, WindowedSource
 from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, InputFileError
 from utils.files import remove_stale_temporaries
 from utils.logging import get_logger, peak_memory_mb, progress
 
@@ -100,14 +101,11 @@ def remove_stale_outputs(folder: str) -> list[str]:
 
 
 def cache_blocks(predictor: Predictor, block: int = BLOCK) -> int:
-    """Blocks a windowed scene keeps: one patch row's height of windows (context x p plus the spread of
-    a row's tops) across a sub-batch of patches side by side, plus one block each way."""
+    """Blocks a windowed scene keeps: one patch row's height of windows (the largest square a patch
+    reads, ``pipeline.inputs.largest_window``, plus the spread of a row's tops) across a sub-batch of
+    patches side by side, plus one block each way."""
     cfg = predictor.cfg
-    side = cfg.size_p
-    if predictor.net.needs_medium:
-        side = cfg.context * cfg.size_p
-    if predictor.net.spec.needs_large_window:
-        side = max(side, cfg.context2 * cfg.size_p)
+    side = largest_window(predictor.net.spec, cfg)
     rows = math.ceil((side + cfg.size_p // 8) / block) + 1
     cols = math.ceil((cfg.sub_batch_size * cfg.size_p + side) / block) + 1
     return rows * cols
@@ -204,8 +202,8 @@ def predict_scenes(predictor: Predictor, paths: list[str], outputs: SceneOutputs
             continue
         try:
             scene_pixels, scene_patches = _predict_scene(predictor, path, outputs, reading, device, tta, info.is_main)
-        except DataError as exc:
-            if not skip_bad or not str(exc).startswith(f"image {path}"):  # output errors always stop
+        except InputFileError as exc:
+            if not skip_bad or exc.path != path:  # only the scene itself may be skipped; output errors always stop
                 raise
             log.warning(f"skipped: {exc}")
             bad += 1

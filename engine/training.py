@@ -14,7 +14,7 @@ Reproducibility: the image order and the augmentation of an epoch are drawn from
 state at the end of every epoch. Resuming from ``<task>.last.pth`` therefore replays the remaining
 epochs exactly as an uninterrupted run would (bit-for-bit on the CPU).
 
-Faults. Checkpoints follow ``engine.checkpoints.CheckpointPolicy`` (atomic writes, ``last`` written
+Faults. Checkpoints follow ``engine.checkpoint_policy.CheckpointPolicy`` (atomic writes, ``last`` written
 last). A non-finite loss stops the run before the weights change (we stop rather than skip the step:
 a NaN usually means the learning rate is too high, and skipping would hide that); weights that became
 non-finite are never written. Out of memory stops the run with a hint to lower the sub-batch size.
@@ -34,23 +34,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from dataset.classes import DEEPGLOBE, ClassTable
-from engine.checkpoints import CheckpointPolicy
+from engine.checkpoint_policy import CheckpointPolicy
 from engine.evaluation import evaluate_dataset
 from models.checkpoint import export_weights, load_state_into, save_weights
-from pipeline.predictor import PipelineConfig, Predictor, out_of_memory
-from pipeline.units import Unit, patch_units, whole_image_units
+from pipeline.config import PipelineConfig
+from pipeline.predictor import Predictor, out_of_memory
+from pipeline.units import TrainingUnit, patch_units, whole_image_units
 from utils.augment import random_flip_rotate
 from utils.distributed import DistInfo, all_reduce_sum, unwrap
 from utils.errors import DataError, Interrupted, TrainingFault, describe_signal, signal_of
+from utils.learning_rate import poly_lr, set_lr
 from utils.logging import get_logger, peak_memory_mb, progress
 from utils.metrics import ConfusionMatrix
-from utils.schedule import poly_lr, set_lr
 from utils.workers import iterate
 
 log = get_logger("train")
 
 @dataclass(frozen=True)
-class Schedule:
+class TrainingPlan:
     """How long and how fast a run trains (the options of the same names)."""
 
     epochs: int
@@ -72,18 +73,18 @@ class Trainer:
 
     model: the network to train (an FCtLNet, possibly wrapped in DistributedDataParallel);
     optimizer: over its trainable parameters; loader: batches of {"image": [uint8 (3, H, W)], "label":
-    [uint8 (H, W)], "skipped": int} (see ``dataset.deepglobe.collate_list``), its sampler re-seeded each
+    [uint8 (H, W)], "skipped": int} (see ``dataset.split_layout.collate_list``), its sampler re-seeded each
     epoch when it has ``set_epoch``; criterion: logits (B, C, p, p) float32, labels (B, p, p) -> loss;
     checkpoints: where files go (None: nothing is written); val_set: a labelled data set scored every
     ``schedule.val_every`` epochs and after the last (None: no validation), read by ``val_workers``
     processes; writer: a tensorboardX-like ``add_scalar``/``add_image`` sink or None; settings: the
-    run's values of ``engine.checkpoints.FIXED_ON_RESUME``, recorded in the training state and
+    run's values of ``engine.checkpoint_policy.FIXED_ON_RESUME``, recorded in the training state and
     compared when it is resumed; classes: the class table (names in logs, colours of the logged
     images, the class left out of mIoU).
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                 criterion: torch.nn.Module, cfg: PipelineConfig, schedule: Schedule, *,
+                 criterion: torch.nn.Module, cfg: PipelineConfig, schedule: TrainingPlan, *,
                  device: torch.device, dist_info: DistInfo | None = None,
                  checkpoints: CheckpointPolicy | None = None,
                  val_set=None, val_workers: int = 0, writer=None, settings: dict | None = None,
@@ -182,24 +183,20 @@ class Trainer:
                 f"the weights changed. {self._kept()} (lower `lr` first)")
         return value
 
-    def _forward_loss(self, x, y, medium=None, global_context=None, large_window=None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        windows = {} if large_window is None else {"large_window": large_window}
-        with torch.autocast(self.device.type, dtype=self.cfg.amp_dtype, enabled=self.cfg.amp):
-            logits = self.model(x, medium=medium, global_context=global_context, **windows)
-        return self.criterion(logits.float(), y), logits
+    def _forward_loss(self, unit: TrainingUnit) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.cfg.autocast(self.device):
+            logits = self.model(unit.x, unit.inputs)
+        return self.criterion(logits.float(), unit.y), logits
 
-    def units(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> Iterator[Unit]:
+    def units(self, images: list[torch.Tensor], labels: list[torch.Tensor]) -> Iterator[TrainingUnit]:
         """The forward units of one image batch, in the released order (see ``pipeline.units``)."""
-        cfg = self.cfg
         if self.net.spec.whole_image:
-            yield from whole_image_units(images, labels, size_g=cfg.size_g, sub_batch_size=cfg.sub_batch_size)
+            yield from whole_image_units(images, labels, self.cfg)
             return
         for img, lab in zip(images, labels):
-            yield from patch_units(self.net, img, lab, size_p=cfg.size_p, size_g=cfg.size_g, context=cfg.context,
-                                   sub_batch_size=cfg.sub_batch_size, context2=cfg.context2)
+            yield from patch_units(self.net, img, lab, self.cfg)
 
-    def train_step(self, units: Iterable[Unit], confusion: ConfusionMatrix | None = None,
+    def train_step(self, units: Iterable[TrainingUnit], confusion: ConfusionMatrix | None = None,
                    weight: float = 1.0) -> float:
         """One optimizer step over ``units``: back-propagate each sub-batch's loss, then step once.
 
@@ -214,14 +211,13 @@ class Trainer:
         current = next(units)
         while current is not None:
             following = next(units, None)
-            x, y, medium, g_context, large_window = current
             with self._local(sync=following is None):
-                loss, logits = self._forward_loss(x, y, medium, g_context, large_window)
+                loss, logits = self._forward_loss(current)
                 total += self._check_loss(loss)
                 count += 1
                 self.scaler.scale(loss if weight == 1.0 else loss * weight).backward()
             if confusion is not None:
-                confusion.update(logits.detach().argmax(1), y)
+                confusion.update(logits.detach().argmax(1), current.y)
             current = following
         self.scaler.step(self.optimizer)
         self.scaler.update()

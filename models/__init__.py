@@ -12,7 +12,7 @@ from models.checkpoint import (
     save_weights,
 )
 from models.correlation import FCtLCorrelation
-from models.fctl import FCtLNet, build_model
+from models.fctl import FCtLNet
 from models.fusion import AdaptiveFusion
 from models.modes import MODES, Mode, mode_spec
 from models.setup import create_model
@@ -27,7 +27,7 @@ __all__ = [
     "Mode",
     "atomic_save",
     "build_backbone",
-    "build_model",
+    "FCtLNet",
     "create_model",
     "export_weights",
     "load_state_into",

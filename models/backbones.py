@@ -1,21 +1,18 @@
-"""Backbone registry: one place that maps a ``--backbone`` name to a segmentation network.
+"""Backbone registry: one place that maps a ``--backbone`` name to a segmentation backbone.
 
-Every backbone has ``name``, ``top_channels``, ``encode(x) -> (skips, top)``, ``context_channels``,
-``context_features(skips, top)`` and ``context(x)`` (what the correlation blocks read from a context:
-pool5 for FCN8, pooled head features for the FPNs) and, when built with head=True,
-``decode(skips, top, size) -> logits``; every input side from 1 px up works, in training too (no
-BatchNorm). FCtL's context modules add to ``top`` and read contexts only through ``context``, so any
-backbone with this interface works in every mode.
+Every entry implements ``models.interfaces.Backbone`` (encode, decode, context_features, context;
+the channel counts). FCtL's context modules add to ``top`` and read contexts only through
+``context``, so any backbone with this interface works in every mode.
 """
 
 import torch
-import torch.nn as nn
 
 from models.fcn8 import FCN8
 from models.fpn import FPNResNet
+from models.interfaces import Backbone
 from utils.errors import ConfigError
 
-_BUILDERS = {
+_BUILDERS: dict[str, tuple[type[Backbone], dict]] = {
     # name: (class, constructor arguments besides n_class / head / pretrained)
     "fcn8_vgg16": (FCN8, {}),
     "fpn_resnet18": (FPNResNet, {"depth": 18}),
@@ -24,13 +21,13 @@ _BUILDERS = {
 BACKBONES = tuple(_BUILDERS)
 
 
-def _lookup(name: str) -> tuple[type, dict]:
+def _lookup(name: str) -> tuple[type[Backbone], dict]:
     if name not in _BUILDERS:
         raise ConfigError(f"unknown `backbone` '{name}'; choose one of {', '.join(BACKBONES)}")
     return _BUILDERS[name]
 
 
-def build_backbone(name: str, n_class: int, head: bool = True, pretrained: bool = False) -> nn.Module:
+def build_backbone(name: str, n_class: int, head: bool = True, pretrained: bool = False) -> Backbone:
     """Build backbone ``name``; head=False builds only what ``encode`` needs.
 
     pretrained=True starts from ImageNet weights (raises CheckpointError when they cannot be fetched).
@@ -39,7 +36,7 @@ def build_backbone(name: str, n_class: int, head: bool = True, pretrained: bool 
     return cls(n_class=n_class, head=head, pretrained=pretrained, **kwargs)
 
 
-def build_context_encoder(name: str, n_class: int) -> nn.Module:
+def build_context_encoder(name: str, n_class: int) -> Backbone:
     """A backbone with just what ``context`` needs (for a frozen context/global encoder), random weights."""
     cls, _ = _lookup(name)
     return build_backbone(name, n_class, head=cls.context_needs_head)

@@ -14,6 +14,7 @@ import torchvision
 from torchvision.models import VGG16_Weights
 
 from models.imagenet import imagenet_state_dict
+from models.interfaces import Backbone
 from models.padded_vgg import BackgroundPlan, Core, PaddedVGG
 
 POOL3_END = 17
@@ -64,7 +65,7 @@ def vgg16_features() -> nn.Sequential:
     return features
 
 
-class FCN8(nn.Module):
+class FCN8(Backbone):
     """FCN8s with a VGG16 encoder.
 
     ``encode`` returns skips [p3 (B,256,h3,w3), p4 (B,512,h4,w4)] and top p5 (B,512,h5,w5); ``decode``
@@ -206,12 +207,3 @@ class FCN8(nn.Module):
     def context_features(self, skips: list[torch.Tensor], top: torch.Tensor) -> torch.Tensor:
         """The context FCtL's correlation blocks read: pool5 itself, as in the released model."""
         return top
-
-    def context(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B,3,H,W) in [0,1] -> pool5 (B,512,h5,w5)."""
-        return self.context_features(*self.encode(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain FCN8: x (B,3,H,W) -> logits (B,n_class,H,W)."""
-        skips, top = self.encode(x)
-        return self.decode(skips, top, (x.shape[2], x.shape[3]))

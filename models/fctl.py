@@ -22,6 +22,7 @@ import torch.nn as nn
 from models.backbones import build_backbone, build_context_encoder
 from models.correlation import CORRELATIONS, FCtLCorrelation
 from models.fusion import AdaptiveFusion
+from models.inputs import NO_INPUTS, NetworkInputs
 from models.modes import ENCODERS, Mode, mode_spec
 
 FROZEN = tuple(dict.fromkeys(encoder.attribute for encoder in ENCODERS))
@@ -78,21 +79,6 @@ class FCtLNet(nn.Module):
     def backbone_name(self) -> str:
         return self._backbone_name
 
-    @property
-    def needs_medium(self) -> bool:
-        """Whether ``forward`` needs the medium context of each patch."""
-        return self._spec.needs_medium
-
-    @property
-    def needs_large_window(self) -> bool:
-        """Whether ``forward`` needs the large context window of each patch (mode 5)."""
-        return self._spec.needs_large_window
-
-    @property
-    def needs_global(self) -> bool:
-        """Whether ``forward`` needs ``global_context`` from ``encode_global``."""
-        return self._spec.needs_global
-
     def frozen_encoders(self) -> list[nn.Module]:
         """The frozen context/global encoders this mode has (possibly none)."""
         return [getattr(self, name) for name in FROZEN if hasattr(self, name)]
@@ -106,27 +92,16 @@ class FCtLNet(nn.Module):
 
     def encode_global(self, global_image: torch.Tensor) -> torch.Tensor:
         """global_image (1,3,g,g) in [0,1] -> context of the frozen global encoder (1,C',hg,wg), without grad."""
-        if not self.needs_global:
+        if not hasattr(self, "global_encoder"):
             raise RuntimeError(f"mode {self.mode} has no global encoder")
         with torch.no_grad():
             return self.global_encoder.context(global_image)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        medium: torch.Tensor | None = None,
-        global_context: torch.Tensor | None = None,
-        large_window: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """x (B,3,p,p) patches; medium (B,3,p,p) medium windows (modes 2, 4, 5); global_context (1|B,C',hg,wg)
-        from ``encode_global`` (modes 3, 4); large_window (B,3,p,p) large windows (mode 5) -> logits
-        (B,n_class,p,p). Modes 0/1 ignore the contexts."""
-        if self.needs_medium and medium is None:
-            raise ValueError(f"mode {self.mode} needs the medium context of each patch")
-        if self.needs_global and global_context is None:
-            raise ValueError(f"mode {self.mode} needs global_context from encode_global()")
-        if self.needs_large_window and large_window is None:
-            raise ValueError(f"mode {self.mode} needs the large context window of each patch")
+    def forward(self, x: torch.Tensor, inputs: NetworkInputs = NO_INPUTS) -> torch.Tensor:
+        """x (B,3,p,p) patches in [0,1] and what this mode reads of ``inputs`` (``spec.extra_inputs``; see
+        ``models.inputs``) -> logits (B,n_class,p,p). ValueError when a field the mode reads is missing."""
+        inputs.check(self._spec)
+        medium, global_context, large_window = inputs.medium, inputs.global_context, inputs.large_window
         spec = self._spec
         if spec.shared_medium:
             # Patches and contexts go through the shared backbone as ONE batch: one pass instead of two.
@@ -161,10 +136,3 @@ class FCtLNet(nn.Module):
         """State dict without the frozen encoders (what a checkpoint of this model holds)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(tuple(f"{n}." for n in FROZEN))}
 
-
-def build_model(mode: int, backbone: str, n_class: int = 7, pretrained: bool = False,
-                gamma_init: float = 0.0, correlation: str = "centred", class_table: dict | None = None) -> FCtLNet:
-    """Build the FCtLNet for ``mode`` on ``backbone`` (ImageNet start when ``pretrained``; correlation
-    gates starting at ``gamma_init``; see FCtLNet for ``correlation`` and ``class_table``)."""
-    return FCtLNet(mode, backbone=backbone, n_class=n_class, pretrained=pretrained, gamma_init=gamma_init,
-                   correlation=correlation, class_table=class_table)

@@ -26,6 +26,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
 from models.imagenet import imagenet_state_dict
+from models.interfaces import Backbone
 
 TOP_CHANNELS = 256
 FPN_CHANNELS = 128
@@ -51,7 +52,7 @@ def without_running_stats(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {k: v for k, v in state.items() if not k.endswith(drop)}
 
 
-class FPNResNet(nn.Module):
+class FPNResNet(Backbone):
     """ResNet-18/50 + FPN segmentation backbone.
 
     ``encode(x)`` -> skips [C2, C3, C4], top (B,256,H/32,W/32) (ceil); ``decode`` -> logits (B,n_class,H,W);
@@ -124,12 +125,3 @@ class FPNResNet(nn.Module):
         both on the demo's data; docs/demo.md).
         """
         return F.adaptive_avg_pool2d(self.head_features(skips, top), top.shape[-2:])
-
-    def context(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B,3,H,W) in [0,1] -> ``context_features`` (B,128,H/32,W/32)."""
-        return self.context_features(*self.encode(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Plain segmentation: x (B,3,H,W) -> logits (B,n_class,H,W)."""
-        skips, top = self.encode(x)
-        return self.decode(skips, top, (x.shape[2], x.shape[3]))

@@ -63,19 +63,13 @@ class Mode:
     inria_example: str | None = None  # the Inria release's checkpoint of this mode, if there is one
 
     @property
-    def needs_medium(self) -> bool:
-        """Whether the forward takes the medium context window (x ``context``) of each patch."""
-        return self.shared_medium or self.frozen_medium or self.two_windows
-
-    @property
-    def needs_large_window(self) -> bool:
-        """Whether the forward takes the large context window (x ``context2``) of each patch."""
-        return self.two_windows
-
-    @property
-    def needs_global(self) -> bool:
-        """Whether the forward takes the global context (from the frozen global encoder)."""
-        return self.large
+    def extra_inputs(self) -> tuple[str, ...]:
+        """The ``models.inputs.NetworkInputs`` fields a forward pass of this mode reads besides the
+        patches: ``medium`` (the medium window, x ``context``), ``global_context`` (from the frozen
+        global encoder) and ``large_window`` (the large window, x ``context2``)."""
+        used = (("medium", self.shared_medium or self.frozen_medium or self.two_windows),
+                ("global_context", self.large), ("large_window", self.two_windows))
+        return tuple(name for name, present in used if present)
 
     @property
     def fusion_order(self) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import logging
 import torch
 
 from models.checkpoint import load_weights
-from models.fctl import FCtLNet, build_model
+from models.fctl import FCtLNet
 from models.modes import SETTINGS, mode_spec
 from utils.errors import CheckpointError
 
@@ -52,7 +52,7 @@ def create_model(
     paths = {"c_path": c_path, "glo_path": glo_path, "c2_path": c2_path}
     complete = not training and pre_path is not None and all(paths[e.setting] is not None for e in spec.frozen)
     with torch.device("meta") if complete else contextlib.nullcontext():
-        model = build_model(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
+        model = FCtLNet(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
                             gamma_init=gamma_init, correlation=correlation, class_table=class_table)
     if pre_path is not None:
         log.info(load_weights(model, pre_path, what="`pre_path`", allow_missing=training, assign=not training,

@@ -2,7 +2,7 @@
 
 Three inputs feed the network for each patch at (top, left) of a float image (3, H, W) in [0, 1]:
 - the patch itself, p x p (``crop_patches``);
-- the medium context (``medium_contexts``): the c*p x c*p window centred on the patch, black where it
+- the medium context (``context_windows``): the c*p x c*p window centred on the patch, black where it
   leaves the image, shrunk to p x p;
 - the large context (``global_view``): the whole image resized to size_g x size_g, one per image.
 
@@ -104,7 +104,7 @@ def context_window(top: int, left: int, p: int, context: int) -> tuple[int, int,
     return top - shift, left - shift, context * p
 
 
-def medium_contexts(
+def context_windows(
     image: torch.Tensor | ImageSource, tops: Positions, lefts: Positions, p: int, context: int
 ) -> torch.Tensor:
     """Medium contexts of the patches at (tops[i], lefts[i]): centred c*p windows shrunk to p x p.
@@ -121,7 +121,7 @@ def medium_contexts(
     _check_context(context)
     dtype = source.image.dtype if isinstance(source, TensorSource) else torch.uint8
     if not (dtype.is_floating_point or dtype == torch.uint8):
-        raise TypeError(f"medium_contexts needs a float or uint8 image, got {dtype}")
+        raise TypeError(f"context_windows needs a float or uint8 image, got {dtype}")
     top_list, left_list = _positions(tops, lefts)
     out = torch.empty((len(top_list), 3, p, p), device=source.device,
                       dtype=dtype if dtype.is_floating_point else torch.float32)

@@ -10,7 +10,7 @@ defect), and memory is the image, one sub-batch and a band of the canvas (see ``
 
 Jobs (view, box) are independent, so sub-batches may mix views: that is batched TTA for free.
 
-Streaming. The jobs of all views come in rows, top to bottom (``pipeline.views.schedule``). Within a
+Streaming. The jobs of all views come in rows, top to bottom (``pipeline.views.job_rows``). Within a
 row the jobs run left to right, and ``pipeline.merge.BandMerger`` finalises the canvas column tile by
 column tile, so what stays in memory besides the image is: the grid's vertical overlap across the
 width (float32), a few p x p tiles, one sub-batch, and the band of final rows (uint8 for masks).
@@ -18,37 +18,22 @@ width (float32), a few p x p tiles, one sub-batch, and the band of final rows (u
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.contexts import global_view, linear_taps, medium_contexts
+from pipeline.config import PipelineConfig
+from pipeline.contexts import global_view, linear_taps
 from pipeline.grid import make_grid, pad_to_min
+from pipeline.inputs import InputBuilder
 from pipeline.merge import OUTPUTS, BandMerger, argmax_classes, top_probability
 from pipeline.sources import ImageSource, TensorSource
-from pipeline.views import Job, schedule, view_shape
+from pipeline.views import Job, job_rows, view_shape
 from utils.dihedral import VIEWS, View, from_view, to_view
 from utils.distributed import unwrap
 from utils.errors import ResourceError
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Geometry and batching of the patch pipeline (the options of the same names)."""
-
-    size_p: int
-    size_g: int
-    context: int = 3
-    sub_batch_size: int = 6
-    amp: bool = False
-    amp_dtype: torch.dtype = torch.bfloat16
-    context2: int = 3  # the large window of mode 5 (context2 x size_p)
 
 
 def out_of_memory(device: torch.device, cfg: PipelineConfig) -> ResourceError:
@@ -56,12 +41,6 @@ def out_of_memory(device: torch.device, cfg: PipelineConfig) -> ResourceError:
     return ResourceError(f"out of memory on {device} with `sub_batch_size` {cfg.sub_batch_size} (patches per "
                          f"forward pass): lower `sub_batch_size` (e.g. {max(1, cfg.sub_batch_size // 2)}) or "
                          f"`size_p`")
-
-
-def _autocast(device: torch.device, cfg: PipelineConfig):
-    if not cfg.amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=cfg.amp_dtype)
 
 
 def _uses_channels_last(net: torch.nn.Module) -> bool:
@@ -109,7 +88,13 @@ class Predictor:
     def views(self, tta: bool) -> list[View]:
         return list(VIEWS) if tta else [VIEWS[0]]
 
-    def _memory_format(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def memory_format(self) -> torch.memory_format | None:
+        """The memory format of the network's inputs: channels_last when its weights are, else None (as cut)."""
+        return torch.channels_last if self.channels_last else None
+
+    def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the network's input memory format (``memory_format``)."""
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # --- global-image path (mode 0) -----------------------------------------------------------------
@@ -123,10 +108,10 @@ class Predictor:
         cost is a few operations per output value.
         """
         height, width = source.height, source.width
-        small = self._memory_format(global_view(source, self.cfg.size_g))
+        small = self.to_memory_format(global_view(source, self.cfg.size_g))
         total = None
         for view in views:
-            with _autocast(self.device, self.cfg):
+            with self.cfg.autocast(self.device):
                 logits = self.model(to_view(small, view)).float()[0]
             total = from_view(logits, view) if total is None else total + from_view(logits, view)
         total = total.contiguous()
@@ -148,20 +133,16 @@ class Predictor:
     # --- patch path ----------------------------------------------------------------------------------
     def jobs(self, height: int, width: int, views: list[View]) -> list[Job]:
         """Every (view index, top, left) job of an (already padded) image, in the order they are run."""
-        return [job for _, _, row in schedule(height, width, views, self.cfg.size_p) for job in row]
+        return [job for _, _, row in job_rows(height, width, views, self.cfg.size_p) for job in row]
 
-    def global_contexts(self, image: Image, views: list[View],
-                        shape: tuple[int, int] | None = None) -> torch.Tensor | None:
-        """Global context (frozen global encoder) of every view's resized image: (V, C, hg, wg), or None.
-        ``shape``: the padded (height, width) of a source (see ``global_view``)."""
-        if not self.net.needs_global:
-            return None
-        small = self._memory_format(global_view(image, self.cfg.size_g, shape))
-        with _autocast(self.device, self.cfg):
-            return torch.cat([self.net.encode_global(to_view(small, v)) for v in views]).float()
+    def input_builder(self, image: Image, views: list[View], shape: tuple[int, int] | None = None) -> InputBuilder:
+        """The builder of what the network reads besides the patches of one image, over ``views``
+        (``pipeline.inputs``); ``shape``: the padded (height, width) of a source (see ``global_view``)."""
+        return InputBuilder(self.net, image, self.cfg, views=views, shape=shape, memory_format=self.memory_format,
+                            autocast=True)
 
-    def _run(self, source: ImageSource, views: list[View], contexts_g: torch.Tensor | None,
-             jobs: list[Job], counts: bool) -> list[torch.Tensor]:
+    def _run(self, source: ImageSource, views: list[View], build: InputBuilder, jobs: list[Job],
+             counts: bool) -> list[torch.Tensor]:
         """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them);
         with ``counts`` a channel of ones is appended, so that the merged canvas counts the sums."""
         p = self.cfg.size_p
@@ -172,16 +153,9 @@ class Predictor:
         for xi, (vi, t, l) in zip(x, jobs):
             xi.copy_(to_view(source.window(t, l, p, p), views[vi]))
         x.div_(255)
-        windows = {}
-        for name, needed, context in (("medium", self.net.needs_medium, self.cfg.context),
-                                      ("large_window", self.net.spec.needs_large_window, self.cfg.context2)):
-            if needed:
-                m = medium_contexts(source, [t for _, t, _ in jobs], [l for _, _, l in jobs], p, context)
-                windows[name] = self._memory_format(torch.stack([to_view(mi, views[vi])
-                                                                 for mi, (vi, _, _) in zip(m, jobs)]))
-        g = None if contexts_g is None else contexts_g[[vi for vi, _, _ in jobs]]
-        with _autocast(self.device, self.cfg):
-            logits = self.model(x, global_context=g, **windows)
+        inputs = build(jobs)
+        with self.cfg.autocast(self.device):
+            logits = self.model(x, inputs)
         logits = logits.float()
         if counts:
             logits = torch.cat([logits, logits.new_ones((logits.shape[0], 1, p, p))], dim=1)
@@ -190,13 +164,13 @@ class Predictor:
     def _tagged_batches(self, source: ImageSource, shape: tuple[int, int], views: list[View], counts: bool):
         """(tags, logits) per sub-batch over the schedule; a tag is (row end, row bottom, job)."""
         height, width = shape
-        contexts_g = self.global_contexts(source, views, shape)
-        tagged = ((end, bottom, job) for end, bottom, row in schedule(height, width, views, self.cfg.size_p) for job in row)
+        build = self.input_builder(source, views, shape)
+        tagged = ((end, bottom, job) for end, bottom, row in job_rows(height, width, views, self.cfg.size_p) for job in row)
         while True:
             batch = list(itertools.islice(tagged, self.cfg.sub_batch_size))
             if not batch:
                 return
-            yield batch, self._run(source, views, contexts_g, [job for _, _, job in batch], counts)
+            yield batch, self._run(source, views, build, [job for _, _, job in batch], counts)
 
     @torch.inference_mode()
     def _bands(self, image: Image, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:

@@ -67,7 +67,7 @@ def view_lines(height: int, width: int, vi: int, view: View, p: int) -> Iterator
     for a in sorted(outer, key=top_of):
         yield [(vi, *view_box_to_original(*box(a, b), p, height, width, view)) for b in inner]
 
-def schedule(height: int, width: int, views: list[View], p: int) -> Iterator[Row]:
+def job_rows(height: int, width: int, views: list[View], p: int) -> Iterator[Row]:
     """The rows of jobs for an (already padded) image, top to bottom, each as (end, bottom, jobs).
 
     Grid lines of every view are merged by top (ties: view order) and gathered into rows while

@@ -93,11 +93,11 @@ def fpn_pre_folder(tmp_path_factory: pytest.TempPathFactory) -> str:
     import torch
 
     from models.checkpoint import save_weights
-    from models.fctl import build_model
+    from models.fctl import FCtLNet
 
     folder = tmp_path_factory.mktemp("fpn_pre")
     torch.manual_seed(7)
-    save_weights(build_model(1, "fpn_resnet18"), str(folder / "pre.pth"))
+    save_weights(FCtLNet(1, "fpn_resnet18"), str(folder / "pre.pth"))
     return str(folder)
 
 

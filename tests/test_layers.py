@@ -180,3 +180,32 @@ def test_the_checkers_see_private_names_and_modules_only_tests_use(tmp_path: Pat
                   "dataset.scenes": ROOT / "dataset" / "scenes.py"}
     assert used_only_by_tests(candidates, {"tools.planted": planted}) == ["dataset.scenes"]
     assert used_only_by_tests(candidates, {"dataset.io": planted}) == ["dataset.io", "dataset.scenes"]
+
+
+# --- What a mode reads besides its patches is asked in one place --------------------------------------
+
+# ``Mode.extra_inputs`` is declared in models/modes.py, checked by the value itself (models/inputs.py) and turned
+# into tensors by the one builder (pipeline/inputs.py); every other module goes through those.
+READS_WHAT_A_MODE_NEEDS = {"models.modes", "models.inputs", "pipeline.inputs"}
+NEEDS_ATTRIBUTES = {"extra_inputs", "needs_medium", "needs_global", "needs_large_window"}
+
+
+def asks_what_a_mode_reads(path: Path) -> list[int]:
+    """Lines of ``path`` that read one of ``NEEDS_ATTRIBUTES`` of an object."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(path.read_text(), str(path)))
+                   if isinstance(node, ast.Attribute) and node.attr in NEEDS_ATTRIBUTES})
+
+
+@pytest.mark.parametrize("layer, path", modules(), ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else v)
+def test_only_the_builder_asks_which_contexts_a_mode_reads(layer: str, path: Path) -> None:
+    if module_name(path) in READS_WHAT_A_MODE_NEEDS:
+        return
+    lines = asks_what_a_mode_reads(path)
+    assert not lines, (f"{path.relative_to(ROOT)} asks which contexts a mode reads (lines {lines}); build the inputs "
+                       f"with pipeline.inputs.InputBuilder or size windows with pipeline.inputs.window_sides")
+
+
+def test_the_reads_checker_sees_attribute_reads(tmp_path: Path) -> None:
+    planted = tmp_path / "planted.py"
+    planted.write_text("x = net.spec.extra_inputs\ny = 'extra_inputs'\nif model.needs_global:\n    pass\n")
+    assert asks_what_a_mode_reads(planted) == [1, 3]

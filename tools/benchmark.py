@@ -32,7 +32,7 @@ Streaming (``--streaming``): for each of ``--sizes`` a fresh process makes a squ
 ``PngBandWriter``, the path ``train_deep_globe.py`` takes in test mode, and reports its peak memory
 next to the image's own size: peak RSS minus (RSS before the image + the image) is what the pipeline
 itself needs, which must not grow like the image does. ``--backbone stand_in`` is the cheap stand-in
-network of the tests (models/stand_in.py) so that 16384 px runs in seconds on a CPU; any real backbone
+network of the tests (tools/stand_in.py) so that 16384 px runs in seconds on a CPU; any real backbone
 works too. On CUDA the GPU's peak allocation is reported as well.
 """
 
@@ -56,7 +56,8 @@ def _setup(opts: argparse.Namespace):
     import torch
 
     from models.setup import create_model
-    from pipeline.predictor import AMP_DTYPES, PipelineConfig, Predictor
+    from pipeline.config import AMP_DTYPES, PipelineConfig
+    from pipeline.predictor import Predictor
     from utils.memory import fix_mmap_threshold
 
     if opts.glibc_heap:
@@ -70,7 +71,7 @@ def _setup(opts: argparse.Namespace):
         torch.backends.cudnn.benchmark = True
     paths = json.loads(opts.paths) if opts.paths else {}
     if opts.backbone == "stand_in":
-        from models.stand_in import StandIn
+        from tools.stand_in import StandIn
 
         model = StandIn(opts.mode, channels=opts.stand_in_channels)
     else:
@@ -186,6 +187,7 @@ def _worker(opts: argparse.Namespace) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from pipeline.inputs import InputBuilder
     from utils.logging import peak_memory_mb
 
     device, model, predictor = _setup(opts)
@@ -212,26 +214,22 @@ def _worker(opts: argparse.Namespace) -> dict:
     x = torch.rand(sb, 3, p, p, device=device)
     if predictor.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    medium = x.clone() if model.needs_medium else None
-    windows = {"large_window": x.clone()} if model.spec.needs_large_window else {}
-    g_context = None
-    if model.needs_global:
-        with torch.inference_mode():
-            g_context = model.encode_global(torch.rand(1, 3, opts.size_g, opts.size_g, device=device))
+    with torch.inference_mode():  # the inputs of one sub-batch, built once and reused by every call
+        image = torch.randint(0, 256, (3, p, p), dtype=torch.uint8, device=device)
+        inputs = InputBuilder(model, image, predictor.cfg, memory_format=predictor.memory_format)([(0, 0, 0)] * sb)
     calls = max(1, -(-patches // sb))
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype, enabled=opts.amp):
-        model(x, medium=medium, global_context=g_context, **windows)
+        model(x, inputs)
         sync()
         started = time.perf_counter()
         for _ in range(opts.repeat):
             for _ in range(calls):
-                model(x, medium=medium, global_context=g_context, **windows)
+                model(x, inputs)
         sync()
         bare = (time.perf_counter() - started) / opts.repeat
         counter = FlopCounterMode(display=False)
         with counter:
-            model(x[:1], medium=None if medium is None else medium[:1], global_context=g_context,
-                  **{k: v[:1] for k, v in windows.items()})
+            model(x[:1], inputs.map(lambda t: t[:1]))
     extra = {}
     if opts.backbone != "stand_in":
         from tools.perf import conv_ceiling, profile_stages, training_steps
@@ -240,7 +238,7 @@ def _worker(opts: argparse.Namespace) -> dict:
         if opts.profile:
             extra["profile"] = profile_stages(predictor, image, repeat=opts.repeat)
         if opts.train_modes:
-            del model, predictor, x, medium, windows, g_context
+            del model, predictor, x, inputs
             extra["training"] = [training_steps(mode, opts.backbone, opts.image, p, sb, device,
                                                 channels_last=opts.channels_last) for mode in opts.train_modes]
     return extra | {

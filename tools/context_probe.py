@@ -32,11 +32,12 @@ from collections.abc import Callable
 
 import torch
 
-from dataset.deepglobe import DeepGlobe
+from dataset.split_layout import SplitDataset
 from dataset.synthetic import BARREN, FIELD_LABELS, URBAN
 from models.fctl import FCtLNet
 from models.setup import create_model
 from option import report_error
+from pipeline.config import PipelineConfig
 from pipeline.contexts import global_view
 from pipeline.grid import make_grid
 from pipeline.units import patch_units
@@ -114,9 +115,10 @@ def cache_patches(model: FCtLNet, image: torch.Tensor, label: torch.Tensor, p: i
     """One scene's frozen features: patch skips and tops, global context (+ the scene cue), patch labels."""
     with torch.no_grad():
         # Every patch of the scene in one unit (the training pipeline's patches, labels and global context).
-        x, y, _, global_context, _ = next(patch_units(model, image, label, size_p=p, size_g=size_g, context=1,
-                                                   sub_batch_size=len(make_grid(*image.shape[-2:], p).boxes())))
-        skips, top = model.backbone.encode(x)
+        cfg = PipelineConfig(p, size_g, context=1, sub_batch_size=len(make_grid(*image.shape[-2:], p).boxes()))
+        unit = next(patch_units(model, image, label, cfg))
+        skips, top = model.backbone.encode(unit.x)
+    global_context, y = unit.inputs.global_context, unit.y
     if cue is not None:
         global_context = global_context + scene_signs([label])[0] * cue.view(1, -1, 1, 1)
     return {"skips": skips, "top": top, "global_context": global_context, "y": y}
@@ -165,7 +167,7 @@ def train_context(model: FCtLNet, items: list[dict], steps: int, lr: float, seed
 
 
 def _load(data: str, split: str, limit: int | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    dataset = DeepGlobe(data, split, labelled=True)
+    dataset = SplitDataset(data, split, labelled=True)
     count = len(dataset) if limit is None else min(limit, len(dataset))
     samples = [dataset[i] for i in range(count)]
     return [s["image"] for s in samples], [s["label"] for s in samples]

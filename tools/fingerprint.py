@@ -21,11 +21,12 @@ import sys
 import torch
 
 from models.checkpoint import save_weights
-from models.fctl import build_model
+from models.fctl import FCtLNet
 from models.modes import MODES
 from models.setup import create_model
 from option import report_error
-from pipeline.predictor import PipelineConfig, Predictor
+from pipeline.config import PipelineConfig
+from pipeline.predictor import Predictor
 from utils.errors import DataError, FCtLError
 from utils.files import ensure_writable_dir
 
@@ -37,7 +38,7 @@ def _weights(folder: str, backbone: str) -> dict[int, str]:
     files = {}
     for mode in MODES:
         torch.manual_seed(10 + mode)
-        model = build_model(mode, backbone, gamma_init=0.5)
+        model = FCtLNet(mode, backbone, gamma_init=0.5)
         for param in model.parameters():
             if param.numel() == 1:  # the correlation gates
                 param.data.fill_(0.5)

@@ -15,8 +15,8 @@ import os
 import sys
 import time
 
-from dataset.deepglobe import SPLIT_DIRS
 from dataset.io import read_mask
+from dataset.split_layout import SPLIT_DIRS
 from dataset.synthetic import MIN_SIZE, context_stats, generate
 from dataset.synthetic_inria import generate_inria
 from option import report_error

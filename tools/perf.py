@@ -83,7 +83,8 @@ def _vgg_blocks(backbone: FCN8, x: torch.Tensor, stage: Callable) -> torch.Tenso
 def profile_stages(predictor, image: torch.Tensor, repeat: int = 1) -> list[tuple[str, float]]:
     """Seconds of each stage of one sub-batch of a mode-4 model on ``image`` (uint8 (3, H, W) on the
     model's device), in the order the pipeline runs them; the last row is the whole model forward."""
-    from pipeline.contexts import global_view, medium_contexts
+    from models.inputs import NetworkInputs
+    from pipeline.contexts import context_windows, global_view
     from pipeline.grid import make_grid
     from pipeline.sources import TensorSource
 
@@ -105,7 +106,7 @@ def profile_stages(predictor, image: torch.Tensor, repeat: int = 1) -> list[tupl
         x = stage("crop patches", lambda: predictor.to_memory_format(
             torch.stack([source.window(t, left, p, p) for t, left in boxes]).float().div_(255)))
         medium = stage("medium windows (resize)", lambda: predictor.to_memory_format(
-            medium_contexts(source, tops, lefts, p, cfg.context)))
+            context_windows(source, tops, lefts, p, cfg.context)))
         small = stage("global view (resize)", lambda: predictor.to_memory_format(global_view(source, cfg.size_g)))
         g = stage("global encoder (once per image)", lambda: net.encode_global(small))
         backbone = net.backbone
@@ -125,7 +126,7 @@ def profile_stages(predictor, image: torch.Tensor, repeat: int = 1) -> list[tupl
             stage("skips, transposed convs, crop", lambda: backbone.upsample_scores(skips, scores, (p, p)))
         else:
             stage("fpn + head + upsampling", lambda: backbone.decode(skips, fused, (p, p)))
-        stage("whole model forward", lambda: net(x, medium=medium, global_context=g))
+        stage("whole model forward", lambda: net(x, NetworkInputs(medium=medium, global_context=g)))
     return rows
 
 
@@ -134,21 +135,21 @@ def training_steps(mode: int, backbone: str, size: int, size_p: int, sub_batch_s
     """Optimizer steps per second of ``Trainer.train_step`` on random images (``batch`` per step), the
     model stored in the memory format ``train_deep_globe.py`` trains in (``memory_format_for``) unless
     ``channels_last`` says otherwise."""
-    from engine.training import Schedule, Trainer
+    from engine.training import Trainer, TrainingPlan
     from models.backbones import memory_format_for
-    from models.fctl import build_model
-    from pipeline.predictor import PipelineConfig
+    from models.fctl import FCtLNet
+    from pipeline.config import PipelineConfig
     from utils.loss import FocalLoss
 
     torch.manual_seed(0)
-    model = build_model(mode, backbone, n_class=7).to(device).train()
+    model = FCtLNet(mode, backbone, n_class=7).to(device).train()
     if channels_last is None:
         channels_last = memory_format_for(backbone, device.type, training=True) == torch.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=1e-6)
     cfg = PipelineConfig(size_p, size_p, 3, sub_batch_size)
-    trainer = Trainer(model, optimizer, [], FocalLoss(gamma=3.0), cfg, Schedule(epochs=1, lr=1e-6), device=device)
+    trainer = Trainer(model, optimizer, [], FocalLoss(gamma=3.0), cfg, TrainingPlan(epochs=1, lr=1e-6), device=device)
     images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, device=device) for _ in range(batch)]
     labels = [torch.randint(0, 7, (size, size), dtype=torch.uint8, device=device) for _ in range(batch)]
     seconds, _ = timed(lambda: trainer.train_step(trainer.units(images, labels)), device, steps)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from dataset.deepglobe import MASK_SUFFIX, SPLIT_DIRS, image_id
 from dataset.io import allow_large_images, image_size, read_image, read_mask, write_index_png
+from dataset.split_layout import MASK_SUFFIX, SPLIT_DIRS, image_id
 from option import report_error
 from utils.errors import DataError, FCtLError
 from utils.files import ensure_writable_dir

@@ -26,8 +26,8 @@ import sys
 
 import numpy as np
 
-from dataset.deepglobe import IMAGE_SUFFIX
 from dataset.io import opened_image
+from dataset.split_layout import IMAGE_SUFFIX
 from tools.prepare_deepglobe import (
     SPLITS,
     PrepareReport,

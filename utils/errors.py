@@ -24,6 +24,15 @@ class DataError(FCtLError):
     """An image, mask, folder, split list or output file that cannot be used or written as it is."""
 
 
+class InputFileError(DataError):
+    """An input file (image, mask, scene) that is missing or cannot be read or used as it is; ``path``
+    names it, so that a caller can tell a bad input from a failed output without reading the message."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path  # None when re-raised from a DataLoader worker, which passes the message only
+
+
 class CheckpointError(FCtLError):
     """A checkpoint file that is unreadable or does not fit the requested model."""
 

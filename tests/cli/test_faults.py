@@ -20,7 +20,7 @@ import torch
 import utils.files
 from engine.training import Trainer
 from models.checkpoint import read_checkpoint, save_weights
-from models.fctl import FCtLNet, build_model
+from models.fctl import FCtLNet
 from tests.cli.helpers import list_files, run_cli, tiny_args
 from tests.cli.test_errors import expect_error, image_file, truncate
 from tools.kill_test import CliProcess, run_trials
@@ -105,7 +105,7 @@ def raise_out_of_memory(monkeypatch) -> None:
 def untrained(tmp_path) -> pathlib.Path:
     """A mode-1 fpn_resnet18 weight file (random weights are enough to run inference)."""
     path = tmp_path / "pre.pth"
-    save_weights(build_model(1, "fpn_resnet18"), str(path))
+    save_weights(FCtLNet(1, "fpn_resnet18"), str(path))
     return path
 
 

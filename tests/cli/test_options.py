@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from engine.checkpoints import FIXED_ON_RESUME
+from engine.checkpoint_policy import FIXED_ON_RESUME
 from option import RunKind, Settings, parse_options
 
 

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from models.checkpoint import read_checkpoint, save_weights
-from models.fctl import build_model
+from models.fctl import FCtLNet
 from tests.cli.helpers import list_files, run_cli, tiny_args
 from tests.cli.test_errors import expect_error
 from tools import prepare_deepglobe
@@ -46,7 +46,7 @@ def weights(tmp_path) -> pathlib.Path:
     folder = tmp_path / "w"
     folder.mkdir()
     torch.manual_seed(0)
-    save_weights(build_model(1, "fpn_resnet18"), str(folder / "w.pth"))
+    save_weights(FCtLNet(1, "fpn_resnet18"), str(folder / "w.pth"))
     return folder
 
 
@@ -85,8 +85,8 @@ def test_a_file_of_another_stage_is_refused(tiny_data, tmp_path, capsys):
     folder = tmp_path / "w"
     folder.mkdir()
     torch.manual_seed(0)
-    save_weights(build_model(4, "fpn_resnet18"), str(folder / "all.pth"))
-    save_weights(build_model(1, "fpn_resnet18"), str(folder / "pre.pth"))
+    save_weights(FCtLNet(4, "fpn_resnet18"), str(folder / "all.pth"))
+    save_weights(FCtLNet(1, "fpn_resnet18"), str(folder / "pre.pth"))
     # A mode-4 file holds everything a mode-1 model needs, but it is another model.
     expect_error(capsys, evaluate_args(tiny_data, folder, tmp_path, "--pre_path", "all.pth"),
                  "--pre_path", "is a mode-4 (all) checkpoint but the mode-1 model needs a mode-1 (pre) checkpoint")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dataset import synthetic as syn
-from dataset.deepglobe import DeepGlobe
+from dataset.split_layout import SplitDataset
 from tools import make_synthetic
 
 
@@ -26,7 +26,7 @@ def test_layout_readable_by_deepglobe(tmp_path):
     written = syn.generate(str(tmp_path), 2, 1, 1, 64, seed=0)
     assert written == {"train": ["train0000", "train0001"], "crossvali": ["crossvali0000"], "test": ["test0000"]}
     for split, count in (("train", 2), ("crossvali", 1), ("test", 1)):
-        data = DeepGlobe(str(tmp_path), split, labelled=True)
+        data = SplitDataset(str(tmp_path), split, labelled=True)
         assert len(data) == count
         item = data[0]
         assert item["image"].shape == (3, 64, 64) and item["label"].shape == (64, 64)

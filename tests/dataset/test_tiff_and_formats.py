@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from dataset import io as dio
 from dataset.classes import index_to_colour
 from models.checkpoint import save_weights
-from models.fctl import build_model
+from models.fctl import FCtLNet
 from tests.cli.helpers import list_files, run_cli, tiny_args
 from utils.errors import DataError
 
@@ -114,7 +114,7 @@ def tiff_data(tmp_path_factory):
     _tiff_split(root / "data", "crossvali", sizes, labelled=True)
     torch.manual_seed(0)
     (root / "models").mkdir()
-    save_weights(build_model(1, "fpn_resnet18"), str(root / "models" / "pre.pth"))
+    save_weights(FCtLNet(1, "fpn_resnet18"), str(root / "models" / "pre.pth"))
     return root, sizes
 
 

@@ -16,12 +16,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import engine.training
-from dataset.deepglobe import collate_list
-from engine.checkpoints import CheckpointPolicy
-from engine.training import Schedule, Trainer
+from dataset.split_layout import collate_list
+from engine.checkpoint_policy import CheckpointPolicy
+from engine.training import Trainer, TrainingPlan
 from models.checkpoint import read_checkpoint
-from models.fctl import FCtLNet, build_model
-from pipeline.predictor import AMP_DTYPES, PipelineConfig
+from models.fctl import FCtLNet
+from pipeline.config import AMP_DTYPES, PipelineConfig
 from tests.cli.helpers import list_files, run_cli, tiny_args
 from tests.cli.test_errors import expect_error
 from tests.engine.test_training import Scenes
@@ -45,7 +45,7 @@ def make_trainer(amp: str | None = None, *, mode: int = 1, folder=None, epochs: 
                  pin_memory: bool = False, channels_last: bool = True) -> Trainer:
     """A Trainer on the GPU; the model is channels_last as train_deep_globe.py makes it on CUDA."""
     torch.manual_seed(0)
-    model = build_model(mode, "fpn_resnet18", n_class=2, gamma_init=1.0).to(CUDA)
+    model = FCtLNet(mode, "fpn_resnet18", n_class=2, gamma_init=1.0).to(CUDA)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -54,7 +54,7 @@ def make_trainer(amp: str | None = None, *, mode: int = 1, folder=None, epochs: 
     checkpoints = None if folder is None else CheckpointPolicy(str(folder), "t")
     cfg = PipelineConfig(size_p=PATCH, size_g=PATCH, context=2, sub_batch_size=4, amp=amp is not None,
                          amp_dtype=AMP_DTYPES[amp or "bf16"])
-    return Trainer(model, optimizer, loader, FocalLoss(gamma=3.0), cfg, Schedule(epochs=epochs, lr=1e-3, seed=3),
+    return Trainer(model, optimizer, loader, FocalLoss(gamma=3.0), cfg, TrainingPlan(epochs=epochs, lr=1e-3, seed=3),
                    device=CUDA, checkpoints=checkpoints)
 
 

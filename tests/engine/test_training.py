@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from dataset.deepglobe import collate_list
-from engine.checkpoints import CheckpointPolicy, keep_epoch
-from engine.training import Schedule, Trainer
+from dataset.split_layout import collate_list
+from engine.checkpoint_policy import CheckpointPolicy, keep_epoch
+from engine.training import Trainer, TrainingPlan
 from models.checkpoint import read_checkpoint
-from models.fctl import build_model
-from pipeline.predictor import PipelineConfig
+from models.fctl import FCtLNet
+from pipeline.config import PipelineConfig
 from utils.errors import CheckpointError, TrainingFault
 from utils.loss import FocalLoss
 
@@ -40,12 +40,12 @@ class Scenes(Dataset):
 def make_trainer(folder=None, mode: int = 1, epochs: int = 2, seed: int = 3, images: int = 3,
                  init_seed: int = 0) -> Trainer:
     torch.manual_seed(init_seed)
-    model = build_model(mode, "fpn_resnet18", n_class=2, gamma_init=1.0).train()
+    model = FCtLNet(mode, "fpn_resnet18", n_class=2, gamma_init=1.0).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     loader = DataLoader(Scenes(images), batch_size=2, shuffle=False, collate_fn=collate_list)
     checkpoints = None if folder is None else CheckpointPolicy(str(folder), "t")
     cfg = PipelineConfig(size_p=PATCH, size_g=PATCH, context=2, sub_batch_size=4)
-    return Trainer(model, optimizer, loader, FocalLoss(gamma=3.0), cfg, Schedule(epochs=epochs, lr=1e-3, seed=seed),
+    return Trainer(model, optimizer, loader, FocalLoss(gamma=3.0), cfg, TrainingPlan(epochs=epochs, lr=1e-3, seed=seed),
                    device=torch.device("cpu"), checkpoints=checkpoints)
 
 
@@ -106,7 +106,7 @@ def test_policy_schedule_and_messages(tmp_path):
     assert [e for e in range(1, 41) if keep_epoch(e)] == [5, 10, 15, 20, 25, 30, *range(34, 41)]
     policy = CheckpointPolicy(str(tmp_path), "run", keep=lambda e: e == 1)
     assert "no epoch was completed" in policy.kept()
-    model = build_model(1, "fpn_resnet18", n_class=2)
+    model = FCtLNet(1, "fpn_resnet18", n_class=2)
     policy.end_of_epoch(model, 1, 2, {"model": {}, "epoch": 1})
     policy.end_of_epoch(model, 2, 2, {"model": {}, "epoch": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.epoch.pth", "run.epoch1.pth", "run.last.pth"]
@@ -147,7 +147,7 @@ def test_the_inria_schedule_starts_halfway_and_keeps_only_every_fifth_epoch(tmp_
     # The Inria release: epochs 51..100 of a 100-epoch poly schedule, checkpoints only with validation.
     assert [e for e in range(51, 101) if keep_epoch(e, 0)] == list(range(55, 101, 5))
     trainer = make_trainer(tmp_path, images=2)
-    trainer.schedule = Schedule(epochs=10, lr=1e-3, seed=3, val_every=5, start_epoch=5)
+    trainer.schedule = TrainingPlan(epochs=10, lr=1e-3, seed=3, val_every=5, start_epoch=5)
     trainer.checkpoints = CheckpointPolicy(str(tmp_path), "t", keep=lambda e: keep_epoch(e, 0))
     trainer.val_set, trainer.writer = Scenes(1), _Lrs()
     writer = trainer.writer

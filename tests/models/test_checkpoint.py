@@ -18,7 +18,7 @@ from models.checkpoint import (
     released_name,
     save_weights,
 )
-from models.fctl import FCtLNet, build_model
+from models.fctl import FCtLNet
 from tools.released_layout import CLASSIFIER, LAYOUT
 from utils.errors import CheckpointError
 
@@ -44,7 +44,7 @@ def assert_matches_file(tensors: dict[str, torch.Tensor], path: Path, prefix: st
 @pytest.fixture(scope="module")
 def mode4() -> FCtLNet:
     torch.manual_seed(0)
-    return build_model(4, "fcn8_vgg16", N_CLASS)
+    return FCtLNet(4, "fcn8_vgg16", N_CLASS)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def saved_mode4(loaded_mode4: FCtLNet, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="module")
 def fpn18() -> FCtLNet:
     torch.manual_seed(1)
-    return build_model(1, "fpn_resnet18", N_CLASS)
+    return FCtLNet(1, "fpn_resnet18", N_CLASS)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_encoders_take_only_vgg_features(loaded_mode4: FCtLNet, released_checkpo
 
 @pytest.mark.parametrize(("mode", "kind"), [(2, "medium"), (0, "global")])
 def test_medium_and_global_into_their_modes(mode: int, kind: str, released_checkpoints: dict[str, Path]) -> None:
-    model = build_model(mode, "fcn8_vgg16", N_CLASS)
+    model = FCtLNet(mode, "fcn8_vgg16", N_CLASS)
     report = load_weights(model, released_checkpoints[kind], what="--path", allow_missing=False)
     assert report.missing == [] and report.unexpected == [] and len(report.ignored) == 6
     assert len(report.loaded) == len(canonical_keys(kind))
@@ -158,10 +158,10 @@ def test_wrong_mode_file_is_explained(loaded_mode4: FCtLNet, released_checkpoint
 
 def test_pre_model_starts_mode4(released_checkpoints: dict[str, Path], tmp_path: Path) -> None:
     torch.manual_seed(5)
-    pre = build_model(1, "fcn8_vgg16", N_CLASS)
+    pre = FCtLNet(1, "fcn8_vgg16", N_CLASS)
     path = tmp_path / "pre.epoch50.pth"
     save_weights(pre, path)
-    target = build_model(4, "fcn8_vgg16", N_CLASS)
+    target = FCtLNet(4, "fcn8_vgg16", N_CLASS)
     with pytest.raises(CheckpointError, match=r"looks like a mode-1 \(pre\) checkpoint"):
         load_weights(target, path, what="--pre_path", allow_missing=False)
     report = load_weights(target, path, what="--pre_path", allow_missing=True)
@@ -222,7 +222,7 @@ def test_backbone_mismatch(fpn18: FCtLNet, fpn18_file: Path, released_checkpoint
 def test_fpn_file_round_trip_and_encoder(fpn18: FCtLNet, fpn18_file: Path) -> None:
     with torch.no_grad():
         before = {k: v.clone() for k, v in fpn18.trainable_state_dict().items()}
-    fresh = build_model(1, "fpn_resnet18", N_CLASS)
+    fresh = FCtLNet(1, "fpn_resnet18", N_CLASS)
     report = load_weights(fresh, fpn18_file, what="--path", allow_missing=False)
     assert report.missing == [] and report.unexpected == []
     for name, tensor in fresh.trainable_state_dict().items():
@@ -242,7 +242,7 @@ def test_batchnorm_fpn_file_is_refused(fpn18: FCtLNet, tmp_path: Path) -> None:
     path = tmp_path / "batchnorm.pth"
     atomic_save(state, path)
     with pytest.raises(CheckpointError, match=r"BatchNorm fpn_resnet18 .*GroupNorm.*retrain"):
-        load_weights(build_model(1, "fpn_resnet18", N_CLASS), path, what="--pre_path", allow_missing=False)
+        load_weights(FCtLNet(1, "fpn_resnet18", N_CLASS), path, what="--pre_path", allow_missing=False)
 
 
 def test_shape_and_class_mismatch(fpn18: FCtLNet, tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_shape_and_class_mismatch(fpn18: FCtLNet, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as caught:
         load_weights(fpn18, path, what="--path", allow_missing=False)
     assert "module.top.0.weight has shape (128, 512, 1, 1) in the file but (256, 512, 1, 1)" in str(caught.value)
-    five = build_model(1, "fpn_resnet18", 5)
+    five = FCtLNet(1, "fpn_resnet18", 5)
     good = tmp_path / "seven.pth"
     save_weights(fpn18, good)
     with pytest.raises(CheckpointError, match="7 classes but the mode-1 model has 5"):
@@ -270,7 +270,7 @@ def test_training_state_and_wrappers(fpn18: FCtLNet, tmp_path: Path) -> None:
     assert "backbone.body.conv1.weight" in weights
     _, _, extra = read_checkpoint(path, with_extra=True)
     assert extra["epoch"] == 3 and extra["optimizer"]["param_groups"][0]["lr"] == 5e-5 and "model" not in extra
-    report = load_weights(nn.DataParallel(build_model(1, "fpn_resnet18", N_CLASS)), path, what="--resume",
+    report = load_weights(nn.DataParallel(FCtLNet(1, "fpn_resnet18", N_CLASS)), path, what="--resume",
                           allow_missing=False)
     assert report.missing == []
     wrapped = tmp_path / "wrapped.pth"

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from models.fctl import FCtLNet, build_model
+from models.fctl import FCtLNet
+from models.inputs import NetworkInputs
 from tools.released_layout import released_shapes
 from utils.errors import ConfigError
 
@@ -26,23 +27,23 @@ def released_numel(kind: str) -> int:
     return sum(math.prod(shape) for shape in released_shapes(kind).values())
 
 
-def contexts(model: FCtLNet, batch: int, height: int, width: int) -> dict:
+def contexts(model: FCtLNet, batch: int, height: int, width: int) -> NetworkInputs:
     inputs = {}
-    if model.needs_medium:
+    if "medium" in model.spec.extra_inputs:
         inputs["medium"] = torch.rand(batch, 3, height, width)
-    if model.needs_global:
+    if "global_context" in model.spec.extra_inputs:
         inputs["global_context"] = model.encode_global(torch.rand(1, 3, 48, 48))
-    return inputs
+    return NetworkInputs(**inputs)
 
 
 @pytest.fixture(scope="module")
 def mode4() -> FCtLNet:
     torch.manual_seed(0)
-    return build_model(4, "fcn8_vgg16", N_CLASS)
+    return FCtLNet(4, "fcn8_vgg16", N_CLASS)
 
 
 def test_mode4_structure_and_counts(mode4: FCtLNet) -> None:
-    assert (mode4.mode, mode4.backbone_name, mode4.needs_medium, mode4.needs_global) == (4, "fcn8_vgg16", True, True)
+    assert (mode4.mode, mode4.backbone_name, mode4.spec.extra_inputs) == (4, "fcn8_vgg16", ("medium", "global_context"))
     names = [n for n, _ in mode4.named_children()]
     assert names == ["backbone", "local", "medium", "large", "fusion", "context_encoder", "global_encoder"]
     trainable = mode4.trainable_state_dict()
@@ -77,7 +78,7 @@ def test_mode4_forward_backward(mode4: FCtLNet) -> None:
             block.gamma.fill_(0.5)
     global_context = mode4.encode_global(torch.rand(1, 3, 40, 40))
     assert global_context.shape == (1, 512, 8, 8) and not global_context.requires_grad
-    out = mode4(torch.rand(1, 3, 24, 20), torch.rand(1, 3, 24, 20), global_context)
+    out = mode4(torch.rand(1, 3, 24, 20), NetworkInputs(torch.rand(1, 3, 24, 20), global_context))
     assert out.shape == (1, N_CLASS, 24, 20)
     out.float().pow(2).mean().backward()
     for name, param in mode4.named_parameters():
@@ -103,25 +104,25 @@ def test_mode4_shapes_and_contexts(mode4: FCtLNet) -> None:
     global_context = mode4.encode_global(torch.rand(1, 3, 32, 32))
     for height, width in ((32, 32), (40, 24)):
         x, medium = torch.rand(2, 3, height, width), torch.rand(2, 3, height, width)
-        assert mode4(x, medium, global_context).shape == (2, N_CLASS, height, width)
+        assert mode4(x, NetworkInputs(medium, global_context)).shape == (2, N_CLASS, height, width)
     mode4.medium.gamma.fill_(1.0)
     mode4.large.gamma.fill_(1.0)
-    with_medium = mode4(x, medium, global_context)
-    assert not torch.allclose(with_medium, mode4(x, torch.rand(2, 3, height, width), global_context)), \
+    with_medium = mode4(x, NetworkInputs(medium, global_context))
+    assert not torch.allclose(with_medium, mode4(x, NetworkInputs(torch.rand(2, 3, height, width), global_context))), \
         "the medium context must matter"
-    torch.testing.assert_close(mode4(x, medium, global_context.expand(2, -1, -1, -1)), with_medium)
+    torch.testing.assert_close(mode4(x, NetworkInputs(medium, global_context.expand(2, -1, -1, -1))), with_medium)
     mode4.medium.gamma.zero_()
     mode4.large.gamma.zero_()
     with pytest.raises(ValueError, match="medium"):
-        mode4(torch.rand(1, 3, 8, 8), None, global_context)
+        mode4(torch.rand(1, 3, 8, 8), NetworkInputs(None, global_context))
 
 
 @pytest.mark.slow  # full-size FCN8-VGG16 forwards on several inputs
 @pytest.mark.parametrize("mode", [0, 1, 2, 3])
 def test_fcn8_modes(mode: int) -> None:
     torch.manual_seed(3)
-    model = build_model(mode, "fcn8_vgg16", N_CLASS)
-    assert model.needs_medium == (mode == 2) and model.needs_global == (mode == 3)
+    model = FCtLNet(mode, "fcn8_vgg16", N_CLASS)
+    assert model.spec.extra_inputs == {0: (), 1: (), 2: ("medium",), 3: ("global_context",)}[mode]
     children = {n for n, _ in model.named_children()}
     assert children == {0: {"backbone"}, 1: {"backbone"}, 2: {"backbone", "big"},
                         3: {"backbone", "local", "large", "fusion", "global_encoder"}}[mode]
@@ -134,16 +135,17 @@ def test_fcn8_modes(mode: int) -> None:
     model.eval()
     with torch.no_grad():
         for height, width in ((32, 32), (36, 20)):
-            out = model(torch.rand(2, 3, height, width), **contexts(model, 2, height, width))
+            out = model(torch.rand(2, 3, height, width), contexts(model, 2, height, width))
             assert out.shape == (2, N_CLASS, height, width)
     if mode == 2:
         with torch.no_grad():
             model.big.gamma.fill_(1.0)
             x = torch.rand(1, 3, 16, 16)
-            assert not torch.allclose(model(x, torch.rand(1, 3, 16, 16)), model(x, torch.rand(1, 3, 16, 16)))
+            one, other = NetworkInputs(torch.rand(1, 3, 16, 16)), NetworkInputs(torch.rand(1, 3, 16, 16))
+            assert not torch.allclose(model(x, one), model(x, other))
     if mode == 3:
         model.train()
-        out = model(torch.rand(1, 3, 16, 12), **contexts(model, 1, 16, 12))
+        out = model(torch.rand(1, 3, 16, 12), contexts(model, 1, 16, 12))
         out.pow(2).mean().backward()
         for name, param in model.named_parameters():
             frozen = name.startswith(("global_encoder.", "backbone.up_"))
@@ -153,7 +155,7 @@ def test_fcn8_modes(mode: int) -> None:
 @pytest.mark.parametrize("mode", [0, 1, 2, 3, 4])
 def test_fpn_resnet18_modes(mode: int) -> None:
     torch.manual_seed(4)
-    model = build_model(mode, "fpn_resnet18", N_CLASS)
+    model = FCtLNet(mode, "fpn_resnet18", N_CLASS)
     if mode == 4:
         # The patch's top (256 channels) queries the context: pooled head features (128 channels).
         assert model.medium.conv_query.weight.shape == (256, 256, 1, 1)
@@ -162,7 +164,7 @@ def test_fpn_resnet18_modes(mode: int) -> None:
         assert [n for n, _ in model.context_encoder.named_children()] == ["body", "top", "fpn", "head"]
     model.train()
     for height, width in ((64, 64), (64, 48)):
-        out = model(torch.rand(2, 3, height, width), **contexts(model, 2, height, width))
+        out = model(torch.rand(2, 3, height, width), contexts(model, 2, height, width))
         assert out.shape == (2, N_CLASS, height, width)
     out.mean().backward()
     for encoder in model.frozen_encoders():
@@ -175,13 +177,13 @@ def test_mode2_encodes_patches_and_contexts_in_one_pass() -> None:
     """Mode 2 sends patches and contexts through the shared backbone as one batch; with per-sample
     normalisation that equals encoding them separately."""
     torch.manual_seed(5)
-    model = build_model(2, "fpn_resnet18", N_CLASS).train()
+    model = FCtLNet(2, "fpn_resnet18", N_CLASS).train()
     x, medium = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     calls = []
     hook = model.backbone.body.conv1.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     try:
         with torch.no_grad():
-            out = model(x, medium=medium)
+            out = model(x, NetworkInputs(medium=medium))
     finally:
         hook.remove()
     assert calls == [4]
@@ -194,7 +196,7 @@ def test_mode2_encodes_patches_and_contexts_in_one_pass() -> None:
 
 def test_fpn_context_is_the_head_features_pooled_to_the_top_grid() -> None:
     torch.manual_seed(6)
-    model = build_model(4, "fpn_resnet18", N_CLASS).eval()
+    model = FCtLNet(4, "fpn_resnet18", N_CLASS).eval()
     image = torch.rand(1, 3, 70, 70)
     with torch.no_grad():
         skips, top = model.global_encoder.encode(image)
@@ -205,7 +207,7 @@ def test_fpn_context_is_the_head_features_pooled_to_the_top_grid() -> None:
     # the medium branch reads the frozen context encoder the same way
     x, medium = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        out = model(x, medium, context)
+        out = model(x, NetworkInputs(medium, context))
         skips, top = model.backbone.encode(x)
         branches = [model.local(top, top), model.medium(top, model.context_encoder.context(medium)),
                     model.large(top, context)]
@@ -215,7 +217,7 @@ def test_fpn_context_is_the_head_features_pooled_to_the_top_grid() -> None:
 
 @pytest.mark.parametrize("gamma_init", [0.0, 1.0])
 def test_gamma_init_sets_every_gate(gamma_init: float) -> None:
-    model = build_model(4, "fpn_resnet18", N_CLASS, gamma_init=gamma_init)
+    model = FCtLNet(4, "fpn_resnet18", N_CLASS, gamma_init=gamma_init)
     gates = [m.gamma.item() for m in (model.local, model.medium, model.large)]
     assert gates == [gamma_init] * 3
 
@@ -225,8 +227,8 @@ def test_bad_mode_and_missing_inputs() -> None:
         FCtLNet(6, "fpn_resnet18")
     with pytest.raises(ConfigError, match="backbone"):
         FCtLNet(1, "vgg19")
-    model = build_model(3, "fpn_resnet18", N_CLASS)
+    model = FCtLNet(3, "fpn_resnet18", N_CLASS)
     with pytest.raises(ValueError, match="global_context"):
         model(torch.rand(1, 3, 64, 64))
     with pytest.raises(RuntimeError):
-        build_model(1, "fpn_resnet18", N_CLASS).encode_global(torch.rand(1, 3, 64, 64))
+        FCtLNet(1, "fpn_resnet18", N_CLASS).encode_global(torch.rand(1, 3, 64, 64))

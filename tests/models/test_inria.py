@@ -11,7 +11,8 @@ import torch
 
 from models.checkpoint import load_weights, read_checkpoint
 from models.correlation import FCtLCorrelation
-from models.fctl import FCtLNet, build_model
+from models.fctl import FCtLNet
+from models.inputs import NetworkInputs
 from models.setup import create_model
 from tools.released_layout import CLASSIFIER, LAYOUT, make_released_checkpoint
 from utils.errors import CheckpointError
@@ -135,7 +136,7 @@ def test_model_builds_plain_blocks_for_every_branch(mode5_models: dict[str, FCtL
         assert model.correlation == "plain"
         assert [model.big.centred, model.large.centred, model.local.centred] == [False, False, False]
         assert model.spec.fusion_order == ("big", "large", "local")
-    assert all(getattr(build_model(5, "fpn_resnet18", N_CLASS), name).centred for name in ("big", "large", "local"))
+    assert all(getattr(FCtLNet(5, "fpn_resnet18", N_CLASS), name).centred for name in ("big", "large", "local"))
     with pytest.raises(ValueError, match="correlation"):
         FCtLNet(5, "fpn_resnet18", N_CLASS, correlation="uncentred")
 
@@ -191,7 +192,7 @@ def mode5_models(one_thread: None) -> dict[str, FCtLNet]:
     # small (mean |value| about 0.015 at these inputs), the FPN's top is not (about 0.4).
     for seed, (backbone, scale) in enumerate((("fcn8_vgg16", 5.0), ("fpn_resnet18", 0.3))):
         torch.manual_seed(10 + seed)
-        model = build_model(5, backbone, N_CLASS, correlation="plain").eval()
+        model = FCtLNet(5, backbone, N_CLASS, correlation="plain").eval()
         for offset, name in enumerate(("big", "large", "local")):
             block = getattr(model, name)
             randomise(block, seed=20 + 3 * seed + offset, scale=scale)
@@ -221,7 +222,7 @@ def test_mode5_forward_matches_the_spec(mode5_models: dict[str, FCtLNet], backbo
 
     model.backbone.decode = spy  # records the fused top the head decodes
     try:
-        got = model(x, medium=medium, large_window=large)
+        got = model(x, NetworkInputs(medium=medium, large_window=large))
     finally:
         del model.backbone.decode
     assert got.shape == (batch, N_CLASS, SIZE, SIZE)
@@ -383,7 +384,7 @@ def test_frozen_encoders_hold_b10_and_b15(inria_mode5: FCtLNet, inria_files: dic
 def test_loaded_mode5_predicts(inria_mode5: FCtLNet) -> None:
     generator = torch.Generator().manual_seed(4)
     x, medium, large = (torch.rand(1, 3, SIZE, SIZE, generator=generator) for _ in range(3))
-    out = inria_mode5(x, medium=medium, large_window=large)
+    out = inria_mode5(x, NetworkInputs(medium=medium, large_window=large))
     assert out.shape == (1, N_CLASS, SIZE, SIZE) and torch.isfinite(out).all()
 
 
@@ -407,7 +408,7 @@ def test_b10_and_b15_into_mode2(inria_files: dict[str, Path], kind: str) -> None
     assert torch.equal(model.big.gamma, source["module.big_attention.gamma"])
     assert torch.equal(model.backbone.vgg.features[24].weight, source["module.big_pool5.0.weight"])
     with torch.no_grad():
-        out = model(torch.rand(1, 3, SIZE, SIZE), medium=torch.rand(1, 3, SIZE, SIZE))
+        out = model(torch.rand(1, 3, SIZE, SIZE), NetworkInputs(medium=torch.rand(1, 3, SIZE, SIZE)))
     assert out.shape == (1, N_CLASS, SIZE, SIZE) and torch.isfinite(out).all()
 
 
@@ -466,7 +467,7 @@ def test_mode5_training_starts_as_b10_entire(inria_files: dict[str, Path], caplo
     # B10 is the model itself and its medium-window encoder: same VGG in both.
     assert torch.equal(model.context_encoder.vgg.features[10].weight, model.backbone.vgg.features[10].weight)
     assert model.backbone.vgg.features[10].weight.requires_grad and model.large.gamma.requires_grad
-    report = load_weights(build_model(5, "fcn8_vgg16", N_CLASS, correlation="plain"), inria_files["B10"],
+    report = load_weights(FCtLNet(5, "fcn8_vgg16", N_CLASS, correlation="plain"), inria_files["B10"],
                           what="`pre_path`", allow_missing=True)
     assert len(report.loaded) == 71 and report.missing == [] and report.unexpected == []
 
@@ -488,7 +489,7 @@ def test_fpn_mode5_trains_only_its_own_part(mode5_models: dict[str, FCtLNet]) ->
         assert not model.context_encoder.training and not model.context2_encoder.training
         generator = torch.Generator().manual_seed(5)
         x, medium, large = (torch.rand(2, 3, SIZE, 48, generator=generator) for _ in range(3))
-        out = model(x, medium=medium, large_window=large)
+        out = model(x, NetworkInputs(medium=medium, large_window=large))
         assert out.shape == (2, N_CLASS, SIZE, 48)
         out.pow(2).mean().backward()
         for name, param in model.named_parameters():

@@ -6,7 +6,7 @@ import torch
 
 from models.backbones import memory_format_for
 from models.checkpoint import read_checkpoint, save_weights
-from models.fctl import build_model
+from models.fctl import FCtLNet
 from models.setup import create_model
 from utils.memory import release_file_pages
 
@@ -31,7 +31,7 @@ def test_released_pages_read_back_the_file_values(tmp_path):
 
 def test_inference_loads_channels_last_copies_with_the_file_values(tmp_path):
     torch.manual_seed(0)
-    source = build_model(2, "fpn_resnet18", n_class=3)
+    source = FCtLNet(2, "fpn_resnet18", n_class=3)
     save_weights(source, str(tmp_path / "m.pth"))
     model = create_model(2, "fpn_resnet18", pre_path=str(tmp_path / "m.pth"), n_class=3,
                          memory_format=torch.channels_last)

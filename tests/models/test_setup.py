@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from models.checkpoint import save_weights
-from models.fctl import build_model
+from models.fctl import FCtLNet
+from models.inputs import NetworkInputs
 from models.setup import create_model
 from utils.errors import CheckpointError
 
@@ -21,7 +22,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for seed, (name, mode) in enumerate((("pre", 1), ("medium", 2), ("global", 0), ("all", 4))):
         torch.manual_seed(seed)
         paths[name] = folder / f"{name}.pth"
-        save_weights(build_model(mode, BACKBONE), paths[name])
+        save_weights(FCtLNet(mode, BACKBONE), paths[name])
     return paths
 
 
@@ -87,6 +88,6 @@ def test_inference_loads_every_part_and_keeps_frozen_parts_frozen(files: dict[st
             assert torch.equal(state[ours], value), (name, key)
     assert all(not p.requires_grad for enc in model.frozen_encoders() for p in enc.parameters())
     with torch.no_grad():
-        out = model(torch.rand(2, 3, 64, 64), medium=torch.rand(2, 3, 64, 64),
-                    global_context=model.encode_global(torch.rand(1, 3, 64, 64)))
+        out = model(torch.rand(2, 3, 64, 64), NetworkInputs(medium=torch.rand(2, 3, 64, 64),
+                    global_context=model.encode_global(torch.rand(1, 3, 64, 64))))
     assert out.shape == (2, 7, 64, 64)

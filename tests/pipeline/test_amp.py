@@ -9,10 +9,11 @@ import json
 import pytest
 import torch
 
-from models.stand_in import StandIn
+from pipeline.config import PipelineConfig
 from pipeline.merge import BandMerger
-from pipeline.predictor import PipelineConfig, Predictor
+from pipeline.predictor import Predictor
 from tests.cli.helpers import list_files, run_cli, tiny_args
+from tools.stand_in import StandIn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.contexts import context_window, crop_patches, global_view, medium_contexts
+from pipeline.contexts import context_window, context_windows, crop_patches, global_view
 from pipeline.grid import make_grid
 from utils.errors import ConfigError
 
@@ -57,7 +57,7 @@ def test_medium_contexts_match_pil(c, p):
     cols = sorted({grid.lefts[0], grid.lefts[len(grid.lefts) // 2], grid.lefts[-1]})
     boxes = [(t, l) for t in rows for l in cols]
     tops, lefts = [t for t, _ in boxes], [l for _, l in boxes]
-    ours = medium_contexts(image_u8.float() / 255, tops, lefts, p, c)
+    ours = context_windows(image_u8.float() / 255, tops, lefts, p, c)
     ref = pil_medium(image_u8, tops, lefts, p, c)
     assert ours.shape == ref.shape == (len(boxes), 3, p, p)
     err = (ours - ref).abs()
@@ -68,7 +68,7 @@ def test_medium_contexts_match_pil(c, p):
 def test_medium_context_zero_outside_and_centred():
     image = torch.ones(3, 96, 96)
     p = 32
-    ctx = medium_contexts(image, [0, 32], [0, 32], p, 3)
+    ctx = context_windows(image, [0, 32], [0, 32], p, 3)
     # corner patch: the window's top-left third is outside the image -> black there
     assert ctx[0, :, :10, :10].max() == 0
     assert ctx[0, :, 12:, 12:].min() > 0.99
@@ -81,14 +81,14 @@ def test_medium_context_zero_outside_and_centred():
 
 def test_context_one_is_the_patch():
     image = torch.rand(3, 80, 70)
-    assert torch.equal(medium_contexts(image, [16], [6], 64, 1), crop_patches(image, [16], [6], 64))
+    assert torch.equal(context_windows(image, [16], [6], 64, 1), crop_patches(image, [16], [6], 64))
 
 
 def test_unsupported_context():
     with pytest.raises(ConfigError):
-        medium_contexts(torch.rand(3, 64, 64), [0], [0], 64, 6)
+        context_windows(torch.rand(3, 64, 64), [0], [0], 64, 6)
     with pytest.raises(ConfigError):
-        medium_contexts(torch.rand(3, 64, 64), [0], [0], 64, 0)
+        context_windows(torch.rand(3, 64, 64), [0], [0], 64, 0)
 
 
 @pytest.mark.parametrize("shape,g", [((150, 130), 64), ((120, 120), 50), ((60, 90), 100)])
@@ -107,7 +107,7 @@ def test_uint8_images_give_the_float_results():
     image = torch.randint(0, 256, (3, 150, 131), dtype=torch.uint8)
     as_float = image.float() / 255
     tops, lefts = [0, 40, 86], [0, 67, 30]
-    torch.testing.assert_close(medium_contexts(image, tops, lefts, 64, 3), medium_contexts(as_float, tops, lefts, 64, 3))
+    torch.testing.assert_close(context_windows(image, tops, lefts, 64, 3), context_windows(as_float, tops, lefts, 64, 3))
     torch.testing.assert_close(global_view(image, 48), global_view(as_float, 48))
 
 

@@ -11,9 +11,10 @@ import dataclasses
 import pytest
 import torch
 
-from dataset.deepglobe import DeepGlobe
-from models.fctl import build_model
-from pipeline.predictor import AMP_DTYPES, PipelineConfig, Predictor
+from dataset.split_layout import SplitDataset
+from models.fctl import FCtLNet
+from pipeline.config import AMP_DTYPES, PipelineConfig
+from pipeline.predictor import Predictor
 
 pytestmark = pytest.mark.cuda
 
@@ -24,7 +25,7 @@ CFG = PipelineConfig(size_p=64, size_g=64, context=3, sub_batch_size=4)  # 96 px
 @pytest.fixture(scope="module")
 def image(tiny_data) -> torch.Tensor:
     """A 96 px scene (uint8 (3, 96, 96)) on the GPU: structured land cover, not noise."""
-    return DeepGlobe(tiny_data, "crossvali", labelled=True)[0]["image"].to(CUDA)
+    return SplitDataset(tiny_data, "crossvali", labelled=True)[0]["image"].to(CUDA)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def nets():
     def get(backbone: str, mode: int):
         if (backbone, mode) not in cache:
             torch.manual_seed(0)
-            cache[backbone, mode] = build_model(mode, backbone, gamma_init=1.0).to(CUDA).eval()
+            cache[backbone, mode] = FCtLNet(mode, backbone, gamma_init=1.0).to(CUDA).eval()
         return cache[backbone, mode]
 
     yield get

@@ -22,12 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from dataset.classes import PALETTE, pack_rgb
-from models.stand_in import StandIn
+from models.inputs import NetworkInputs
+from pipeline.config import PipelineConfig
 from pipeline.contexts import global_view
 from pipeline.grid import patch_starts
 from pipeline.merge import BandMerger, add_patches, argmax_classes
-from pipeline.predictor import PipelineConfig, Predictor
-from pipeline.views import schedule
+from pipeline.predictor import Predictor
+from pipeline.views import job_rows
+from tools.stand_in import StandIn
 from utils.logging import process_memory_mb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -224,7 +226,7 @@ def test_streamed_bands_equal_the_whole_canvas_with_tta(mode, shape, p, sub_batc
     model = StandIn(mode, channels=2).eval()
     with torch.no_grad():  # centre each class's logit so that every class wins somewhere (and ties are near)
         x = image[:, :64, :64].float().div(255)[None]
-        model.head.bias -= model(x, medium=x, global_context=model.encode_global(x)).mean((0, 2, 3))
+        model.head.bias -= model(x, NetworkInputs(medium=x, global_context=model.encode_global(x))).mean((0, 2, 3))
     predictor = _Recording(model, PipelineConfig(p, 128, 3, sub_batch))
     predictor.start(*shape)
     bands = list((predictor.mask_bands if output == "mask" else predictor.logit_bands)(image, tta=True))
@@ -244,7 +246,7 @@ def test_schedule_runs_every_patch_of_every_view_once_in_rows():
     predictor = Predictor(model, PipelineConfig(64, 48, 3, 5))
     height, width = 301, 517
     views = predictor.views(True)
-    rows = list(schedule(height, width, views, 64))
+    rows = list(job_rows(height, width, views, 64))
     jobs = [job for _, _, row in rows for job in row]
     assert len(jobs) == len(set(jobs)) == predictor.patches_per_image(height, width, True)
     ends = [end for end, _, _ in rows]
@@ -286,7 +288,7 @@ def test_merger_holds_the_overlap_not_a_patch_height_of_the_width():
         bands = list(predictor.mask_bands(image))
     finally:
         BandMerger.add, BandMerger.end_row = add, end_row
-    rows = list(schedule(height, width, predictor.views(False), predictor.cfg.size_p))
+    rows = list(job_rows(height, width, predictor.views(False), predictor.cfg.size_p))
     carry = max(bottom - end for end, bottom, _ in rows)
     assert carry == 50
     assert seen["between"] <= 7 * width * carry

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from models.stand_in import StandIn
-from pipeline.predictor import PipelineConfig, Predictor
+from models.inputs import NetworkInputs
+from pipeline.config import PipelineConfig
+from pipeline.predictor import Predictor
 from pipeline.views import view_box_to_original, view_shape
+from tools.stand_in import StandIn
 from utils.dihedral import VIEWS, from_view, to_view
 
 
@@ -70,19 +72,19 @@ def test_patch_count_matches_the_grid():
 @pytest.mark.parametrize("mode", [1, 2, 4])
 def test_single_view_equals_a_direct_patch_loop(mode):
     """No TTA: the grid's patches, each run once and summed into a full canvas, as the original does."""
-    from pipeline.contexts import crop_patches, global_view, medium_contexts
+    from pipeline.contexts import context_windows, crop_patches, global_view
     from pipeline.grid import make_grid
 
     model = StandIn(mode).eval()
     image = torch.randint(0, 256, (3, 157, 203), dtype=torch.uint8)
     p = 64
     reference = torch.zeros(7, 157, 203)
-    g_context = model.encode_global(global_view(image.float() / 255, 48)) if model.needs_global else None
+    g_context = model.encode_global(global_view(image.float() / 255, 48)) if "global_context" in model.spec.extra_inputs else None
     with torch.no_grad():
         for top, left in make_grid(157, 203, p).boxes():
             x = crop_patches(image.float() / 255, [top], [left], p)
-            medium = medium_contexts(image.float() / 255, [top], [left], p, 3) if model.needs_medium else None
-            reference[:, top:top + p, left:left + p] += model(x, medium=medium, global_context=g_context)[0]
+            medium = context_windows(image.float() / 255, [top], [left], p, 3) if "medium" in model.spec.extra_inputs else None
+            reference[:, top:top + p, left:left + p] += model(x, NetworkInputs(medium, g_context))[0]
     ours = Predictor(model, PipelineConfig(p, 48, 3, 7)).logits(image)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 

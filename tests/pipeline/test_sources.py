@@ -5,11 +5,12 @@ import pytest
 import torch
 
 import pipeline.contexts as contexts
-from models.stand_in import StandIn
-from pipeline.contexts import global_view, medium_contexts
-from pipeline.predictor import PipelineConfig, Predictor
+from pipeline.config import PipelineConfig
+from pipeline.contexts import context_windows, global_view
+from pipeline.predictor import Predictor
 from pipeline.sources import TensorSource, WindowedSource
 from tests.pipeline.array_reader import ArrayReader
+from tools.stand_in import StandIn
 
 
 def _scene(height, width, seed=0):
@@ -68,8 +69,8 @@ def test_strip_pass_of_a_source_equals_the_strips_of_a_tensor(monkeypatch):
 def test_medium_contexts_of_a_source_equal_those_of_the_tensor():
     image = _scene(150, 131)
     tops, lefts = [0, 40, 86], [0, 67, 30]
-    torch.testing.assert_close(medium_contexts(WindowedSource(ArrayReader(image), block=32), tops, lefts, 64, 3),
-                               medium_contexts(torch.from_numpy(image), tops, lefts, 64, 3), rtol=0, atol=0)
+    torch.testing.assert_close(context_windows(WindowedSource(ArrayReader(image), block=32), tops, lefts, 64, 3),
+                               context_windows(torch.from_numpy(image), tops, lefts, 64, 3), rtol=0, atol=0)
 
 
 def test_confidence_is_the_top_softmax_of_the_mean_logits():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.fctl import build_model
-from pipeline.predictor import PipelineConfig, Predictor
+from models.fctl import FCtLNet
+from pipeline.config import PipelineConfig
+from pipeline.predictor import Predictor
 from tools.perf import conv_ceiling, profile_stages, training_steps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,13 +22,13 @@ def test_ceiling_rows_cover_both_memory_formats():
 
 def test_profile_lists_every_stage_of_a_mode4_sub_batch():
     torch.manual_seed(0)
-    predictor = Predictor(build_model(4, "fpn_resnet18", n_class=3).eval(), PipelineConfig(64, 64, 3, 3))
+    predictor = Predictor(FCtLNet(4, "fpn_resnet18", n_class=3).eval(), PipelineConfig(64, 64, 3, 3))
     image = torch.randint(0, 256, (3, 96, 80), dtype=torch.uint8)
     names = [name for name, seconds in profile_stages(predictor, image) if seconds >= 0]
     assert names[0] == "crop patches" and names[-1] == "whole model forward"
     assert {"frozen context encoder", "local correlation", "fusion", "fpn + head + upsampling"} <= set(names)
     with pytest.raises(ValueError, match="mode-4"):
-        profile_stages(Predictor(build_model(1, "fpn_resnet18", n_class=3).eval(), PipelineConfig(64, 64)), image)
+        profile_stages(Predictor(FCtLNet(1, "fpn_resnet18", n_class=3).eval(), PipelineConfig(64, 64)), image)
 
 
 @pytest.mark.parametrize("mode", [1, 2])

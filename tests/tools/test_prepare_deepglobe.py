@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from dataset.classes import index_to_colour
-from dataset.deepglobe import DeepGlobe
+from dataset.split_layout import SplitDataset
 from tools import prepare_deepglobe as prep
 from utils.errors import DataError
 
@@ -56,7 +56,7 @@ def test_prepare_builds_layout_links_and_converts(tmp_path):
     with Image.open(dst / "train" / "Label" / "3_mask.png") as mask:
         assert mask.mode == "L"
         np.testing.assert_array_equal(np.array(mask), (np.arange(16 * 20).reshape(16, 20) * 3) % 7)
-    data = DeepGlobe(str(dst), "test", labelled=True)
+    data = SplitDataset(str(dst), "test", labelled=True)
     assert data.ids == ["6", "7"] and data[0]["label"].shape == (16, 20)
     assert not any(".tmp-" in p for p in tree(dst))
 
@@ -76,7 +76,7 @@ def test_prepare_copy_mode_and_rerun_is_safe(tmp_path):
     (dst / "train" / "Label" / "2_mask.png").write_bytes(b"")
     third = prep.prepare(src, str(dst), splits, link=False, progress=False)
     assert third.splits[0].masks["converted"] == 1
-    assert DeepGlobe(str(dst), "train", labelled=True)[1]["label"].shape == (16, 20)
+    assert SplitDataset(str(dst), "train", labelled=True)[1]["label"].shape == (16, 20)
 
 
 def test_prepare_reports_missing_per_split(tmp_path, capsys):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset.deepglobe import DeepGlobe
+from dataset.split_layout import SplitDataset
 from tools import prepare_inria as prep
 from utils.errors import DataError
 
@@ -75,7 +75,7 @@ def test_prepare_builds_layout_links_and_converts(tmp_path):
             with Image.open(folder / "Label" / f"{key}_mask.png") as mask:
                 assert mask.mode == "L" and mask.format == "PNG"
                 np.testing.assert_array_equal(np.array(mask), building(key))
-    data = DeepGlobe(str(dst), "train", labelled=True)
+    data = SplitDataset(str(dst), "train", labelled=True)
     assert data.ids == LISTS["train"]
     label = data[0]["label"]
     assert tuple(label.shape) == (H, W) and set(np.unique(label.numpy()).tolist()) == {0, 1}

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from dataset.classes import index_to_colour
-from dataset.deepglobe import SPLIT_DIRS, DeepGlobe, collate_list, image_id, split_folder
+from dataset.split_layout import SPLIT_DIRS, SplitDataset, collate_list, image_id, split_folder
 from utils.errors import ConfigError, DataError
 
 
@@ -38,7 +38,7 @@ def test_split_names_and_folders():
 
 def test_items_sorted_lazy_and_labelled(tmp_path):
     make_split(tmp_path, "train", ["3", "1", "2"], ext="jpg")
-    data = DeepGlobe(str(tmp_path), "train", labelled=True)
+    data = SplitDataset(str(tmp_path), "train", labelled=True)
     assert data.ids == ["1", "2", "3"] and len(data) == 3
     item = data[1]
     assert item["id"] == "2" and item["path"].endswith(os.path.join("train", "Sat", "2_sat.jpg"))
@@ -46,35 +46,35 @@ def test_items_sorted_lazy_and_labelled(tmp_path):
     assert item["label"].dtype == torch.uint8 and item["label"].shape == (24, 32)
     expected = (np.arange(24 * 32).reshape(24, 32) + 2) % 7
     np.testing.assert_array_equal(item["label"].numpy(), expected)
-    assert DeepGlobe(str(tmp_path), "train", labelled=False)[0]["label"] is None
+    assert SplitDataset(str(tmp_path), "train", labelled=False)[0]["label"] is None
 
 
 def test_test_split_folder_and_other_extensions(tmp_path):
     make_split(tmp_path, "offical_crossvali", ["5", "6"], ext="tif", labels=False)
     for split in ("test", "offical_crossvali"):
-        data = DeepGlobe(str(tmp_path), split, labelled=False)
+        data = SplitDataset(str(tmp_path), split, labelled=False)
         assert data.ids == ["5", "6"] and data[0]["image"].shape == (3, 24, 32)
 
 
 def test_ids_subset_in_given_order(tmp_path):
     make_split(tmp_path, "crossvali", ["1", "2", "3"])
-    data = DeepGlobe(str(tmp_path), "crossvali", labelled=True, ids=["3_sat.jpg", "1"])
+    data = SplitDataset(str(tmp_path), "crossvali", labelled=True, ids=["3_sat.jpg", "1"])
     assert data.ids == ["3", "1"]
     with pytest.raises(DataError, match="1 requested ids have no image.*: 9"):
-        DeepGlobe(str(tmp_path), "crossvali", labelled=True, ids=["9"])
+        SplitDataset(str(tmp_path), "crossvali", labelled=True, ids=["9"])
 
 
 def test_missing_folder_and_empty_split(tmp_path):
     with pytest.raises(DataError, match="data folder not found.*`data_path`"):
-        DeepGlobe(str(tmp_path / "nowhere"), "train", labelled=True)
+        SplitDataset(str(tmp_path / "nowhere"), "train", labelled=True)
     with pytest.raises(DataError, match=r"image folder not found: .*train.Sat; run python -m tools.prepare_deepglobe"):
-        DeepGlobe(str(tmp_path), "train", labelled=True)
+        SplitDataset(str(tmp_path), "train", labelled=True)
     os.makedirs(tmp_path / "train" / "Sat")
     with pytest.raises(DataError, match=r"no <id>_sat.*\(it is empty\).*`data_path`"):
-        DeepGlobe(str(tmp_path), "train", labelled=True)
+        SplitDataset(str(tmp_path), "train", labelled=True)
     (tmp_path / "train" / "Sat" / "notes.txt").write_text("x")
     with pytest.raises(DataError, match="1 other files, e.g. notes.txt"):
-        DeepGlobe(str(tmp_path), "train", labelled=True)
+        SplitDataset(str(tmp_path), "train", labelled=True)
 
 
 def test_missing_masks_reported_at_construction(tmp_path):
@@ -82,29 +82,29 @@ def test_missing_masks_reported_at_construction(tmp_path):
     os.remove(tmp_path / "train" / "Label" / "2_mask.png")
     os.remove(tmp_path / "train" / "Label" / "4_mask.png")
     with pytest.raises(DataError) as err:
-        DeepGlobe(str(tmp_path), "train", labelled=True)
+        SplitDataset(str(tmp_path), "train", labelled=True)
     assert "2 of 4 images" in str(err.value) and "first: 2, 4" in str(err.value)
-    assert DeepGlobe(str(tmp_path), "train", labelled=True, skip_bad=True).ids == ["1", "3"]
-    assert len(DeepGlobe(str(tmp_path), "train", labelled=False)) == 4
+    assert SplitDataset(str(tmp_path), "train", labelled=True, skip_bad=True).ids == ["1", "3"]
+    assert len(SplitDataset(str(tmp_path), "train", labelled=False)) == 4
 
 
 def test_duplicate_id_is_an_error(tmp_path):
     make_split(tmp_path, "train", ["1"], ext="jpg")
     make_split(tmp_path, "train", ["1"], ext="png")
     with pytest.raises(DataError, match="two images for id '1'"):
-        DeepGlobe(str(tmp_path), "train", labelled=True)
+        SplitDataset(str(tmp_path), "train", labelled=True)
 
 
 def test_bad_image_raises_or_is_skipped(tmp_path, caplog, monkeypatch):
     make_split(tmp_path, "train", ["1", "2", "3"])
     bad = tmp_path / "train" / "Sat" / "2_sat.jpg"
     bad.write_bytes(bad.read_bytes()[:100])
-    strict = DeepGlobe(str(tmp_path), "train", labelled=True)
+    strict = SplitDataset(str(tmp_path), "train", labelled=True)
     with pytest.raises(DataError, match="2_sat.jpg is truncated"):
         strict[1]
     monkeypatch.setattr(logging.getLogger("dataset"), "propagate", True)
     caplog.set_level(logging.WARNING, logger="dataset")
-    lenient = DeepGlobe(str(tmp_path), "train", labelled=True, skip_bad=True)
+    lenient = SplitDataset(str(tmp_path), "train", labelled=True, skip_bad=True)
     assert lenient[1] is None
     assert any("skipping 2" in r.getMessage() and "truncated" in r.getMessage() for r in caplog.records)
     batches = list(DataLoader(lenient, batch_size=2, collate_fn=collate_list))
@@ -115,7 +115,7 @@ def test_bad_image_raises_or_is_skipped(tmp_path, caplog, monkeypatch):
 def test_collate_list_keeps_lists(tmp_path):
     make_split(tmp_path, "train", ["1", "2"], size=(24, 32))
     make_split(tmp_path, "train", ["3"], size=(40, 16))
-    loader = DataLoader(DeepGlobe(str(tmp_path), "train", labelled=True), batch_size=3, collate_fn=collate_list)
+    loader = DataLoader(SplitDataset(str(tmp_path), "train", labelled=True), batch_size=3, collate_fn=collate_list)
     batch = next(iter(loader))
     assert batch["id"] == ["1", "2", "3"] and batch["skipped"] == 0
     assert [tuple(t.shape) for t in batch["image"]] == [(3, 24, 32), (3, 24, 32), (3, 40, 16)]

@@ -1,7 +1,9 @@
-"""A tiny network with FCtLNet's interface, for testing the pipeline at sizes a CPU handles in seconds.
+"""A tiny network with FCtLNet's interface (``models.interfaces.SegmentationNetwork``), for testing and
+benchmarking the pipeline at sizes a CPU handles in seconds.
 
-It is deliberately NOT rotation-equivariant (3x3 convolutions with random weights) and it uses both
-contexts, so a mistake in how views, boxes, windows or the global image are mapped changes its output.
+It is deliberately NOT rotation-equivariant (3x3 convolutions with random weights) and it uses every
+input its mode reads, so a mistake in how views, boxes, windows or the global image are mapped changes
+its output.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.inputs import NO_INPUTS, NetworkInputs
 from models.modes import Mode, mode_spec
 
 
@@ -39,29 +42,18 @@ class StandIn(nn.Module):
         self.head = nn.Conv2d(channels, self.n_class, 3, padding=1)
         self.context2_encoder = _Encoder(channels)
 
-    @property
-    def needs_medium(self) -> bool:
-        return self.spec.needs_medium
-
-    @property
-    def needs_global(self) -> bool:
-        return self.spec.needs_global
-
-    @property
-    def needs_large_window(self) -> bool:
-        return self.spec.needs_large_window
-
-    def encode_global(self, image: torch.Tensor) -> torch.Tensor:
+    def encode_global(self, global_image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.global_encoder(image)
+            return self.global_encoder(global_image)
 
-    def forward(self, x, medium=None, global_context=None, large_window=None):
+    def forward(self, x: torch.Tensor, inputs: NetworkInputs = NO_INPUTS) -> torch.Tensor:
+        inputs.check(self.spec)
         h = self.encoder(x)
-        if self.needs_medium:
-            h = h + self.context_encoder(medium)
-        if self.needs_large_window:
-            h = h + self.context2_encoder(large_window)
-        if self.needs_global:
+        if inputs.medium is not None:
+            h = h + self.context_encoder(inputs.medium)
+        if inputs.large_window is not None:
+            h = h + self.context2_encoder(inputs.large_window)
+        if inputs.global_context is not None:
             # The corner value, not a mean: it changes when the global image is turned the wrong way.
-            h = h + global_context[:, :, :1, :1].expand(x.shape[0], -1, -1, -1)
+            h = h + inputs.global_context[:, :, :1, :1].expand(x.shape[0], -1, -1, -1)
         return self.head(h)

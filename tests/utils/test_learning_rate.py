@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils.schedule import poly_lr, set_lr
+from utils.learning_rate import poly_lr, set_lr
 
 
 def test_poly_lr():

@@ -88,7 +88,7 @@ def list_images(sat_dir: str) -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-class DeepGlobe(Dataset):
+class SplitDataset(Dataset):
     """One split of a DeepGlobe-layout folder; see the module docstring for items and `skip_bad`.
 
     data_path: the folder holding train/, crossvali/, offical_crossvali/. split: "train", "crossvali",
