@@ -45,6 +45,7 @@ def test_geotiff_in_geotiff_out_with_confidence_and_preview(fpn_pre_folder, tmp_
     assert "predicted 1 scenes" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # two full CLI prediction runs
 def test_windowed_geotiff_gives_the_mask_of_the_same_pixels_as_png(fpn_pre_folder, tmp_path):
     tif = str(tmp_path / "a.tif")
     write_synthetic_raster(tif, 140, 190, tile=64)

@@ -207,7 +207,7 @@ def mode5_models(one_thread: None) -> dict[str, FCtLNet]:
     return models
 
 
-@pytest.mark.parametrize(("backbone", "batch"), [("fcn8_vgg16", 1), ("fpn_resnet18", 2)])
+@pytest.mark.parametrize(("backbone", "batch"), [pytest.param("fcn8_vgg16", 1, marks=pytest.mark.slow), ("fpn_resnet18", 2)])
 @torch.no_grad()
 def test_mode5_forward_matches_the_spec(mode5_models: dict[str, FCtLNet], backbone: str, batch: int) -> None:
     model = mode5_models[backbone]

@@ -71,6 +71,7 @@ def test_the_background_is_the_zero_image_and_only_its_rings_are_computed(fcn8):
     torch.testing.assert_close(out[0][:, inside], constant[:, None].expand(-1, int(inside.sum())))
 
 
+@pytest.mark.slow  # float64 gradients of two full VGG stacks
 def test_gradients_match():
     # In float64, so that the float32 rounding of sums over whole maps (gradients in the thousands)
     # does not hide a missing term.
@@ -91,6 +92,7 @@ def test_gradients_match():
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow  # full FCN8 forwards in two formats and bf16
 def test_channels_last_and_bf16_autocast(fcn8):
     torch.manual_seed(3)
     x = torch.rand(1, 3, 32, 32).contiguous(memory_format=torch.channels_last)
@@ -152,6 +154,7 @@ def test_plan_handles_every_layer_kind(shape):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # FLOP counting of two full FCN8 forwards
 def test_plan_computes_less_than_the_plain_stack(fcn8, plain_fcn8):
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -166,6 +169,7 @@ def test_plan_computes_less_than_the_plain_stack(fcn8, plain_fcn8):
     assert counts[1] < 0.5 * counts[0]
 
 
+@pytest.mark.slow  # several full FCN8 forwards
 def test_plan_is_reused_and_rebuilt_when_the_weights_change():
     torch.manual_seed(5)
     model = FCN8(3, head=False).eval()

@@ -263,6 +263,7 @@ def test_schedule_runs_every_patch_of_every_view_once_in_rows():
     assert len(rows) == len(patch_starts(height, 64))
 
 
+@pytest.mark.slow  # a wide image through the merger
 def test_merger_holds_the_overlap_not_a_patch_height_of_the_width():
     """Held float values stay near (grid overlap) x width, far below (patch height) x width."""
     model = StandIn(1, channels=1).eval()

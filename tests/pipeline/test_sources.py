@@ -35,7 +35,7 @@ def test_the_cache_reads_each_block_once_while_it_fits():
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2, 3, 4])
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])  # 8 views: slow
 def test_windowed_prediction_equals_in_memory(mode, tta):
     image = _scene(230, 270, seed=mode)
     model = StandIn(mode).eval()
@@ -90,7 +90,7 @@ def test_confidence_is_the_top_softmax_of_the_mean_logits():
     assert torch.equal(band[0], logits.argmax(0).to(torch.uint8))
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", [False, pytest.param(True, marks=pytest.mark.slow)])  # 8 views: slow
 def test_spilling_the_carried_rows_changes_nothing(monkeypatch, tta):
     image = torch.from_numpy(_scene(230, 270))
     predictor = Predictor(StandIn(4).eval(), PipelineConfig(size_p=64, size_g=48, context=3, sub_batch_size=5))

@@ -31,6 +31,7 @@ def test_profile_lists_every_stage_of_a_mode4_sub_batch():
         profile_stages(Predictor(FCtLNet(1, "fpn_resnet18", n_class=3).eval(), PipelineConfig(64, 64)), image)
 
 
+@pytest.mark.slow  # real FCN8 training steps
 @pytest.mark.parametrize("mode", [1, 2])
 def test_training_steps_run_the_real_step(mode):
     row = training_steps(mode, "fpn_resnet18", 96, 64, 4, CPU, steps=1)
