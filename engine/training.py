@@ -37,6 +37,7 @@ from dataset.classes import DEEPGLOBE, ClassTable
 from engine.checkpoint_policy import CheckpointPolicy
 from engine.evaluation import evaluate_dataset
 from models.checkpoint import export_weights, load_state_into, save_weights
+from models.interfaces import SegmentationNetwork
 from pipeline.config import PipelineConfig
 from pipeline.predictor import Predictor, out_of_memory
 from pipeline.units import TrainingUnit, patch_units, whole_image_units
@@ -90,7 +91,9 @@ class Trainer:
                  val_set=None, val_workers: int = 0, writer=None, settings: dict | None = None,
                  classes: ClassTable = DEEPGLOBE) -> None:
         self.model = model
-        self.net = unwrap(model)
+        self.net: SegmentationNetwork = unwrap(model)
+        if not isinstance(self.net, SegmentationNetwork):
+            raise TypeError(f"the trainer needs a SegmentationNetwork (models.interfaces), got {type(self.net).__name__}")
         self.optimizer = optimizer
         self.loader = loader
         self.criterion = criterion

@@ -10,6 +10,13 @@ defect), and memory is the image, one sub-batch and a band of the canvas (see ``
 
 Jobs (view, box) are independent, so sub-batches may mix views: that is batched TTA for free.
 
+Merge rule (``PipelineConfig.merge``). ``sum`` adds the raw logits, as the released system does. ``hann``
+multiplies each patch's logits, turned back into the original frame, by its ``merge.HannWindows`` window
+before it is added (the window is symmetric and its untapered edges are the box's edges on the canvas
+border, which a view maps to the canvas border, so weighing in the view's frame gives the same weights);
+``logit_bands`` and the confidence then give the weighted mean. The whole-image mode has no patches: the
+rule changes nothing there.
+
 Streaming. The jobs of all views come in rows, top to bottom (``pipeline.views.job_rows``). Within a
 row the jobs run left to right, and ``pipeline.merge.BandMerger`` finalises the canvas column tile by
 column tile, so what stays in memory besides the image is: the grid's vertical overlap across the
@@ -24,11 +31,12 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from models.interfaces import SegmentationNetwork
 from pipeline.config import PipelineConfig
 from pipeline.contexts import global_view, linear_taps
 from pipeline.grid import make_grid, pad_to_min
 from pipeline.inputs import InputBuilder
-from pipeline.merge import OUTPUTS, BandMerger, argmax_classes, top_probability
+from pipeline.merge import OUTPUTS, BandMerger, HannWindows, argmax_classes, top_probability
 from pipeline.sources import ImageSource, TensorSource
 from pipeline.views import Job, job_rows, view_shape
 from utils.dihedral import VIEWS, View, from_view, to_view
@@ -55,7 +63,8 @@ Image = torch.Tensor | ImageSource
 
 
 class Predictor:
-    """Turns whole images into logits / masks with an ``FCtLNet`` (any mode, any backbone).
+    """Turns whole images into logits / masks with a ``models.interfaces.SegmentationNetwork`` (an
+    ``FCtLNet`` of any mode and backbone, possibly wrapped in (Distributed)DataParallel).
 
     ``image`` arguments are uint8 tensors (3, H, W) already on the model's device, or image sources
     (``pipeline.sources``: a file read window by window, never whole). A tensor stays uint8 and only
@@ -78,8 +87,11 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, cfg: PipelineConfig) -> None:
         self.model = model
         self.cfg = cfg
-        self.net = unwrap(model)
+        self.net: SegmentationNetwork = unwrap(model)
+        if not isinstance(self.net, SegmentationNetwork):
+            raise TypeError(f"the predictor needs a SegmentationNetwork (models.interfaces), got {type(self.net).__name__}")
         self.channels_last = _uses_channels_last(self.net)
+        self._hann: dict[torch.device, HannWindows] = {}  # the hann merge's windows, one set per device
 
     @property
     def device(self) -> torch.device:
@@ -144,7 +156,8 @@ class Predictor:
     def _run(self, source: ImageSource, views: list[View], build: InputBuilder, jobs: list[Job],
              counts: bool) -> list[torch.Tensor]:
         """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them);
-        with ``counts`` a channel of ones is appended, so that the merged canvas counts the sums."""
+        with ``counts`` a channel of ones is appended, so that the merged canvas counts the sums (or,
+        once multiplied by a patch's weights, sums the weights)."""
         p = self.cfg.size_p
         # One pass from the uint8 image into the float batch (in the network's memory format): each
         # crop is turned into its view as a strided view of the image and converted while copied.
@@ -191,18 +204,27 @@ class Predictor:
             yield from self._global_bands(source, views, output)
             return
         p_height, p_width = max(height, p), max(width, p)
+        if self.cfg.merge == "hann" and output == "logits":
+            output = "mean"
         merger = BandMerger(self.net.n_class, p_height, p_width, source.device, output=output,
                             tile=max(4 * self.cfg.size_p, self.merge_tile),
                             spill=source.device.type == "cpu" and p_width > self.spill_width)
         try:
-            yield from self._merged_bands(source, views, merger, (height, width), progress, output)
+            yield from self._merged_bands(source, views, merger, (height, width), progress)
         finally:
             merger.close()
 
+    def _windows(self, device: torch.device) -> HannWindows:
+        """The hann merge's windows for this predictor's patch size on ``device``, made once."""
+        if device not in self._hann:
+            self._hann[device] = HannWindows(self.cfg.size_p, device)
+        return self._hann[device]
+
     def _merged_bands(self, source: ImageSource, views: list[View], merger: BandMerger, shape: tuple[int, int],
-                      progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
+                      progress) -> Iterator[tuple[int, torch.Tensor]]:
         height, width = shape
         row_end = None
+        weights = self._windows(source.device) if self.cfg.merge == "hann" else None
 
         def cropped(band: tuple[int, torch.Tensor]):
             y0, rows = band
@@ -210,13 +232,15 @@ class Predictor:
                 return None
             return y0, rows[..., :height - y0, :width]
 
-        for batch, logits in self._tagged_batches(source, (merger.height, merger.width), views, output == "confidence"):
+        for batch, logits in self._tagged_batches(source, (merger.height, merger.width), views, merger.weighted):
             for (end, bottom, (_, top, left)), patch in zip(batch, logits):
                 if end != row_end:
                     if row_end is not None and (band := cropped(merger.end_row())) is not None:
                         yield band
                     merger.begin_row(end, bottom)
                     row_end = end
+                if weights is not None:
+                    patch = patch * weights(top, left, merger.height, merger.width)
                 merger.add(patch, top, left)
             if progress is not None:
                 progress.update(len(batch))
@@ -226,7 +250,8 @@ class Predictor:
             yield band
 
     def logit_bands(self, image: Image, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
-        """Summed logits of one image over the chosen views, as (first row, (C, h, W) float32) bands."""
+        """Merged logits of one image over the chosen views, as (first row, (C, h, W) float32) bands: the
+        sums under the ``sum`` merge (and in the whole-image mode), the weighted mean under ``hann``."""
         return self._bands(image, tta, progress, "logits")
 
     def mask_bands(self, image: Image, tta: bool = False, progress=None,
@@ -235,11 +260,12 @@ class Predictor:
 
         With ``confidence`` each band is (2, h, W) uint8: the class map and the top-1 softmax
         probability x 255 (rounded) of the mean logits, i.e. the summed logits divided by how many
-        patches and views were summed at that pixel (``merge.top_probability``)."""
+        patches and views were summed at that pixel (``merge.top_probability``), or under the ``hann``
+        merge the weighted sums divided by the summed weights."""
         return self._bands(image, tta, progress, "confidence" if confidence else "mask")
 
     def logits(self, image: Image, tta: bool = False, progress=None) -> torch.Tensor:
-        """Summed logits (C, H, W) float32 of one image (whole canvas: for images that fit)."""
+        """Merged logits (C, H, W) float32 of one image, as ``logit_bands`` (whole canvas: for images that fit)."""
         return torch.cat([band for _, band in self.logit_bands(image, tta, progress)], dim=1)
 
     def predict(self, image: Image, tta: bool = False, progress=None) -> torch.Tensor:

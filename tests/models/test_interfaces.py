@@ -87,3 +87,16 @@ def test_network_inputs_are_frozen_and_map_only_present_tensors() -> None:
     mapped = inputs.map(lambda t: t + 1)
     assert mapped.global_context is None and mapped.large_window is None
     assert torch.equal(mapped.medium, torch.ones(2, 3, 4, 4)) and torch.equal(inputs.medium, torch.zeros(2, 3, 4, 4))
+
+
+def test_the_predictor_and_the_trainer_refuse_what_is_not_a_network() -> None:
+    from engine.training import Trainer, TrainingPlan
+    from pipeline.config import PipelineConfig
+    from pipeline.predictor import Predictor
+
+    conv = torch.nn.Conv2d(3, 3, 1)
+    with pytest.raises(TypeError, match="SegmentationNetwork"):
+        Predictor(conv, PipelineConfig(64, 64))
+    with pytest.raises(TypeError, match="SegmentationNetwork"):
+        Trainer(conv, torch.optim.SGD(conv.parameters(), lr=0.1), [], torch.nn.CrossEntropyLoss(), PipelineConfig(64, 64),
+                TrainingPlan(epochs=1, lr=0.1), device=torch.device("cpu"))
