@@ -1,15 +1,22 @@
 """Evaluation on a labelled split and prediction of a test split.
 
 Both iterate over the images this process owns (all of them, or every world_size-th under torchrun),
-run the ``Predictor`` on the device and either accumulate a confusion matrix (summed across processes
-at the end) or write colour masks. Image decoding happens in DataLoader workers, so reading the next
-JPEG overlaps with the network on the current one.
+run the ``Predictor`` on the device and either accumulate counts (summed across processes at the end)
+or write colour masks. Image decoding happens in DataLoader workers, so reading the next JPEG overlaps
+with the network on the current one.
 
-Memory. Predictions are consumed band by band (the confusion matrix is updated, or the PNG written,
-per band), so no full-size prediction exists. The loaders prefetch one image per worker (not torch's
-two) and do not pin: with N workers at most N + 1 images are in memory (the one being predicted and
-one being read by each worker), and a 1.2 GB scene is not copied again into page-locked memory
-(the host-to-device copy of one image per several seconds of work gains nothing from pinning).
+Scores. Besides the confusion matrix (IoU, F1, accuracy), an evaluation counts Boundary IoU
+(``utils.metrics.BoundaryCounts``) and the pixel accuracy within ``SEAM_PX`` px of the lines where the
+patches of the identity view's grid (``make_grid(H, W, size_p)``) start and end inside the image,
+against the accuracy elsewhere. Whole-image models (mode 0) have no patch grid; their seam band is
+that of ``size_p`` all the same, so that rows of different modes compare.
+
+Memory. Predictions are consumed band by band (the counts are updated, or the PNG written, per band),
+so no full-size prediction exists; Boundary IoU carries 2 x ``boundary_px`` rows between bands. The
+loaders prefetch one image per worker (not torch's two) and do not pin: with N workers at most N + 1
+images are in memory (the one being predicted and one being read by each worker), and a 1.2 GB scene
+is not copied again into page-locked memory (the host-to-device copy of one image per several seconds
+of work gains nothing from pinning).
 """
 
 from __future__ import annotations
@@ -24,15 +31,18 @@ from torch.utils.data import DataLoader, Subset
 from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.io import PngBandWriter
 from dataset.split_layout import item_bytes
+from pipeline.grid import make_grid
 from pipeline.predictor import Predictor
 from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
 from utils.errors import DataError
 from utils.files import atomic_write
 from utils.logging import get_logger, peak_memory_mb, progress
-from utils.metrics import ConfusionMatrix
+from utils.metrics import BoundaryCounts, ConfusionMatrix, RegionAccuracy
 from utils.workers import check_shared_memory, iterate, worker_init
 
 log = get_logger("eval")
+
+SEAM_PX = 8  # the seam band: pixels within this many px of a line where a patch starts or ends
 
 
 def _loader(dataset, info: DistInfo, num_workers: int) -> DataLoader:
@@ -46,15 +56,22 @@ def _loader(dataset, info: DistInfo, num_workers: int) -> DataLoader:
 
 def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: DistInfo, *, tta: bool,
                      num_workers: int = 0, desc: str = "evaluate", want_sample: bool = False,
-                     classes: ClassTable = DEEPGLOBE):
+                     classes: ClassTable = DEEPGLOBE, boundary_px: int = 3):
     """Score ``dataset`` (labelled); returns (scores dict, optional first (image, label, prediction) sample).
-    ``classes``: the table whose ``unscored`` class the means leave out.
+    ``classes``: the table whose ``unscored`` class the means leave out; ``boundary_px``: the distance d
+    of Boundary IoU.
+
+    Scores: those of ``ConfusionMatrix.scores`` and ``BoundaryCounts.scores``, ``seam_accuracy`` and
+    ``off_seam_accuracy`` (pixel accuracy inside and outside the seam band, None where it holds no
+    pixel; see the module doc), ``seam_px`` and ``skipped``.
 
     Images the dataset skipped (``SplitDataset(skip_bad=True)`` yields None for them, with a warning) are
     counted in ``scores['skipped']``; when every image was skipped there is nothing to score and a
     DataError says so (on every process: the counts are summed first).
     """
     confusion = ConfusionMatrix(predictor.net.n_class, device)
+    boundary = BoundaryCounts(predictor.net.n_class, boundary_px, device)
+    seams = RegionAccuracy(device)
     sample = None
     skipped = torch.zeros(1, dtype=torch.int64, device=device)
     predictor.net.eval()
@@ -68,17 +85,26 @@ def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: 
             label = item["label"].to(device)
             keep = want_sample and sample is None
             bands = []
+            height, width = label.shape
+            rows, columns = make_grid(height, width, predictor.cfg.size_p).seam_band(SEAM_PX, device)
             for y0, band in predictor.mask_bands(image, tta=tta):
-                confusion.update(band, label[y0:y0 + band.shape[0]])
+                y1 = y0 + band.shape[0]
+                confusion.update(band, label[y0:y1])
+                boundary.update(band, label[y0:y1], top=y0, height=height)
+                seams.update(band, label[y0:y1], rows[y0:y1, None] | columns)
                 if keep:
                     bands.append(band.cpu())
             if keep:
                 sample = (item["image"], item["label"], torch.cat(bands))
             del item, image, label  # the next image is not read into memory beside this one
-    confusion.all_reduce_()
+    for counts in (confusion, boundary, seams):
+        counts.all_reduce_()
     all_reduce_sum(skipped)
     _check_not_all_skipped(dataset, int(skipped.item()))
     scores = confusion.scores(classes.unscored)
+    scores.update(boundary.scores(classes.unscored))
+    scores["seam_accuracy"], scores["off_seam_accuracy"] = seams.accuracies()
+    scores["seam_px"] = SEAM_PX
     scores["skipped"] = int(skipped.item())
     return scores, sample
 
@@ -97,16 +123,26 @@ def _where(dataset) -> str:
 
 
 def format_scores(scores: dict, classes: ClassTable = DEEPGLOBE) -> str:
-    """A plain-text table: per-class IoU and F1, then mIoU and mean F1 (without the unscored class) and
-    pixel accuracy."""
-    width = max(12, 2 + max(len(n) for n in classes.names))
-    lines = [f"{'class':<{width}}{'IoU':>8}{'F1':>8}"]
-    for name, iou, f1 in zip(classes.names, scores["iou"], scores["f1_per_class"]):
-        lines.append(f"{name:<{width}}{100 * iou:>8.2f}{100 * f1:>8.2f}")
+    """A plain-text table of ``evaluate_dataset``'s scores: per-class IoU, F1 and Boundary IoU, then
+    mIoU, mean F1 and mean Boundary IoU (without the unscored class), pixel accuracy, and the accuracy
+    inside and outside the seam band."""
+    width = max(14, 2 + max(len(n) for n in classes.names))
+    lines = [f"{'class':<{width}}{'IoU':>8}{'F1':>8}{'BIoU':>8}"]
+    for name, iou, f1, biou in zip(classes.names, scores["iou"], scores["f1_per_class"], scores["boundary_iou"]):
+        lines.append(f"{name:<{width}}{100 * iou:>8.2f}{100 * f1:>8.2f}{100 * biou:>8.2f}")
     left_out = "" if classes.unscored is None else f" (without {classes.names[classes.unscored]})"
-    lines.append(f"{'mIoU':<{width}}{100 * scores['miou']:>8.2f}{left_out}")
-    lines.append(f"{'F1':<{width}}{100 * scores['f1']:>8.2f}")
-    lines.append(f"{'accuracy':<{width}}{100 * scores['accuracy']:>8.2f}")
+
+    def percent(value: float | None) -> str:
+        return f"{'n/a':>8}" if value is None else f"{100 * value:>8.2f}"
+
+    lines.append(f"{'mIoU':<{width}}{percent(scores['miou'])}{left_out}")
+    lines.append(f"{'F1':<{width}}{percent(scores['f1'])}")
+    lines.append(f"{'mBIoU':<{width}}{percent(scores['mboundary_iou'])} (within {scores['boundary_px']} px of a "
+                 f"class border)")
+    lines.append(f"{'accuracy':<{width}}{percent(scores['accuracy'])}")
+    lines.append(f"{'seam accuracy':<{width}}{percent(scores['seam_accuracy'])} (within {scores['seam_px']} px of "
+                 f"a patch edge)")
+    lines.append(f"{'off seam':<{width}}{percent(scores['off_seam_accuracy'])}")
     return "\n".join(lines)
 
 

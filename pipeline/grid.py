@@ -76,6 +76,23 @@ class PatchGrid:
         """One entry per grid row, top to bottom: (row top, lefts of the patches in that row)."""
         return [(top, list(self.lefts)) for top in self.tops]
 
+    def seam_band(self, k: int, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the patches' overlaps start and end: (rows bool (height,), columns bool (width,)), True
+        within ``k`` px of a line where a patch starts or ends strictly inside the grid's sides (the
+        image border is no seam). A line between pixels e - 1 and e marks pixels e - k .. e + k - 1;
+        pixel (y, x) lies in the seam band when rows[y] or columns[x]."""
+        return _near_edges(self.tops, self.size, self.height, k, device), \
+            _near_edges(self.lefts, self.size, self.width, k, device)
+
+
+def _near_edges(starts: list[int], size: int, length: int, k: int, device) -> torch.Tensor:
+    """bool (length,): True within ``k`` px of a patch edge (a start or start + size) inside (0, length)."""
+    near = torch.zeros(length, dtype=torch.bool, device=device)
+    for edge in {e for s in starts for e in (s, s + size)}:
+        if 0 < edge < length:
+            near[max(0, edge - k):edge + k] = True
+    return near
+
 
 def make_grid(height: int, width: int, size: int) -> PatchGrid:
     """Grid of ``size`` x ``size`` patches for an image of ``height`` x ``width``.

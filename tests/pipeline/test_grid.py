@@ -81,3 +81,18 @@ def test_pad_to_min():
     assert padded.shape == (25, 25) and padded.dtype == torch.uint8 and int(padded.sum()) == 200
     with pytest.raises(ConfigError):
         pad_to_min(label, 0)
+
+
+def test_seam_band_marks_k_px_beside_every_patch_edge_inside_the_image():
+    rows, columns = make_grid(2448, 1000, 508).seam_band(8)
+    edges = [388, 508, 776, 896, 1164, 1284, 1552, 1672, 1940, 2060]  # starts and ends; 0 and 2448 are the border
+    expected = torch.zeros(2448, dtype=torch.bool)
+    for e in edges:
+        expected[e - 8:e + 8] = True
+    assert torch.equal(rows, expected)
+    assert patch_starts(1000, 508) == [0, 246, 492]
+    assert columns.nonzero().flatten().tolist() == [*range(238, 254), *range(484, 500), *range(500, 516),
+                                                     *range(746, 762)]
+    # One patch (a side no longer than the patch): no seam at all.
+    rows, columns = make_grid(300, 508, 508).seam_band(8)
+    assert rows.shape == (300,) and columns.shape == (508,) and not rows.any() and not columns.any()

@@ -1,6 +1,6 @@
-"""The utilities' CUDA-only paths: device selection, NCCL collectives in one process, the confusion matrix
-and the training augmentation on GPU tensors, and the CUDA peak-memory figure. Seconds on one GPU;
-skipped, with the reason, where torch sees no CUDA GPU (tests/conftest.py)."""
+"""The utilities' CUDA-only paths: device selection, NCCL collectives in one process, the confusion matrix,
+the boundary and region counts and the training augmentation on GPU tensors, and the CUDA peak-memory
+figure. Seconds on one GPU; skipped, with the reason, where torch sees no CUDA GPU (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from utils.augment import random_flip_rotate
 from utils.distributed import select_device
 from utils.logging import peak_memory_mb
-from utils.metrics import ConfusionMatrix
+from utils.metrics import BoundaryCounts, ConfusionMatrix, RegionAccuracy
 
 pytestmark = pytest.mark.cuda
 
@@ -104,6 +104,24 @@ def test_confusion_matrix_on_cuda_equals_the_cpu_one():
     assert on_gpu.scores() == on_cpu.scores()
     with pytest.raises(ValueError, match="class indices must lie in 0..6"):
         on_gpu.update(torch.full((4,), 7, device="cuda"), torch.zeros(4, dtype=torch.int64, device="cuda"))
+
+
+def test_boundary_counts_and_region_accuracy_on_cuda_equal_the_cpu_ones():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randint(0, 7, (9, 12), generator=g).repeat_interleave(8, 0).repeat_interleave(8, 1).to(torch.uint8)
+    target = pred.roll(3, 1)
+    inside = torch.rand(pred.shape, generator=g) < 0.3
+    results = []
+    for device in ("cuda", "cpu"):
+        counts, accuracy = BoundaryCounts(7, 3, device), RegionAccuracy(device)
+        for top in range(0, pred.shape[0], 5):  # bands of 5 rows, on the device
+            rows = slice(top, top + 5)
+            counts.update(pred[rows].to(device), target[rows].to(device), top=top, height=pred.shape[0])
+            accuracy.update(pred[rows].to(device), target[rows].to(device), inside[rows].to(device))
+        assert counts.counts.device.type == accuracy.counts.device.type == device
+        results.append((counts.counts.cpu(), counts.scores(), accuracy.accuracies()))
+    (gpu, gpu_scores, gpu_accuracy), (cpu, cpu_scores, cpu_accuracy) = results
+    assert torch.equal(gpu, cpu) and gpu_scores == cpu_scores and gpu_accuracy == cpu_accuracy
 
 
 def test_augmentation_of_gpu_tensors_with_a_cpu_generator_matches_the_cpu():
