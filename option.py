@@ -90,6 +90,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--evaluate", action="store_true", help="score predictions on a labelled split (--split)")
     run.add_argument("--split", default=None,
                      help="split for --evaluate (default crossvali) or test (default test = offical_crossvali)")
+    run.add_argument("--boundary_px", type=int, default=3,
+                     help="--evaluate: Boundary IoU counts the pixels within this distance of a class border")
     run.add_argument("--dataset", default="deepglobe", choices=list(DATASETS) + list(DATASET_NUMBERS),
                      help="deepglobe (7 land-cover classes; the original's 1), inria (building / background; the "
                           "original's 2; defaults --correlation plain --context 2 --context2 3), or custom with "
@@ -224,7 +226,8 @@ class RunKind(enum.Enum):
 class RunSettings:
     """What to run. ``split`` is the split read by inference on a split (--split, default crossvali for an
     evaluation and test for predictions), None otherwise; ``tta`` says whether inference sums the 8
-    views (--tta/--no_tta, default on for predictions, off for an evaluation; False when training)."""
+    views (--tta/--no_tta, default on for predictions, off for an evaluation; False when training);
+    ``boundary_px`` is the distance of an evaluation's Boundary IoU in pixels (--boundary_px)."""
 
     task_name: str
     kind: RunKind
@@ -232,6 +235,7 @@ class RunSettings:
     backbone: str
     split: str | None
     tta: bool
+    boundary_px: int
 
     @property
     def training(self) -> bool:
@@ -375,8 +379,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
     split = {RunKind.EVALUATE: args.split or "crossvali", RunKind.PREDICT_SPLIT: args.split or "test"}.get(kind)
     predicting = kind in (RunKind.PREDICT_SPLIT, RunKind.PREDICT_SCENES)
     tta = kind is not RunKind.TRAIN and (predicting if args.tta is None else args.tta)
+    if args.boundary_px < 1:
+        raise OptionError(f"--boundary_px must be at least 1 (got {args.boundary_px})")
     run = RunSettings(task_name=args.task_name, kind=kind, mode=args.mode, backbone=args.backbone, split=split,
-                      tta=tta)
+                      tta=tta, boundary_px=args.boundary_px)
     log_dir = os.path.join(args.log_path, args.task_name)
     metrics_path = None
     if kind is RunKind.EVALUATE:

@@ -135,7 +135,8 @@ def _evaluate(run: _Run, predictor: Predictor) -> None:
     dataset = run.split(split, labelled=True)
     started = time.time()
     scores, _ = evaluate_dataset(predictor, dataset, run.device, run.info, tta=s.run.tta,
-                                 num_workers=s.system.num_workers, classes=s.dataset.classes)
+                                 num_workers=s.system.num_workers, classes=s.dataset.classes,
+                                 boundary_px=s.run.boundary_px)
     if run.info.is_main:
         scores.update(split=split, mode=s.run.mode, backbone=s.run.backbone, tta=s.run.tta, images=len(dataset),
                       dataset=s.dataset.name, classes=list(s.dataset.classes.names))
