@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from models.backbones import BACKBONES
 from models.correlation import CORRELATIONS
 from models.modes import MODES, mode_spec
+from pipeline.config import MERGES
 from pipeline.contexts import CONTEXTS
 from utils.errors import ConfigError, FCtLError, Interrupted, render, user_message
 
@@ -162,6 +163,9 @@ def _add_geometry_options(p: argparse.ArgumentParser) -> None:
     tta.add_argument("--tta", dest="tta", action="store_true", default=None,
                      help="8 flip/rotation views summed (default ON in test mode, OFF for --evaluate/--val)")
     tta.add_argument("--no_tta", dest="tta", action="store_false")
+    geo.add_argument("--merge", default="sum", choices=list(MERGES),
+                     help="how overlapping patch logits are merged: sum (the released rule) or hann (each patch "
+                          "weighted by a window falling towards its edges, weighted mean; no effect in mode 0)")
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -286,8 +290,8 @@ class SceneSettings:
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """The patch pipeline's geometry and precision (``context`` defaulted by the data set; ``amp_dtype``
-    the torch dtype of --amp_dtype)."""
+    """The patch pipeline's geometry, precision and merge rule (``context`` defaulted by the data set;
+    ``amp_dtype`` the torch dtype of --amp_dtype)."""
 
     size_p: int
     size_g: int
@@ -296,6 +300,7 @@ class PipelineSettings:
     sub_batch_size: int
     amp: bool
     amp_dtype: torch.dtype
+    merge: str
 
 
 @dataclass(frozen=True)
@@ -425,7 +430,8 @@ def _pipeline_settings(args: argparse.Namespace, context: int) -> PipelineSettin
     from pipeline.config import AMP_DTYPES
 
     return PipelineSettings(size_p=args.size_p, size_g=args.size_g, context=context, context2=args.context2,
-                            sub_batch_size=args.sub_batch_size, amp=args.amp, amp_dtype=AMP_DTYPES[args.amp_dtype])
+                            sub_batch_size=args.sub_batch_size, amp=args.amp, amp_dtype=AMP_DTYPES[args.amp_dtype],
+                            merge=args.merge)
 
 
 def _training_settings(args: argparse.Namespace, save_each_epoch_from: int) -> TrainingSettings:

@@ -80,7 +80,8 @@ class _Run:
 
 def _pipeline(s: Settings) -> PipelineConfig:
     p = s.pipeline
-    return PipelineConfig(p.size_p, p.size_g, p.context, p.sub_batch_size, p.amp, p.amp_dtype, p.context2)
+    return PipelineConfig(p.size_p, p.size_g, p.context, p.sub_batch_size, p.amp, p.amp_dtype, p.context2,
+                          merge=p.merge)
 
 
 def _train(run: _Run, model: torch.nn.Module) -> None:

@@ -5,6 +5,11 @@ patches overlap their logits add up (no softmax, no averaging), as the released 
 of the canvas is the prediction, so only the sums matter and the order of the additions does not
 (apart from float rounding).
 
+The ``hann`` merge rule (``PipelineConfig.merge``) multiplies each patch's logits by a window that falls
+to 0 towards the patch's edges (``HannWindows``) before they are added; the weights are summed along (a
+last channel), and the weighted mean is the sums divided by them. A positive scale per pixel leaves the
+argmax alone, so class maps need only the weighted sums.
+
 Two ways to hold the canvas:
 - ``add_patches`` fills a whole canvas (C x H x W float32: about 168 MB for a 2448 px image with 7
   classes, 11 GB for 20000 x 20000); the tests use it as the reference.
@@ -20,6 +25,7 @@ into a float32 canvas.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -27,6 +33,8 @@ import numpy as np
 import torch
 
 from pipeline.contexts import Positions, as_list
+
+_TINY = torch.finfo(torch.float32).tiny
 
 
 def add_patches(canvas: torch.Tensor, logits: torch.Tensor, tops: Positions, lefts: Positions) -> None:
@@ -74,7 +82,53 @@ def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
     return index
 
 
-OUTPUTS = ("mask", "logits", "confidence")
+class HannWindows:
+    """The weights of the ``hann`` merge: one (p, p) float32 window per patch, by where it lies on the canvas.
+
+    Along each axis the weight is the Hann window w(i) = sin^2(pi * i / (p - 1)), i = 0..p-1: largest
+    (about 1) at the centre, exactly 0 at both edges, so a patch's contribution fades to nothing where
+    it ends and the merged logits have no seam there. An edge that lies on the canvas border is not
+    tapered: the weight stays 1 from the patch centre to it. There no neighbour takes over, and a
+    tapered edge would leave the border pixels with weight 0. The window is the outer product of the
+    row and the column weights.
+
+    With this rule every pixel's summed weight is positive. A view's grid is every pair of its row and
+    column starts, so its summed weight is the product of a sum along the rows and one along the
+    columns; along an axis, a pixel on a tapered edge of one patch lies strictly inside the neighbour
+    that overlaps it (grid neighbours overlap by at least 50 px), and an axis no longer than a patch has
+    one start with both edges on the border (a canvas no larger than a patch gets a window of ones).
+
+    The 1-D profiles are made once (in float64, rounded to float32, the same bits on every device);
+    each of the (at most 16) 2-D windows is made on first use and kept.
+    """
+
+    def __init__(self, size: int, device: torch.device | str | None = None) -> None:
+        self.size = size
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        i = torch.arange(size, dtype=torch.float64)
+        # From the nearer edge, so that the window is exactly symmetric and exactly 0 at both edges.
+        hann = torch.sin(math.pi * torch.minimum(i, size - 1 - i) / max(size - 1, 1)) ** 2
+        centre = (size - 1) / 2
+        one = torch.ones_like(hann)
+        # Indexed by the edges on the border: 0 none, 1 the first, 2 the last, 3 both.
+        self._profiles = torch.stack([hann, torch.where(i <= centre, one, hann), torch.where(i >= centre, one, hann),
+                                      one]).float().to(self.device)
+        self._windows: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _edges(self, start: int, length: int) -> int:
+        return int(start == 0) + 2 * int(start + self.size == length)
+
+    def __call__(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
+        """Weights (p, p) float32, on ``device``, of the patch at (top, left) of a height x width canvas."""
+        key = (self._edges(top, height), self._edges(left, width))
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = self._profiles[key[0], :, None] * self._profiles[key[1], None, :]
+        return window
+
+
+OUTPUTS = ("mask", "logits", "mean", "confidence")
+WEIGHTED = ("mean", "confidence")  # the outputs whose patches carry a last channel of weights
 
 
 class SpillFile:
@@ -121,9 +175,10 @@ class SpillFile:
 def top_probability(sums: torch.Tensor, counts: torch.Tensor | float) -> torch.Tensor:
     """uint8 round(255 x the largest softmax probability) of the mean logits ``sums / counts``.
 
-    sums: (C, ...) float; counts: how many logits were summed at each pixel (a number, or (...)).
-    The mean, not the sum, is what a single network output would be: overlaps and TTA views add
-    logits up, which would make the softmax sharper where more patches overlap.
+    sums: (C, ...) float; counts: how many logits were summed at each pixel (a number, or (...)), or,
+    for weighted sums, the sum of the weights. The mean, not the sum, is what a single network output
+    would be: overlaps and TTA views add logits up, which would make the softmax sharper where more
+    patches overlap.
     """
     scale = 1.0 / counts if not isinstance(counts, torch.Tensor) else counts.float().reciprocal()
     best = sums.max(dim=0).values
@@ -140,10 +195,12 @@ class BandMerger:
     patches no later patch touches the rows above ``end``; ``add(logits, top, left)`` adds one patch of
     the row (tops at or below the first unreleased row ``y0``, lefts in non-decreasing order);
     ``end_row()`` returns ``(y0, band)`` with the final rows [y0, end) and moves ``y0`` to ``end``.
-    A band is a uint8 class map (h, W) (``output="mask"``), the float32 logits (C, h, W)
-    (``output="logits"``) or, for ``output="confidence"``, uint8 (2, h, W): the class map and
-    ``top_probability``; then every patch carries a last channel of ones (C + 1 channels), whose sum
-    counts the logits summed at each pixel.
+    A band is a uint8 class map (h, W) (``output="mask"``), the float32 summed logits (C, h, W)
+    (``output="logits"``), the float32 mean logits (C, h, W) (``output="mean"``) or, for
+    ``output="confidence"``, uint8 (2, h, W): the class map and ``top_probability``. For ``mean`` and
+    ``confidence`` (``WEIGHTED``) every patch carries a last channel of weights (C + 1 channels): ones,
+    whose sum counts the logits summed at each pixel, or the ``HannWindows`` weights the logits were
+    multiplied by; the mean is the sums divided by that channel's sum.
 
     Memory. The canvas is kept as column tiles of ``tile`` columns. A tile the current row has not yet
     reached holds only the rows carried over from earlier rows; when the row's first patch reaches it,
@@ -171,7 +228,8 @@ class BandMerger:
         if tile < 1:
             raise ValueError(f"tile width must be positive, got {tile}")
         self.n_class, self.height, self.width = n_class, height, width
-        self.channels = n_class + 1 if output == "confidence" else n_class
+        self.weighted = output in WEIGHTED
+        self.channels = n_class + 1 if self.weighted else n_class
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.output, self.tile = output, tile
         self.y0 = 0  # first row not yet handed out
@@ -235,8 +293,8 @@ class BandMerger:
         self._next, self._last_left = 0, 0
         rows = end - self.y0
         shape = {"mask": (rows, self.width), "logits": (self.n_class, rows, self.width),
-                 "confidence": (2, rows, self.width)}[self.output]
-        self._band = torch.zeros(shape, dtype=torch.float32 if self.output == "logits" else torch.uint8,
+                 "mean": (self.n_class, rows, self.width), "confidence": (2, rows, self.width)}[self.output]
+        self._band = torch.zeros(shape, dtype=torch.float32 if self.output in ("logits", "mean") else torch.uint8,
                                  device=self.device)
 
     def add(self, logits: torch.Tensor, top: int, left: int) -> None:
@@ -290,13 +348,17 @@ class BandMerger:
         done = min(rows, tile.shape[1])
         if done:
             head = tile[:, :done]
+            # A pixel of the tile that no weight reached (below the shorter patches of a row; in layouts
+            # that are no grid, on a tapered edge) has sums and weights 0: the weights are raised to the
+            # smallest normal float, so its mean is 0, not NaN. Rows below every patch stay 0 in the band.
             if self.output == "mask":
                 self._band[:done, x0:x1] = argmax_classes(head)
             elif self.output == "confidence":
                 sums = head[: self.n_class]
                 self._band[0, :done, x0:x1] = argmax_classes(sums)
-                # Rows no patch reached (only in the last band of a padded canvas) count 0: probability 0.
-                self._band[1, :done, x0:x1] = top_probability(sums, head[self.n_class].clamp(min=1))
+                self._band[1, :done, x0:x1] = top_probability(sums, head[self.n_class].clamp(min=_TINY))
+            elif self.output == "mean":
+                self._band[:, :done, x0:x1] = head[: self.n_class] / head[self.n_class].clamp(min=_TINY)
             else:
                 self._band[:, :done, x0:x1] = head
         # A clone, not a view: the head's memory is given back.

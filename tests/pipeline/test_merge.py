@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.grid import make_grid
-from pipeline.merge import add_patches
+from pipeline.merge import BandMerger, HannWindows, add_patches, argmax_classes, top_probability
 
 
 def integer_logits(n, c, p, seed):
@@ -38,3 +38,68 @@ def test_merge_order_does_not_matter():
         for i in order:
             add_patches(canvas, logits[i : i + 1], [boxes[i][0]], [boxes[i][1]])
         assert torch.equal(canvas, reference)
+
+
+def hann_profile(start: int, length: int, p: int) -> torch.Tensor:
+    """The hann merge's weights along one axis of a patch at ``start``, written out independently."""
+    i = torch.arange(p, dtype=torch.float64)
+    weights = torch.sin(torch.pi * i / (p - 1)) ** 2
+    if start == 0:
+        weights[: (p + 1) // 2] = 1
+    if start + p == length:
+        weights[p // 2:] = 1
+    return weights
+
+
+@pytest.mark.parametrize("p", [64, 65])
+def test_hann_windows_taper_every_edge_but_those_on_the_canvas_border(p):
+    windows = HannWindows(p)
+    height, width = 3 * p, 2 * p
+    for top in (0, 17, height - p):
+        for left in (0, 5, width - p):
+            window = windows(top, left, height, width)
+            assert window.dtype == torch.float32 and window.shape == (p, p)
+            expected = hann_profile(top, height, p)[:, None] * hann_profile(left, width, p)[None, :]
+            torch.testing.assert_close(window.double(), expected, rtol=1e-6, atol=1e-7)
+            assert window is windows(top, left, height, width)  # made once
+    inner = windows(17, 5, height, width)
+    assert inner[0].max() == 0 and inner[:, -1].max() == 0 and inner.max() <= 1
+    assert torch.equal(inner, inner.flip(0)) and torch.equal(inner, inner.flip(1)) and torch.equal(inner, inner.T)
+    assert torch.equal(windows(0, 0, p, p), torch.ones(p, p))  # a canvas of one patch: nothing tapered
+
+
+@pytest.mark.parametrize("spill", [False, True])
+def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill):
+    """Weighted patches with their weights as last channel, streamed in rows, against one whole canvas;
+    pixels no weight reached come out 0, not NaN."""
+    gen = torch.Generator().manual_seed(3)
+    height, width, p = 110, 300, 40
+    windows = HannWindows(p)
+    rows = [(30, 40, [(0, 0), (0, 50), (0, 90), (0, 150), (0, 200), (0, 260)]),
+            (60, 72, [(30, 0), (32, 40), (30, 100), (31, 150), (32, 255), (30, 260)])]
+    sums, weights = torch.zeros(3, height, width), torch.zeros(height, width)
+    mergers = {output: BandMerger(3, height, width, output=output, tile=64, spill=spill)
+               for output in ("mean", "confidence")}
+    bands = {output: [] for output in mergers}
+    for end, bottom, patches in rows:
+        for merger in mergers.values():
+            merger.begin_row(end, bottom)
+        for top, left in patches:
+            w = windows(top, left, height, width)
+            patch = torch.cat([torch.randn(3, p, p, generator=gen), torch.ones(1, p, p)]) * w
+            add_patches(sums, patch[None, :3], [top], [left])
+            add_patches(weights[None], patch[None, 3:], [top], [left])
+            for merger in mergers.values():
+                merger.add(patch, top, left)
+        for output, merger in mergers.items():
+            bands[output].append(merger.end_row()[1])
+    for output, merger in mergers.items():
+        bands[output].append(merger.finish()[1])
+    mean, confidence = (torch.cat(bands[output], dim=-2) for output in mergers)
+    weighed = weights > 0  # not every covered pixel: this layout is no grid, so gaps and tapered edges stay 0
+    assert weighed[:72].any() and not weighed[72:].any()
+    assert torch.equal(mean, torch.where(weighed, sums / weights, torch.zeros(())))
+    reached = confidence[1, :72]
+    tiny = torch.finfo(torch.float32).tiny
+    assert torch.equal(reached, top_probability(sums[:, :72], weights[:72].clamp(min=tiny)))
+    assert torch.equal(confidence[0, :72], argmax_classes(sums[:, :72])) and not confidence[:, 72:].any()

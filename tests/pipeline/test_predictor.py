@@ -4,9 +4,14 @@ import pytest
 import torch
 
 from models.inputs import NetworkInputs
+from option import OptionError, parse_options
 from pipeline.config import PipelineConfig
+from pipeline.grid import make_grid
+from pipeline.merge import BandMerger, HannWindows, add_patches, argmax_classes, top_probability
 from pipeline.predictor import Predictor
 from pipeline.views import view_box_to_original, view_shape
+from tests.cli.helpers import list_files, run_cli, tiny_args
+from tests.pipeline.test_merge import hann_profile
 from tools.stand_in import StandIn
 from utils.dihedral import VIEWS, from_view, to_view
 
@@ -100,3 +105,155 @@ def test_bands_cover_the_image_once_and_stay_small():
     assert sum(band.shape[0] for _, band in bands) == 700
     assert max(band.shape[0] for _, band in bands) <= 64
     assert torch.equal(torch.cat([b for _, b in bands]), predictor.predict(image, tta=True))
+
+
+# --- merge rules ------------------------------------------------------------------------------------------
+
+MERGE_SHAPES = [(150, 130), (64, 200), (40, 90), (65, 129)]  # borders, a patch-wide side, smaller than a patch
+
+
+class _Recording(Predictor):
+    """A Predictor that also keeps every patch's logits as ``_run`` hands them over, in that order."""
+
+    recorded: list
+
+    def _run(self, source, views, build, jobs, counts):
+        logits = super()._run(source, views, build, jobs, counts)
+        self.recorded.extend((patch, top, left) for patch, (_, top, left) in zip(logits, jobs))
+        return logits
+
+
+def _recorded(predictor: _Recording, bands) -> torch.Tensor:
+    predictor.recorded = []
+    return torch.cat([band for _, band in bands], dim=-2)
+
+
+def _image(shape, seed=0):
+    return torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", [(150, 130), (40, 90), (131, 187)])
+@pytest.mark.parametrize("tta", [False, True])
+def test_sum_merge_is_the_plain_sum_of_the_patch_logits_bit_for_bit(shape, tta):
+    predictor = _Recording(StandIn(4).eval(), PipelineConfig(64, 48, 3, 5))
+    assert predictor.cfg.merge == "sum"
+    for output in ("logits", "mask"):
+        predictor.recorded = []
+        merged = torch.cat([b for _, b in (predictor.logit_bands if output == "logits" else predictor.mask_bands)(
+            _image(shape), tta=tta)], dim=-2)
+        reference = torch.zeros(7, max(shape[0], 64), max(shape[1], 64))
+        for patch, top, left in predictor.recorded:
+            add_patches(reference, patch[None], [top], [left])
+        reference = reference[:, :shape[0], :shape[1]]
+        assert torch.equal(merged, reference if output == "logits" else argmax_classes(reference))
+
+
+def _weights_in_each_views_frame(height: int, width: int, p: int, views) -> torch.Tensor:
+    """Every view's grid laid out in the view's own frame, each patch weighted there by the written-out
+    window (edges on the view's border untapered), turned back and summed: float64 (height, width)."""
+    total = torch.zeros(height, width, dtype=torch.float64)
+    for view in views:
+        vh, vw = view_shape(height, width, view)
+        canvas = torch.zeros(vh, vw, dtype=torch.float64)
+        for top, left in make_grid(vh, vw, p).boxes():
+            canvas[top:top + p, left:left + p] += hann_profile(top, vh, p)[:, None] * hann_profile(left, vw, p)[None, :]
+        total += from_view(canvas, view)
+    return total
+
+
+@pytest.mark.parametrize("shape", MERGE_SHAPES)
+@pytest.mark.parametrize("tta", [False, True])
+def test_hann_weights_merged_are_the_windows_of_each_views_grid_and_positive(shape, tta, monkeypatch):
+    fed = []
+    add = BandMerger.add
+
+    def recording_add(self, logits, top, left):
+        fed.append((logits[-1].clone(), top, left))
+        add(self, logits, top, left)
+
+    monkeypatch.setattr(BandMerger, "add", recording_add)
+    predictor = Predictor(StandIn(1, channels=2).eval(), PipelineConfig(64, 48, 3, 16, merge="hann"))
+    list(predictor.mask_bands(_image(shape), tta=tta, confidence=True))
+    assert len(fed) == predictor.patches_per_image(*shape, tta)
+    height, width = max(shape[0], 64), max(shape[1], 64)
+    merged = torch.zeros(1, height, width)
+    for weights, top, left in fed:
+        add_patches(merged, weights[None, None], [top], [left])
+    reference = _weights_in_each_views_frame(height, width, 64, predictor.views(tta))
+    torch.testing.assert_close(merged[0].double(), reference, rtol=1e-5, atol=1e-6)  # float32 sums
+    assert merged.min() > 0 and reference.min() > 0
+
+
+def _constant_logits(mode: int, values: torch.Tensor) -> StandIn:
+    model = StandIn(mode, channels=2).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(values)
+    return model
+
+
+@pytest.mark.parametrize("mode, shape, tta", [(4, (150, 130), True), (1, (40, 90), True), (2, (65, 129), False),
+                                              (1, (64, 200), False)])
+def test_hann_mean_of_constant_logits_is_that_constant_everywhere(mode, shape, tta):
+    values = torch.linspace(-2, 3, 7)
+    predictor = Predictor(_constant_logits(mode, values), PipelineConfig(64, 48, 3, 6, merge="hann"))
+    logits = predictor.logits(_image(shape), tta=tta)
+    torch.testing.assert_close(logits, values[:, None, None].expand(7, *shape), rtol=1e-5, atol=1e-5)  # float32 sums
+    confidence = torch.cat([b for _, b in predictor.mask_bands(_image(shape), tta=tta, confidence=True)], dim=1)
+    assert (confidence[0] == 6).all()
+    assert (confidence[1] == round(255 * torch.softmax(values, 0).max().item())).all()
+
+
+@pytest.mark.parametrize("sub_batch, spill_width", [(1, 8192), (5, 100), (13, 8192)])
+def test_hann_streamed_bands_equal_the_whole_canvas(sub_batch, spill_width, monkeypatch):
+    """Weighted sums and weights of the very logits the network gave, summed into whole canvases in the
+    same order: the streamed mean logits, class map and confidence are the same bits."""
+    monkeypatch.setattr(Predictor, "spill_width", spill_width)
+    shape, p = (150, 110), 64
+    predictor = _Recording(StandIn(4).eval(), PipelineConfig(p, 48, 3, sub_batch, merge="hann"))
+    windows = HannWindows(p)
+    tiny = torch.finfo(torch.float32).tiny
+    for output in ("logits", "mask", "confidence"):
+        predictor.recorded = []
+        if output == "logits":
+            bands = predictor.logit_bands(_image(shape), tta=True)
+        else:
+            bands = predictor.mask_bands(_image(shape), tta=True, confidence=output == "confidence")
+        streamed = torch.cat([b for _, b in bands], dim=-2)
+        sums, weights = torch.zeros(7, *shape), torch.zeros(1, *shape)
+        for patch, top, left in predictor.recorded:
+            weighted = patch * windows(top, left, *shape)
+            add_patches(sums, weighted[None, :7], [top], [left])
+            add_patches(weights, windows(top, left, *shape)[None, None], [top], [left])
+        if output == "logits":
+            assert torch.equal(streamed, sums / weights.clamp(min=tiny))
+        elif output == "mask":
+            assert torch.equal(streamed, argmax_classes(sums))
+        else:
+            assert torch.equal(streamed, torch.stack([argmax_classes(sums), top_probability(sums, weights[0])]))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_hann_changes_nothing_in_the_whole_image_mode(tta):
+    model = StandIn(0).eval()
+    image = _image((150, 130))
+    summed = Predictor(model, PipelineConfig(64, 48, 3, 4)).logits(image, tta=tta)
+    assert torch.equal(Predictor(model, PipelineConfig(64, 48, 3, 4, merge="hann")).logits(image, tta=tta), summed)
+
+
+def test_the_command_line_merges_with_hann_in_test_mode_and_evaluation(tiny_data, fpn_pre_folder, tmp_path,
+                                                                        monkeypatch):
+    weighed = []
+    window = HannWindows.__call__
+    monkeypatch.setattr(HannWindows, "__call__", lambda self, *box: weighed.append(box) or window(self, *box))
+    args = tiny_args(tiny_data, fpn_pre_folder, str(tmp_path / "logs"), "--mode", "1", "--pre_path", "pre.pth",
+                     "--max_images", "1", "--merge", "hann")
+    assert run_cli(*args, "--prediction_path", str(tmp_path / "pred")) == 0  # TTA on: 8 views x 4 x 4 patches
+    assert len(list_files(str(tmp_path / "pred"))) == 1 and len(weighed) == 8 * 16
+    weighed.clear()
+    assert run_cli(*args, "--evaluate", "--metrics_path", str(tmp_path / "metrics.json")) == 0
+    assert len(weighed) == 16 and (tmp_path / "metrics.json").exists()
+    assert parse_options(["--pre_path", "x.pth"]).pipeline.merge == "sum"
+    assert parse_options(["--pre_path", "x.pth", "--merge", "hann"]).pipeline.merge == "hann"
+    with pytest.raises(OptionError, match="--merge"):
+        parse_options(["--pre_path", "x.pth", "--merge", "mean"])
