@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt
 test: venv
 	$(BIN)/python -m pytest tests -q
 
-# Without the `slow` tier (1 GB files, huge images, kill trials, torchrun, stage chains): about 2.5 minutes on 2 cores
+# Without the `slow` tier (1 GB files, huge images, kill trials, torchrun, stage chains, full-size FCN8): about 100 s on 2 cores
 # (two pytest workers, one torch thread each).
 test-fast: venv
 	$(BIN)/python -m pytest tests -q -n 2 -m "not slow and not cuda"

@@ -203,6 +203,7 @@ def test_skip_bad_images_in_test_mode(data, trained, tmp_path, capsys):
     assert list_files(str(tmp_path / "pred")) == ["test0001_mask.png"]
 
 
+@pytest.mark.slow  # a CLI training run
 def test_skip_bad_images_in_training(data, tmp_path, capsys):
     truncate(image_file(data, "train", 1))
     status = run_cli(*train_args(data, tmp_path, "--skip_bad_images", "--epochs", "2"))

@@ -75,6 +75,7 @@ def test_nan_loss_in_the_first_epoch_says_nothing_was_saved(tiny_data, tmp_path,
     assert list_files(str(models)) == []
 
 
+@pytest.mark.slow  # a CLI training run
 def test_non_finite_weights_are_never_saved(tiny_data, tmp_path, monkeypatch, capsys):
     original = Trainer.train_epoch
 
@@ -127,6 +128,7 @@ def test_out_of_memory_in_evaluation_and_test_mode(mode, tiny_data, tmp_path, un
 
 # --- a full disk: the file that was there stays as it was ---------------------------------------------
 
+@pytest.mark.slow  # CLI training runs on a small file system
 def test_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(tiny_data, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     original = torch.save

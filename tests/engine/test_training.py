@@ -80,6 +80,7 @@ def test_fit_writes_the_policy_files(tmp_path):
     assert meta["kind"] == "training-state" and extra["epoch"] == 2 and extra["iteration"] == 4
 
 
+@pytest.mark.slow  # two full training runs compared bit for bit
 def test_resume_replays_the_remaining_epochs_exactly(tmp_path):
     straight = make_trainer(tmp_path / "a", epochs=3, images=2)
     straight.fit()
@@ -143,6 +144,7 @@ class _Lrs:
         pass
 
 
+@pytest.mark.slow  # ten epochs of training
 def test_the_inria_schedule_starts_halfway_and_keeps_only_every_fifth_epoch(tmp_path):
     # The Inria release: epochs 51..100 of a 100-epoch poly schedule, checkpoints only with validation.
     assert [e for e in range(51, 101) if keep_epoch(e, 0)] == list(range(55, 101, 5))

@@ -72,6 +72,7 @@ def test_head_false_builds_features_only() -> None:
     assert [s.shape[1] for s in skips] == [256, 512] and top.shape[1] == 512
 
 
+@pytest.mark.slow  # full-size FCN8 forwards
 @torch.no_grad()
 def test_forward_follows_spec_arithmetic(fcn8: FCN8) -> None:
     x = torch.rand(1, 3, 50, 38)
@@ -128,6 +129,7 @@ def test_any_size(fcn8: FCN8) -> None:
     assert fcn8(torch.rand(2, 3, 64, 64)).shape == (2, N_CLASS, 64, 64)
 
 
+@pytest.mark.slow  # two FCN8 builds with ImageNet-sized weights
 def test_pretrained_uses_imagenet_vgg(monkeypatch: pytest.MonkeyPatch) -> None:
     generator = torch.Generator().manual_seed(5)
     with torch.device("meta"):

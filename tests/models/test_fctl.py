@@ -69,6 +69,7 @@ def test_train_keeps_frozen_encoders_in_eval(mode4: FCtLNet) -> None:
     assert not mode4.backbone.training
 
 
+@pytest.mark.slow  # a full-size FCN8 mode-4 forward and backward
 def test_mode4_forward_backward(mode4: FCtLNet) -> None:
     torch.manual_seed(1)
     mode4.train()

@@ -15,7 +15,7 @@ from tools.stand_in import StandIn
 from utils.errors import ConfigError
 
 
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "fcn8_vgg16" else n for n in BACKBONES])
 def test_every_registered_backbone_implements_the_interface(name: str) -> None:
     backbone = build_backbone(name, 3, head=True)
     assert isinstance(backbone, Backbone) and backbone.name == name and backbone.n_class == 3

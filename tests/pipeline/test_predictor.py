@@ -204,7 +204,7 @@ def test_hann_mean_of_constant_logits_is_that_constant_everywhere(mode, shape, t
     assert (confidence[1] == round(255 * torch.softmax(values, 0).max().item())).all()
 
 
-@pytest.mark.parametrize("sub_batch, spill_width", [(1, 8192), (5, 100), (13, 8192)])
+@pytest.mark.parametrize("sub_batch, spill_width", [pytest.param(1, 8192, marks=pytest.mark.slow), (5, 100), (13, 8192)])
 def test_hann_streamed_bands_equal_the_whole_canvas(sub_batch, spill_width, monkeypatch):
     """Weighted sums and weights of the very logits the network gave, summed into whole canvases in the
     same order: the streamed mean logits, class map and confidence are the same bits."""
