@@ -1,2 +1,2 @@
 """DeepGlobe land-cover data: classes and palette (classes), file reading and writing (io), the split
-data set (deepglobe) and a synthetic generator in the same layout (synthetic)."""
+layout that every data set shares (split_layout) and a synthetic generator in the same layout (synthetic)."""

@@ -77,7 +77,7 @@ class Trainer:
     [uint8 (H, W)], "skipped": int} (see ``dataset.split_layout.collate_list``), its sampler re-seeded each
     epoch when it has ``set_epoch``; criterion: logits (B, C, p, p) float32, labels (B, p, p) -> loss;
     checkpoints: where files go (None: nothing is written); val_set: a labelled data set scored every
-    ``schedule.val_every`` epochs and after the last (None: no validation), read by ``val_workers``
+    ``plan.val_every`` epochs and after the last (None: no validation), read by ``val_workers``
     processes; writer: a tensorboardX-like ``add_scalar``/``add_image`` sink or None; settings: the
     run's values of ``engine.checkpoint_policy.FIXED_ON_RESUME``, recorded in the training state and
     compared when it is resumed; classes: the class table (names in logs, colours of the logged
@@ -85,7 +85,7 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader,
-                 criterion: torch.nn.Module, cfg: PipelineConfig, schedule: TrainingPlan, *,
+                 criterion: torch.nn.Module, cfg: PipelineConfig, plan: TrainingPlan, *,
                  device: torch.device, dist_info: DistInfo | None = None,
                  checkpoints: CheckpointPolicy | None = None,
                  val_set=None, val_workers: int = 0, writer=None, settings: dict | None = None,
@@ -98,7 +98,7 @@ class Trainer:
         self.loader = loader
         self.criterion = criterion
         self.cfg = cfg
-        self.schedule = schedule
+        self.plan = plan
         self.device = device
         self.dist = dist_info or DistInfo()
         self.checkpoints = checkpoints
@@ -121,8 +121,8 @@ class Trainer:
             "epoch": self.state.epoch,
             "iteration": self.state.iteration,
             "best_miou": self.state.best_miou,
-            "seed": self.schedule.seed,
-            "epochs": self.schedule.epochs,
+            "seed": self.plan.seed,
+            "epochs": self.plan.epochs,
             "mode": self.net.mode,
             "backbone": self.net.backbone_name,
             "rng_cpu": torch.get_rng_state(),
@@ -149,7 +149,7 @@ class Trainer:
         if self.checkpoints is None:
             raise ValueError("resume needs a CheckpointPolicy")
         weights, meta, extra = self.checkpoints.read_last(self.net.mode, self.net.backbone_name, self.settings,
-                                                          self.schedule.epochs)
+                                                          self.plan.epochs)
         path = self.checkpoints.path("last")
         load_state_into(self.net, weights, path, what="`resume`", allow_missing=False, meta=meta)
         # The optimizer's moments come from the file; its hyper-parameters are this run's (a lower `lr`
@@ -247,17 +247,17 @@ class Trainer:
         self.model.train()
         if hasattr(self.loader.sampler, "set_epoch"):
             self.loader.sampler.set_epoch(epoch)
-        schedule = self.schedule
-        aug = torch.Generator().manual_seed(schedule.seed * 1_000_003 + epoch * 1009 + self.dist.rank)
-        total = schedule.epochs * len(self.loader)
+        plan = self.plan
+        aug = torch.Generator().manual_seed(plan.seed * 1_000_003 + epoch * 1009 + self.dist.rank)
+        total = plan.epochs * len(self.loader)
         confusion = ConfusionMatrix(self.net.n_class, self.device)
         losses = []
         with iterate(self.loader) as batches:
             bar = progress(batches, total=len(self.loader), enabled=self.dist.is_main,
-                           desc=f"epoch {epoch + 1}/{schedule.epochs}", unit="batch")
+                           desc=f"epoch {epoch + 1}/{plan.epochs}", unit="batch")
             for batch in bar:
                 self.skipped += batch["skipped"]
-                lr = poly_lr(schedule.lr, self.state.iteration, total)
+                lr = poly_lr(plan.lr, self.state.iteration, total)
                 set_lr(self.optimizer, lr)
                 if not batch["image"]:  # every image of the batch was unreadable and skipped
                     if self.dist.enabled:
@@ -311,12 +311,12 @@ class Trainer:
             self.writer.add_scalar(f"{prefix}/iou_{name}", iou, self.state.epoch)
 
     def _validation_due(self) -> bool:
-        epoch, schedule = self.state.epoch, self.schedule
-        return self.val_set is not None and (epoch % schedule.val_every == 0 or epoch == schedule.epochs)
+        epoch, plan = self.state.epoch, self.plan
+        return self.val_set is not None and (epoch % plan.val_every == 0 or epoch == plan.epochs)
 
     def run_epoch(self) -> str:
         """Train the next epoch, validate when due, write its checkpoints; returns its log line."""
-        epoch, epochs = self.state.epoch, self.schedule.epochs
+        epoch, epochs = self.state.epoch, self.plan.epochs
         started = time.time()
         loss, train_scores = self.train_epoch(epoch)
         self._check_weights()
@@ -341,7 +341,7 @@ class Trainer:
 
     def _nothing_to_do(self) -> None:
         """A resumed run whose epochs are all done: make sure the final weights exist, and say where."""
-        epochs = self.schedule.epochs
+        epochs = self.plan.epochs
         if self.checkpoints is not None and self.checkpoints.enabled and self.checkpoints.final_weights() is None:
             # Killed between the last epoch's writes: the resumed weights are that epoch's.
             save_weights(self.net, self.checkpoints.path("epoch"))
@@ -349,13 +349,13 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> TrainState:
         """Train the remaining epochs (after ``resume`` from the ``last`` file when asked)."""
-        epochs = self.schedule.epochs
+        epochs = self.plan.epochs
         if self.checkpoints is not None:
             self.checkpoints.check_space(self.net)
         if resume:
             self.resume()
-        elif self.schedule.start_epoch:
-            start = self.schedule.start_epoch
+        elif self.plan.start_epoch:
+            start = self.plan.start_epoch
             self.state = TrainState(epoch=start, iteration=start * len(self.loader))
         if self.state.epoch >= epochs:
             self._nothing_to_do()

@@ -27,7 +27,6 @@ __all__ = [
     "Mode",
     "atomic_save",
     "build_backbone",
-    "FCtLNet",
     "create_model",
     "export_weights",
     "load_state_into",

@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from models.fctl import FCtLNet
+from models.interfaces import Backbone
 from models.modes import MODES
 from utils.distributed import unwrap
 from utils.errors import CheckpointError
@@ -395,7 +396,7 @@ def _receiver(target: nn.Module) -> _Receiver:
     if isinstance(target, FCtLNet):
         return _Receiver(target.trainable_state_dict(), target.backbone_name, target.n_class,
                          f"mode-{target.mode} model", "")
-    if hasattr(target, "encode") and hasattr(target, "name"):
+    if isinstance(target, Backbone):
         return _Receiver({"backbone." + k: v for k, v in target.state_dict().items()}, target.name,
                          target.n_class if target.has_head else None, f"{target.name} encoder", "backbone.")
     raise TypeError(f"load_weights expects an FCtLNet or a backbone, got {type(target).__name__}")

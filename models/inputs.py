@@ -3,8 +3,9 @@
 A forward pass takes the patches x (B, 3, p, p) and a ``NetworkInputs``. Which of its fields a mode
 reads is declared once, in ``models.modes`` (``Mode.extra_inputs``); ``pipeline.inputs`` is the one place
 that builds the value from an image, and ``NetworkInputs.check`` is the one place a network checks it.
-A new kind of input is a new field here, a name in ``Mode.extra_inputs`` and its construction in
-``pipeline.inputs``.
+A new kind of input is a new field here, its name in the ``Mode.extra_inputs`` of the modes that read
+it, its construction in ``pipeline.inputs`` (a window also needs a ``WINDOWS`` entry there and its
+side in ``PipelineConfig``), and its use in the network's ``forward``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from models.modes import Mode
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NetworkInputs:
     """The contexts of a batch of B patches, each None when the mode does not read it.
 
@@ -47,4 +48,3 @@ class NetworkInputs:
 
 
 NO_INPUTS = NetworkInputs()
-INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(NetworkInputs))

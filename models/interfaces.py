@@ -24,7 +24,8 @@ class Backbone(nn.Module, metaclass=ABCMeta):
 
     Class attributes: ``top_channels`` (C of the top features), ``context_channels`` (C' of what
     ``context`` gives), ``context_needs_head`` (whether ``context`` uses layers that exist only when
-    built with ``head=True``). Instances have ``name`` (the registry name) and ``n_class``.
+    built with ``head=True``). Instances have ``name`` (the registry name), ``n_class`` and
+    ``has_head``.
     Constructors take ``n_class``, ``head`` (False: only what ``encode`` and ``context`` need) and
     ``pretrained`` (ImageNet start).
     """
@@ -34,6 +35,7 @@ class Backbone(nn.Module, metaclass=ABCMeta):
     context_needs_head: bool
     name: str
     n_class: int
+    has_head: bool
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

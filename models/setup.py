@@ -53,7 +53,7 @@ def create_model(
     complete = not training and pre_path is not None and all(paths[e.setting] is not None for e in spec.frozen)
     with torch.device("meta") if complete else contextlib.nullcontext():
         model = FCtLNet(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
-                            gamma_init=gamma_init, correlation=correlation, class_table=class_table)
+                        gamma_init=gamma_init, correlation=correlation, class_table=class_table)
     if pre_path is not None:
         log.info(load_weights(model, pre_path, what="`pre_path`", allow_missing=training, assign=not training,
                               memory_format=memory_format).summary())

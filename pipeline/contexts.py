@@ -1,10 +1,13 @@
 """Patches and their contexts, cut from an image tensor on its own device.
 
-Three inputs feed the network for each patch at (top, left) of a float image (3, H, W) in [0, 1]:
+What the network reads for each patch at (top, left) of a float image (3, H, W) in [0, 1] is cut here
+(``pipeline.inputs`` decides which of these a mode reads):
 - the patch itself, p x p (``crop_patches``);
-- the medium context (``context_windows``): the c*p x c*p window centred on the patch, black where it
-  leaves the image, shrunk to p x p;
-- the large context (``global_view``): the whole image resized to size_g x size_g, one per image.
+- a context window (``context_windows``): the c*p x c*p window centred on the patch, black where it
+  leaves the image, shrunk to p x p: the medium window (c = ``context``) and mode 5's large window
+  (c = ``context2``);
+- the global view (``global_view``): the whole image resized to size_g x size_g, one per image, which
+  the frozen global encoder turns into the global context.
 
 The released code builds the medium window by padding the WHOLE image with black by s = (c-1)*p/2 and
 cropping. The result is the same when each window is built on its own (zeros, then the part of the
@@ -94,7 +97,7 @@ def _check_context(context: int) -> None:
 
 
 def context_window(top: int, left: int, p: int, context: int) -> tuple[int, int, int]:
-    """(window top, window left, window side) of the medium context of the patch at (top, left).
+    """(window top, window left, window side) of the context window of the patch at (top, left).
 
     The side is context*p; the window starts s = floor((context-1)*p/2) above and left of the patch
     (exactly centred unless (context-1)*p is odd, see the module doc).
@@ -107,7 +110,7 @@ def context_window(top: int, left: int, p: int, context: int) -> tuple[int, int,
 def context_windows(
     image: torch.Tensor | ImageSource, tops: Positions, lefts: Positions, p: int, context: int
 ) -> torch.Tensor:
-    """Medium contexts of the patches at (tops[i], lefts[i]): centred c*p windows shrunk to p x p.
+    """Context windows of the patches at (tops[i], lefts[i]): centred c*p windows shrunk to p x p.
 
     image: a source (``pipeline.sources``) or a tensor: float (3, H, W) or (1, 3, H, W) in [0, 1], or
     uint8 in [0, 255] (each window is then converted on its own, so a large scene never exists as

@@ -31,9 +31,14 @@ from utils.dihedral import View, to_view
 WINDOWS = {"medium": "context", "large_window": "context2"}
 
 
+def window_contexts(spec: Mode, cfg: PipelineConfig) -> dict[str, int]:
+    """Each context window that ``spec`` reads, with its side in patch sides (``context``, ``context2``)."""
+    return {name: getattr(cfg, setting) for name, setting in WINDOWS.items() if name in spec.extra_inputs}
+
+
 def window_sides(spec: Mode, cfg: PipelineConfig) -> dict[str, int]:
     """Side in pixels, before shrinking, of each context window that ``spec`` reads."""
-    return {name: getattr(cfg, setting) * cfg.size_p for name, setting in WINDOWS.items() if name in spec.extra_inputs}
+    return {name: context * cfg.size_p for name, context in window_contexts(spec, cfg).items()}
 
 
 def largest_window(spec: Mode, cfg: PipelineConfig) -> int:
@@ -62,7 +67,7 @@ class InputBuilder:
         self.cfg = cfg
         self.views = None if views is None else list(views)
         self.memory_format = memory_format
-        self.windows = {name: getattr(cfg, WINDOWS[name]) for name in window_sides(net.spec, cfg)}
+        self.windows = window_contexts(net.spec, cfg)
         self.global_context = None
         if "global_context" in net.spec.extra_inputs:
             small = self._formatted(global_view(image, cfg.size_g, shape))

@@ -64,7 +64,9 @@ Image = torch.Tensor | ImageSource
 
 class Predictor:
     """Turns whole images into logits / masks with a ``models.interfaces.SegmentationNetwork`` (an
-    ``FCtLNet`` of any mode and backbone, possibly wrapped in (Distributed)DataParallel).
+    ``FCtLNet`` of any mode and backbone, possibly wrapped in DistributedDataParallel, which passes the
+    ``NetworkInputs`` through as they are: the builder cuts them on the image's device, which must be
+    the model's).
 
     ``image`` arguments are uint8 tensors (3, H, W) already on the model's device, or image sources
     (``pipeline.sources``: a file read window by window, never whole). A tensor stays uint8 and only
@@ -107,7 +109,7 @@ class Predictor:
 
     def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the network's input memory format (``memory_format``)."""
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
     # --- global-image path (mode 0) -----------------------------------------------------------------
     def _global_bands(self, source: ImageSource, views: list[View], output: str) -> Iterator[tuple[int, torch.Tensor]]:
@@ -147,7 +149,7 @@ class Predictor:
         """Every (view index, top, left) job of an (already padded) image, in the order they are run."""
         return [job for _, _, row in job_rows(height, width, views, self.cfg.size_p) for job in row]
 
-    def input_builder(self, image: Image, views: list[View], shape: tuple[int, int] | None = None) -> InputBuilder:
+    def _input_builder(self, image: Image, views: list[View], shape: tuple[int, int] | None = None) -> InputBuilder:
         """The builder of what the network reads besides the patches of one image, over ``views``
         (``pipeline.inputs``); ``shape``: the padded (height, width) of a source (see ``global_view``)."""
         return InputBuilder(self.net, image, self.cfg, views=views, shape=shape, memory_format=self.memory_format,
@@ -175,9 +177,9 @@ class Predictor:
         return [from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, jobs)]
 
     def _tagged_batches(self, source: ImageSource, shape: tuple[int, int], views: list[View], counts: bool):
-        """(tags, logits) per sub-batch over the schedule; a tag is (row end, row bottom, job)."""
+        """(tags, logits) per sub-batch over the job rows; a tag is (row end, row bottom, job)."""
         height, width = shape
-        build = self.input_builder(source, views, shape)
+        build = self._input_builder(source, views, shape)
         tagged = ((end, bottom, job) for end, bottom, row in job_rows(height, width, views, self.cfg.size_p) for job in row)
         while True:
             batch = list(itertools.islice(tagged, self.cfg.sub_batch_size))

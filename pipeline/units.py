@@ -23,7 +23,7 @@ from pipeline.grid import make_grid, pad_to_min
 from pipeline.inputs import InputBuilder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrainingUnit:
     """One forward pass of training: patches ``x`` (B, 3, p, p) float in [0, 1], labels ``y`` (B, p, p)
     int64, and what the network reads besides the patches."""

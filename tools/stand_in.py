@@ -26,7 +26,8 @@ class _Encoder(nn.Module):
 
 class StandIn(nn.Module):
     """Stand-in of every mode: out = head(enc(x) + enc(medium) + corner of global_context + enc(large_window)),
-    each context term present when the mode reads it."""
+    each context term added when ``inputs`` holds it (``pipeline.inputs`` gives exactly what the mode
+    reads; a forward without one of those is refused, as FCtLNet refuses it)."""
 
     backbone_name = "stand_in"
     n_class = 7

@@ -149,7 +149,7 @@ def test_the_inria_schedule_starts_halfway_and_keeps_only_every_fifth_epoch(tmp_
     # The Inria release: epochs 51..100 of a 100-epoch poly schedule, checkpoints only with validation.
     assert [e for e in range(51, 101) if keep_epoch(e, 0)] == list(range(55, 101, 5))
     trainer = make_trainer(tmp_path, images=2)
-    trainer.schedule = TrainingPlan(epochs=10, lr=1e-3, seed=3, val_every=5, start_epoch=5)
+    trainer.plan = TrainingPlan(epochs=10, lr=1e-3, seed=3, val_every=5, start_epoch=5)
     trainer.checkpoints = CheckpointPolicy(str(tmp_path), "t", keep=lambda e: keep_epoch(e, 0))
     trainer.val_set, trainer.writer = Scenes(1), _Lrs()
     writer = trainer.writer

@@ -3,12 +3,14 @@ and a forward pass checks its ``NetworkInputs`` against what its mode reads."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from models.backbones import BACKBONES, build_backbone
 from models.fctl import FCtLNet
-from models.inputs import INPUT_FIELDS, NO_INPUTS, NetworkInputs
+from models.inputs import NO_INPUTS, NetworkInputs
 from models.interfaces import Backbone, SegmentationNetwork
 from models.modes import MODES
 from tools.stand_in import StandIn
@@ -70,7 +72,7 @@ def test_a_plain_module_is_not_a_segmentation_network() -> None:
 def test_a_forward_without_what_its_mode_reads_names_the_missing_fields(mode: int) -> None:
     net = StandIn(mode).eval()
     reads = MODES[mode].extra_inputs
-    assert set(reads) <= set(INPUT_FIELDS)
+    assert set(reads) <= {f.name for f in dataclasses.fields(NetworkInputs)}
     x = torch.rand(2, 3, 16, 16)
     if not reads:
         assert net(x, NO_INPUTS).shape == (2, 7, 16, 16)
