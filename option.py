@@ -89,6 +89,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     run.add_argument("--val", action="store_true",
                      help="with --train: validate every --val_every epochs; alone: same as --evaluate --split crossvali")
     run.add_argument("--evaluate", action="store_true", help="score predictions on a labelled split (--split)")
+    run.add_argument("--refine", action="store_true",
+                     help="with --train: train the refinement stage (our contextual refinement of the stitched "
+                          "prediction, after the paper's CSRN) for the frozen model of --mode/--pre_path; with "
+                          "--glo_path it also reads that global model's prediction (see train_refine.sh)")
     run.add_argument("--split", default=None,
                      help="split for --evaluate (default crossvali) or test (default test = offical_crossvali)")
     run.add_argument("--boundary_px", type=int, default=3,
@@ -123,7 +127,11 @@ def _add_path_options(p: argparse.ArgumentParser) -> None:
     paths.add_argument("--c2_path", "--glo_path_15", default=None,
                        help="mode 5: the x3 mode-2 model whose encoder gives the large-window context (e.g. B15.epoch.pth)")
     paths.add_argument("--glo_path", default=None,
-                       help="modes 3/4: the global (mode-0) model whose encoder gives the large context")
+                       help="modes 3/4: the global (mode-0) model whose encoder gives the large context; with "
+                            "--refine/--refine_path also the refinement's global context")
+    paths.add_argument("--refine_path", default=None,
+                       help="a refinement checkpoint (trained with --refine) applied to the merged prediction; with "
+                            "--refine: the refinement to start from")
 
 
 def _add_scene_options(p: argparse.ArgumentParser) -> None:
@@ -182,6 +190,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     tr.add_argument("--save_each_epoch_from", type=int, default=None,
                     help="besides every 5th epoch, keep <task>.epoch<E>.pth of every epoch from this one (default 34, "
                          "as the DeepGlobe release; 0 = never, the Inria release's default)")
+    tr.add_argument("--refine_crop", type=int, default=256,
+                    help="--refine: side of the windows the refinement trains on (each read with its halo)")
+    tr.add_argument("--refine_crops", type=int, default=8, help="--refine: windows drawn from each training image")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--resume", action="store_true", help="continue from <model_path>/<task>.last.pth")
     tr.add_argument("--no_pretrained", action="store_true",
@@ -240,6 +251,7 @@ class RunSettings:
     split: str | None
     tta: bool
     boundary_px: int
+    refine: bool = False  # train the refinement stage (--refine with --train)
 
     @property
     def training(self) -> bool:
@@ -271,6 +283,7 @@ class PathSettings:
     c_path: str | None
     glo_path: str | None
     c2_path: str | None
+    refine_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +334,8 @@ class TrainingSettings:
     seed: int
     resume: bool
     pretrained: bool
+    refine_crop: int = 256
+    refine_crops: int = 8
 
 
 @dataclass(frozen=True)
@@ -386,8 +401,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
     tta = kind is not RunKind.TRAIN and (predicting if args.tta is None else args.tta)
     if args.boundary_px < 1:
         raise OptionError(f"--boundary_px must be at least 1 (got {args.boundary_px})")
+    _check_refinement(args, kind)
     run = RunSettings(task_name=args.task_name, kind=kind, mode=args.mode, backbone=args.backbone, split=split,
-                      tta=tta, boundary_px=args.boundary_px)
+                      tta=tta, boundary_px=args.boundary_px, refine=args.refine)
     log_dir = os.path.join(args.log_path, args.task_name)
     metrics_path = None
     if kind is RunKind.EVALUATE:
@@ -396,7 +412,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
     paths = PathSettings(data_path=given("data_path"), model_path=args.model_path, log_dir=log_dir,
                          prediction_path=args.prediction_path, metrics_path=metrics_path,
                          pre_path=checkpoint(args.pre_path), c_path=checkpoint(args.c_path),
-                         glo_path=checkpoint(args.glo_path), c2_path=checkpoint(args.c2_path))
+                         glo_path=checkpoint(args.glo_path), c2_path=checkpoint(args.c2_path),
+                         refine_path=checkpoint(args.refine_path))
     return Settings(run=run, dataset=dataset, paths=paths, pipeline=pipeline, training=training, system=system,
                     scenes=scenes)
 
@@ -439,13 +456,15 @@ def _training_settings(args: argparse.Namespace, save_each_epoch_from: int) -> T
                             weight_decay=args.weight_decay, gamma_init=args.gamma_init,
                             validate=args.train and args.val, val_every=args.val_every,
                             save_each_epoch_from=save_each_epoch_from, seed=args.seed, resume=args.resume,
-                            pretrained=not args.no_pretrained)
+                            pretrained=not args.no_pretrained, refine_crop=args.refine_crop,
+                            refine_crops=args.refine_crops)
 
 
 def _check_numbers(pipeline: PipelineSettings, training: TrainingSettings, system: SystemSettings) -> None:
     """Values out of their range, each named by its option."""
     positive = {"size_p": pipeline.size_p, "size_g": pipeline.size_g, "batch_size": training.batch_size,
-                "sub_batch_size": pipeline.sub_batch_size, "epochs": training.epochs, "val_every": training.val_every}
+                "sub_batch_size": pipeline.sub_batch_size, "epochs": training.epochs, "val_every": training.val_every,
+                "refine_crop": training.refine_crop, "refine_crops": training.refine_crops}
     for name, value in positive.items():
         if value < 1:
             raise OptionError(f"--{name} must be at least 1 (got {value})")
@@ -520,6 +539,19 @@ def _check_checkpoints(args: argparse.Namespace, kind: RunKind) -> None:
                           f"model, e.g. {encoder.example})")
     if kind is not RunKind.TRAIN and args.pre_path is None:
         raise OptionError("testing and --evaluate need --pre_path (the weights to run, e.g. all.epoch.pth)")
+
+
+def _check_refinement(args: argparse.Namespace, kind: RunKind) -> None:
+    """--refine trains a refinement for a trained patch model; --refine_path applies one to a patch model."""
+    if args.refine and kind is not RunKind.TRAIN:
+        raise OptionError("--refine trains the refinement stage: add --train (apply a trained refinement with "
+                          "--refine_path)")
+    if (args.refine or args.refine_path is not None) and mode_spec(args.mode).whole_image:
+        flag = "--refine" if args.refine else "--refine_path"
+        raise OptionError(f"{flag}: mode {args.mode} predicts the whole image at once, there are no merged patches to "
+                          f"refine; use the patch model's --mode (e.g. 4)")
+    if args.refine and args.pre_path is None:
+        raise OptionError("--refine needs the trained model it refines as --pre_path (e.g. all.epoch.pth)")
 
 
 def _checkpoint_path(model_path: str, name: str | None) -> str | None:

@@ -28,6 +28,7 @@ from dataset.io import allow_large_images
 from dataset.split_layout import SplitDataset, first_images, item_bytes
 from engine.evaluation import evaluate_dataset, format_scores, predict_dataset, write_metrics
 from models.backbones import memory_format_for
+from models.modes import mode_spec
 from models.setup import create_model
 from option import (
     OptionError,
@@ -41,6 +42,7 @@ from option import (
 )
 from pipeline.config import PipelineConfig
 from pipeline.predictor import Predictor, out_of_memory
+from pipeline.refine import Refinement
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
 from utils.errors import FCtLError, describe_signal, signal_of
 from utils.files import ensure_writable_dir, remove_stale_temporaries
@@ -84,24 +86,34 @@ def _pipeline(s: Settings) -> PipelineConfig:
                           merge=p.merge)
 
 
-def _train(run: _Run, model: torch.nn.Module) -> None:
-    """Build the training run's objects from the settings and fit."""
+def _checkpoints(run: _Run, save=None):
+    """The run's checkpoint policy (``save``: how weight files are written), its folder made ready."""
+    from engine.checkpoint_policy import CheckpointPolicy, keep_epoch
+
+    s = run.settings
+    extra = {} if save is None else {"save": save}
+    checkpoints = CheckpointPolicy(s.paths.model_path, s.run.task_name, enabled=run.info.is_main,
+                                   keep=lambda epoch: keep_epoch(epoch, s.training.save_each_epoch_from), **extra)
+    run.output_folder(s.paths.model_path, "model_path", checkpoints.remove_stale)
+    return checkpoints
+
+
+def _distributed(run: _Run, module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not run.info.enabled:
+        return module
+    device = run.device
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _training_data(run: _Run):
+    """(training loader, validation split or None) of a training run."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     from dataset.split_layout import collate_list
-    from engine.checkpoint_policy import FIXED_ON_RESUME, CheckpointPolicy, keep_epoch
-    from engine.training import Trainer, TrainingPlan
-    from utils.loss import FocalLoss
 
     s, device, info = run.settings, run.device, run.info
     t, workers = s.training, s.system.num_workers
-    checkpoints = CheckpointPolicy(s.paths.model_path, s.run.task_name, enabled=info.is_main,
-                                   keep=lambda epoch: keep_epoch(epoch, t.save_each_epoch_from))
-    run.output_folder(s.paths.model_path, "model_path", checkpoints.remove_stale)
-    wrapped = model
-    if info.enabled:
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     train_set = run.split("train", labelled=True)
     val_set = run.split("crossvali", labelled=True) if t.validate else None
     # Each worker prefetches 2 batches (torch's default) of batch_size images.
@@ -111,15 +123,75 @@ def _train(run: _Run, model: torch.nn.Module) -> None:
     loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate_list, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, worker_init_fn=worker_init)
+    return loader, val_set
+
+
+def _train(run: _Run, model: torch.nn.Module) -> None:
+    """Build the training run's objects from the settings and fit."""
+    from engine.checkpoint_policy import FIXED_ON_RESUME
+    from engine.training import Trainer, TrainingPlan
+    from utils.loss import FocalLoss
+
+    s, device, info = run.settings, run.device, run.info
+    t = s.training
+    checkpoints = _checkpoints(run)
+    wrapped = _distributed(run, model)
+    loader, val_set = _training_data(run)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     writer = SafeWriter(s.paths.log_dir) if info.is_main else None
     plan = TrainingPlan(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, start_epoch=t.start_epoch)
     trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(s), plan, device=device,
-                      dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=workers,
+                      dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=s.system.num_workers,
                       writer=writer, settings={name: s.value(name) for name in FIXED_ON_RESUME},
                       classes=s.dataset.classes)
     trainer.fit(resume=t.resume)
+
+
+def _train_refinement(run: _Run, model: torch.nn.Module, refinement: Refinement) -> None:
+    """Train the refinement stage on top of the frozen ``model``."""
+    from engine.checkpoint_policy import FIXED_ON_RESUME
+    from engine.refinement import RefinementPlan, RefinementTrainer
+    from models.refinement import save_refinement
+
+    s, device, info = run.settings, run.device, run.info
+    t = s.training
+    checkpoints = _checkpoints(run, save=save_refinement)
+    net = refinement.net.train()
+    wrapped = _distributed(run, net)
+    loader, val_set = _training_data(run)
+    optimizer = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    writer = SafeWriter(s.paths.log_dir) if info.is_main else None
+    plan = RefinementPlan(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, crops=t.refine_crops,
+                          crop=t.refine_crop)
+    settings = {name: s.value(name) for name in (*FIXED_ON_RESUME, "refine_crop", "refine_crops")}
+    trainer = RefinementTrainer(refinement, Predictor(model, _pipeline(s)), optimizer, loader, _pipeline(s), plan,
+                                device=device, model=wrapped, dist_info=info, checkpoints=checkpoints,
+                                val_set=val_set, val_workers=s.system.num_workers, writer=writer, settings=settings,
+                                classes=s.dataset.classes)
+    trainer.fit(resume=t.resume)
+
+
+def _refinement(s: Settings, device: torch.device) -> Refinement | None:
+    """The refinement of this run (``refine_path``, or a fresh one to train with ``refine``), with the global
+    model of ``glo_path`` as its context when given; None when the run has none."""
+    from models.refinement import RefinementNet, RefinementRecord, check_refines, read_refinement
+
+    if not (s.run.refine or s.paths.refine_path):
+        return None
+    context = None
+    if s.paths.glo_path is not None:
+        context = create_model(0, s.run.backbone, pre_path=s.paths.glo_path, n_class=s.dataset.classes.n_class,
+                               correlation=s.dataset.correlation, class_table=s.dataset.classes.record()).to(device)
+    record = RefinementRecord(mode=s.run.mode, backbone=s.run.backbone, n_class=s.dataset.classes.n_class,
+                              correlation=s.dataset.correlation, classes=s.dataset.classes.record(),
+                              context="none" if context is None else "global")
+    if s.paths.refine_path is None:
+        net = RefinementNet(record)
+    else:
+        net = read_refinement(s.paths.refine_path)
+        check_refines(net, record, s.paths.refine_path)
+    return Refinement(net.to(device), context)
 
 
 def _evaluate(run: _Run, predictor: Predictor) -> None:
@@ -205,21 +277,30 @@ def run(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
 
     torch.manual_seed(s.training.seed)  # the initial weights of a fresh model depend on it
+    base_training = training and not s.run.refine  # a refinement run trains on top of a frozen model
+    # The global model feeds the base only in the modes that read it (a refinement may read it too).
+    glo_path = s.paths.glo_path if any(e.setting == "glo_path" for e in mode_spec(s.run.mode).frozen) else None
     model = create_model(
         s.run.mode, s.run.backbone,
-        pre_path=s.paths.pre_path, c_path=s.paths.c_path, glo_path=s.paths.glo_path, c2_path=s.paths.c2_path,
-        training=training, pretrained=s.training.pretrained, gamma_init=s.training.gamma_init,
+        pre_path=s.paths.pre_path, c_path=s.paths.c_path, glo_path=glo_path, c2_path=s.paths.c2_path,
+        training=base_training, pretrained=s.training.pretrained, gamma_init=s.training.gamma_init,
         n_class=s.dataset.classes.n_class, correlation=s.dataset.correlation, class_table=s.dataset.classes.record(),
-        memory_format=memory_format_for(s.run.backbone, device.type, training),
+        memory_format=memory_format_for(s.run.backbone, device.type, base_training),
     ).to(device)
+    refinement = _refinement(s, device)
+    if s.paths.glo_path is not None and glo_path is None and refinement is None:
+        log.warning("`glo_path` is not used in mode %d (nor by a refinement); ignored", s.run.mode)
 
     context = _Run(s, device, info, log)
+    if s.run.refine:
+        _train_refinement(context, model, refinement)
+        return 0
     if training:
         _train(context, model)
         return 0
     cfg = _pipeline(s)
     try:
-        _INFERENCE[s.run.kind](context, Predictor(model, cfg))
+        _INFERENCE[s.run.kind](context, Predictor(model, cfg, refinement))
     except torch.OutOfMemoryError:
         raise out_of_memory(device, cfg) from None
     return 0

@@ -43,8 +43,12 @@ class CheckpointPolicy:
     """Where one run's checkpoints go and which are kept (see the module doc)."""
 
     def __init__(self, model_path: str, task_name: str, *, enabled: bool = True,
-                 keep: Callable[[int], bool] = keep_epoch) -> None:
+                 keep: Callable[[int], bool] = keep_epoch,
+                 save: Callable[[torch.nn.Module, str], None] = save_weights) -> None:
+        """``save(model, path)`` writes a weight file (``models.checkpoint.save_weights``; a refinement run
+        passes ``models.refinement.save_refinement``)."""
         self.model_path = model_path
+        self.save = save
         self.task_name = task_name
         self.enabled = enabled
         self.keep = keep
@@ -71,15 +75,15 @@ class CheckpointPolicy:
 
     def save_best(self, model: torch.nn.Module) -> None:
         if self.enabled:
-            save_weights(model, self.path("best"))
+            self.save(model, self.path("best"))
 
     def end_of_epoch(self, model: torch.nn.Module, epoch: int, epochs: int, state: dict[str, Any]) -> None:
         """After epoch ``epoch`` (1-based) of ``epochs``: the kept weight files, then the training state."""
         if self.enabled:
             if self.keep(epoch):
-                save_weights(model, self.path(f"epoch{epoch}"))
+                self.save(model, self.path(f"epoch{epoch}"))
             if epoch == epochs:
-                save_weights(model, self.path("epoch"))
+                self.save(model, self.path("epoch"))
             atomic_save(state, self.path("last"))
         self.saved_epoch = epoch
 

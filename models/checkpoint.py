@@ -129,7 +129,7 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _load_file(path: str) -> tuple[Any, bool]:
+def load_file(path: str) -> tuple[Any, bool]:
     """(torch.load with weights_only, whether it is memory-mapped: when the file is in the zip format)."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check the path (and `model_path`)")
@@ -195,7 +195,7 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
     Problems raise CheckpointError naming the file.
     """
     path = os.fspath(path)
-    obj, mapped = _load_file(path)
+    obj, mapped = load_file(path)
     if not isinstance(obj, dict):
         raise CheckpointError(
             f"checkpoint {path} holds a {type(obj).__name__}, not a state dict; pick a model checkpoint (.pth)"
@@ -207,6 +207,9 @@ def read_checkpoint(path: str, with_extra: bool = False) -> tuple:
     stored = state.get(META_KEY, obj.get(META_KEY, {}))
     if not isinstance(stored, dict):
         raise CheckpointError(f"checkpoint {path} has a malformed '{META_KEY}' entry; pick another file")
+    if stored.get("kind") == "refinement":
+        raise CheckpointError(f"checkpoint {path} is a refinement network (written by training with `refine`), not "
+                              f"model weights; pass it as `refine_path` and the model it refines as `pre_path`")
     weights: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     ignored: list[str] = []

@@ -37,11 +37,12 @@ from pipeline.contexts import global_view, linear_taps
 from pipeline.grid import make_grid, pad_to_min
 from pipeline.inputs import InputBuilder
 from pipeline.merge import OUTPUTS, BandMerger, HannWindows, argmax_classes, top_probability
+from pipeline.refine import ContextProbabilities, Refinement
 from pipeline.sources import ImageSource, TensorSource
 from pipeline.views import Job, job_rows, view_shape
 from utils.dihedral import VIEWS, View, from_view, to_view
 from utils.distributed import unwrap
-from utils.errors import ResourceError
+from utils.errors import ConfigError, ResourceError
 
 
 def out_of_memory(device: torch.device, cfg: PipelineConfig) -> ResourceError:
@@ -86,12 +87,22 @@ class Predictor:
     # (``BandMerger(spill=True)``): about 1.5 KB per column with 7 classes, 50 MB at 32768 px.
     spill_width = 8192
 
-    def __init__(self, model: torch.nn.Module, cfg: PipelineConfig) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: PipelineConfig, refinement: Refinement | None = None) -> None:
         self.model = model
         self.cfg = cfg
         self.net: SegmentationNetwork = unwrap(model)
         if not isinstance(self.net, SegmentationNetwork):
             raise TypeError(f"the predictor needs a SegmentationNetwork (models.interfaces), got {type(self.net).__name__}")
+        if refinement is not None and self.net.spec.whole_image:
+            raise ConfigError(f"a refinement works on merged patches; mode {self.net.mode} predicts the whole image at "
+                              f"once: drop `refine_path` or refine a patch mode")
+        if refinement is not None and refinement.net.n_class != self.net.n_class:
+            raise ConfigError(f"the refinement is for {refinement.net.n_class} classes, the model has "
+                              f"{self.net.n_class}")
+        self.refinement = refinement
+        # The refinement's global model runs through a predictor of its own (``global_logit_sum``).
+        self._context = None if refinement is None or refinement.context_net is None else \
+            Predictor(refinement.context_net, cfg)
         self.channels_last = _uses_channels_last(self.net)
         self._hann: dict[torch.device, HannWindows] = {}  # the hann merge's windows, one set per device
 
@@ -112,6 +123,18 @@ class Predictor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
     # --- global-image path (mode 0) -----------------------------------------------------------------
+    def global_logit_sum(self, source: ImageSource, views: list[View]) -> torch.Tensor:
+        """(C, h, w) float32: the whole-image network's logits of the resized image (``size_g``), turned back
+        from each of ``views`` and summed."""
+        small = self.to_memory_format(global_view(source, self.cfg.size_g))
+        total = None
+        with torch.inference_mode():
+            for view in views:
+                with self.cfg.autocast(self.device):
+                    logits = self.model(to_view(small, view)).float()[0]
+                total = from_view(logits, view) if total is None else total + from_view(logits, view)
+        return total
+
     def _global_bands(self, source: ImageSource, views: list[View], output: str) -> Iterator[tuple[int, torch.Tensor]]:
         """Logits of the resized image, summed over views at the small scale, upsampled band by band.
 
@@ -122,12 +145,7 @@ class Predictor:
         cost is a few operations per output value.
         """
         height, width = source.height, source.width
-        small = self.to_memory_format(global_view(source, self.cfg.size_g))
-        total = None
-        for view in views:
-            with self.cfg.autocast(self.device):
-                logits = self.model(to_view(small, view)).float()[0]
-            total = from_view(logits, view) if total is None else total + from_view(logits, view)
+        total = self.global_logit_sum(source, views)
         total = total.contiguous()
         i_v, w_v = linear_taps(total.shape[-2], height, total.device)
         rows = max(1, min(height, self.band_values // (total.shape[0] * width)))
@@ -195,26 +213,38 @@ class Predictor:
         p = self.cfg.size_p
         if isinstance(image, torch.Tensor):
             height, width = image.shape[-2:]
-            if self.net.spec.whole_image:
-                source = TensorSource(image)
-            else:  # an in-memory image is padded once; a source reads zeros beyond its edges instead
-                source = TensorSource(pad_to_min(image, p)[0])
+            whole = TensorSource(image)
+            # An in-memory image is padded once; a source reads zeros beyond its edges instead.
+            source = whole if self.net.spec.whole_image else TensorSource(pad_to_min(image, p)[0])
         else:
-            source = image
+            whole = source = image
             height, width = source.height, source.width
         if self.net.spec.whole_image:
             yield from self._global_bands(source, views, output)
             return
         p_height, p_width = max(height, p), max(width, p)
-        if self.cfg.merge == "hann" and output == "logits":
-            output = "mean"
-        merger = BandMerger(self.net.n_class, p_height, p_width, source.device, output=output,
+        merged = output
+        if self.refinement is not None or (self.cfg.merge == "hann" and output == "logits"):
+            merged = "mean"  # a refinement reads the mean logits, whatever the merge rule
+        merger = BandMerger(self.net.n_class, p_height, p_width, source.device, output=merged,
                             tile=max(4 * self.cfg.size_p, self.merge_tile),
                             spill=source.device.type == "cpu" and p_width > self.spill_width)
         try:
-            yield from self._merged_bands(source, views, merger, (height, width), progress)
+            bands = self._merged_bands(source, views, merger, (height, width), progress)
+            if self.refinement is None:
+                yield from bands
+            else:
+                context = self._context_probabilities(whole, views)
+                yield from self.refinement.bands(source, bands, height, width, context, self.cfg, output)
         finally:
             merger.close()
+
+    def _context_probabilities(self, image: ImageSource, views: list[View]) -> ContextProbabilities | None:
+        """The refinement's global context of one (unpadded) image over ``views``, None when it reads none."""
+        if self._context is None:
+            return None
+        mean = self._context.global_logit_sum(image, views) / len(views)
+        return ContextProbabilities(mean, image.height, image.width)
 
     def _windows(self, device: torch.device) -> HannWindows:
         """The hann merge's windows for this predictor's patch size on ``device``, made once."""
@@ -253,8 +283,17 @@ class Predictor:
 
     def logit_bands(self, image: Image, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
         """Merged logits of one image over the chosen views, as (first row, (C, h, W) float32) bands: the
-        sums under the ``sum`` merge (and in the whole-image mode), the weighted mean under ``hann``."""
+        sums under the ``sum`` merge (and in the whole-image mode), the weighted mean under ``hann``, the
+        refined logits with a refinement."""
         return self._bands(image, tta, progress, "logits")
+
+    def mean_logit_bands(self, image: Image, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
+        """The mean of the merged logits (what a refinement reads) as (first row, (C, h, W) float32) bands:
+        at each pixel the logits of every patch and view summed and divided by their number, or under
+        ``hann`` by their summed weights; refined logits with a refinement. Patch modes only."""
+        if self.net.spec.whole_image:
+            raise ConfigError(f"mode {self.net.mode} has no merged patches to average")
+        return self._bands(image, tta, progress, "mean")
 
     def mask_bands(self, image: Image, tta: bool = False, progress=None,
                    confidence: bool = False) -> Iterator[tuple[int, torch.Tensor]]:

@@ -49,7 +49,7 @@ STAGES = [
 SHORT_RUN = ["--weight_decay", "0", "--gamma_init", "1"]
 
 
-def _run(cmd: list[str]) -> float:
+def run_step(cmd: list[str]) -> float:
     print("$ " + " ".join(cmd), flush=True)
     started = time.time()
     code = subprocess.run(cmd, cwd=ROOT).returncode
@@ -119,17 +119,17 @@ def _demo(args: argparse.Namespace) -> None:
     seconds, scores = {}, {}
     for task, mode, extra, _ in STAGES:
         epochs = args.global_epochs if mode_spec(mode).whole_image else args.epochs
-        seconds[task] = _run(common + ["--task_name", task, "--mode", str(mode), "--train", "--epochs", str(epochs),
+        seconds[task] = run_step(common + ["--task_name", task, "--mode", str(mode), "--train", "--epochs", str(epochs),
                                        "--lr", str(args.lr), "--batch_size", "1", "--sub_batch_size", "16",
                                        "--num_workers", "0"] + SHORT_RUN + extra)
     for task, mode, extra, _ in STAGES:
         weights = ["--pre_path", f"{task}.epoch.pth"] + [x for pair in zip(extra[2::2], extra[3::2]) for x in pair]
         metrics = os.path.join(logs, task, "metrics_crossvali.json")
-        _run(common + ["--task_name", task, "--mode", str(mode), "--evaluate", "--split", "crossvali",
+        run_step(common + ["--task_name", task, "--mode", str(mode), "--evaluate", "--split", "crossvali",
                        "--metrics_path", metrics, "--sub_batch_size", "16", "--num_workers", "0"] + weights)
         with open(metrics) as f:
             scores[task] = json.load(f)
-    _run(common + ["--task_name", "all", "--mode", "4", "--prediction_path", predictions, "--sub_batch_size", "16",
+    run_step(common + ["--task_name", "all", "--mode", "4", "--prediction_path", predictions, "--sub_batch_size", "16",
                    "--num_workers", "0", "--pre_path", "all.epoch.pth", "--c_path", "medium.epoch.pth",
                    "--glo_path", "global.epoch.pth"])
     figure = os.path.join(args.out, "figure.png")

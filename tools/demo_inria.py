@@ -38,7 +38,7 @@ STAGES = [
 SHORT_RUN = ["--weight_decay", "0", "--gamma_init", "1"]
 
 
-def _run(cmd: list[str]) -> float:
+def run_step(cmd: list[str]) -> float:
     print("$ " + " ".join(cmd), flush=True)
     started = time.time()
     code = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "LAUNCH": sys.executable}).returncode
@@ -81,15 +81,15 @@ def _demo(args: argparse.Namespace) -> None:
               "--num_workers", "0", "--sub_batch_size", "16"]
     seconds, scores = {}, {}
     for script, task, _, _, _ in STAGES:
-        seconds[task] = _run(["bash", script, *common, "--epochs", "2", "--start_epoch", "1", "--batch_size", "2",
+        seconds[task] = run_step(["bash", script, *common, "--epochs", "2", "--start_epoch", "1", "--batch_size", "2",
                               "--lr", str(args.lr), *SHORT_RUN])
     for _, task, mode, weights, _ in STAGES:
         metrics = os.path.join(logs, task, "metrics_crossvali.json")
-        _run([sys.executable, "train_deep_globe.py", "--dataset", "inria", "--task_name", task, "--mode", str(mode),
+        run_step([sys.executable, "train_deep_globe.py", "--dataset", "inria", "--task_name", task, "--mode", str(mode),
               "--evaluate", "--split", "crossvali", "--metrics_path", metrics, *common, *weights])
         with open(metrics) as f:
             scores[task] = json.load(f)
-    _run(["bash", "test_inria.sh", *common, "--prediction_path", predictions, "--no_tta"])
+    run_step(["bash", "test_inria.sh", *common, "--prediction_path", predictions, "--no_tta"])
     print(f"\nFCtL Inria stages on synthetic tiles ({args.backbone}, 1 epoch per stage, patches {args.size_p}px, "
           f"validation split of {args.val_images} tiles, no TTA)")
     print(f"{'stage':<7}{'model':<34}{'building IoU':>13}{'F1':>7}{'accuracy':>10}{'train s':>9}")
