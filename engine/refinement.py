@@ -34,14 +34,15 @@ from torch.utils.data import DataLoader
 from dataset.classes import DEEPGLOBE, ClassTable
 from engine.checkpoint_policy import FIXED_ON_RESUME, CheckpointPolicy
 from engine.evaluation import evaluate_dataset
+from engine.training import restore_training_state, run_epochs
 from models.refinement import check_refines, export_refinement, read_refinement, save_refinement
 from pipeline.config import PipelineConfig
-from pipeline.predictor import Predictor, out_of_memory
+from pipeline.predictor import Predictor
 from pipeline.refine import ContextProbabilities, Refinement, refinement_inputs
 from pipeline.sources import TensorSource
 from utils.dihedral import VIEWS, to_view
 from utils.distributed import DistInfo, all_reduce_sum
-from utils.errors import CheckpointError, DataError, Interrupted, TrainingFault, describe_signal, signal_of
+from utils.errors import CheckpointError, DataError, TrainingFault
 from utils.learning_rate import poly_lr, set_lr
 from utils.logging import get_logger, peak_memory_mb, progress
 from utils.workers import iterate
@@ -237,17 +238,9 @@ class RefinementTrainer:
             raise CheckpointError(f"`resume`: {path} holds {extra['epoch']} epochs, more than the `epochs` "
                                   f"{self.plan.epochs} asked for; pass `epochs` {extra['epoch']} or more")
         self.net.load_state_dict(stored.state_dict())
-        hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(extra["optimizer"])
-        for group, values in zip(self.optimizer.param_groups, hyper):
-            group.update(values)
-        if self.scaler.is_enabled() and extra.get("scaler"):
-            self.scaler.load_state_dict(extra["scaler"])
+        restore_training_state(self.optimizer, self.scaler, extra, self.device)
         self.state = RefinementState(extra["epoch"], extra["iteration"], extra["best_miou"])
         self.checkpoints.saved_epoch = extra["epoch"]
-        torch.set_rng_state(extra["rng_cpu"])
-        if self.device.type == "cuda" and "rng_cuda" in extra:
-            torch.cuda.set_rng_state(extra["rng_cuda"], self.device)
         log.info(f"resumed {path}: {self.state.epoch} epochs done, step {self.state.iteration}")
 
     def _check_weights(self) -> None:
@@ -294,17 +287,8 @@ class RefinementTrainer:
             log.info(f"nothing to do: all {self.plan.epochs} epochs are already done")
         self.base.net.eval()
         started = time.time()
-        try:
-            while self.state.epoch < self.plan.epochs:
-                log.info(self.run_epoch())
-        except KeyboardInterrupt as exc:
-            signum = signal_of(exc)
-            raise Interrupted(f"interrupted ({describe_signal(signum)}); {self._kept()}", signum) from None
-        except torch.OutOfMemoryError:
-            raise TrainingFault(f"{out_of_memory(self.device, self.cfg)}. {self._kept()}") from None
-        finally:
-            if self.writer is not None:
-                self.writer.close()
+        run_epochs(self.run_epoch, lambda: self.state.epoch < self.plan.epochs, self._kept, self.device, self.cfg,
+                   self.writer)
         if self.skipped:
             log.warning(f"skipped {self.skipped} unreadable training images (`skip_bad_images`)")
         final = None if self.checkpoints is None else self.checkpoints.final_weights()

@@ -51,6 +51,41 @@ from utils.workers import iterate
 
 log = get_logger("train")
 
+def restore_training_state(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, extra: dict,
+                           device: torch.device) -> None:
+    """Put a training-state file's optimizer moments, fp16 loss scale and random state back. The
+    optimizer's hyper-parameters stay this run's (a lower `lr` or another `weight_decay` after a stop
+    take effect; the learning rate is set every step anyway)."""
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(extra["optimizer"])
+    for group, values in zip(optimizer.param_groups, hyper):
+        group.update(values)
+    if scaler.is_enabled() and extra.get("scaler"):
+        scaler.load_state_dict(extra["scaler"])
+    elif scaler.is_enabled():
+        log.info("the resumed run did not train in fp16: the fp16 loss scaler starts fresh")
+    torch.set_rng_state(extra["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in extra:
+        torch.cuda.set_rng_state(extra["rng_cuda"], device)
+
+
+def run_epochs(run_epoch, pending, kept, device: torch.device, cfg: PipelineConfig, writer=None) -> None:
+    """Call ``run_epoch()`` (which returns the epoch's log line) while ``pending()``; Ctrl-C (or SIGTERM,
+    SIGHUP) becomes Interrupted and running out of memory a TrainingFault, both saying where the run can
+    go on from (``kept()``); the writer is closed in any case."""
+    try:
+        while pending():
+            log.info(run_epoch())
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as StopSignal
+        signum = signal_of(exc)
+        raise Interrupted(f"interrupted ({describe_signal(signum)}); {kept()}", signum) from None
+    except torch.OutOfMemoryError:
+        raise TrainingFault(f"{out_of_memory(device, cfg)}. {kept()}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 @dataclass(frozen=True)
 class TrainingPlan:
     """How long and how fast a run trains (the options of the same names)."""
@@ -152,20 +187,8 @@ class Trainer:
                                                           self.plan.epochs)
         path = self.checkpoints.path("last")
         load_state_into(self.net, weights, path, what="`resume`", allow_missing=False, meta=meta)
-        # The optimizer's moments come from the file; its hyper-parameters are this run's (a lower `lr`
-        # or another `weight_decay` after a stop take effect; the learning rate is set every step anyway).
-        hyper = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(extra["optimizer"])
-        for group, values in zip(self.optimizer.param_groups, hyper):
-            group.update(values)
-        if self.scaler.is_enabled() and extra.get("scaler"):
-            self.scaler.load_state_dict(extra["scaler"])
-        elif self.scaler.is_enabled():
-            log.info("the resumed run did not train in fp16: the fp16 loss scaler starts fresh")
+        restore_training_state(self.optimizer, self.scaler, extra, self.device)
         self.state = TrainState(extra["epoch"], extra["iteration"], extra["best_miou"])
-        torch.set_rng_state(extra["rng_cpu"])
-        if self.device.type == "cuda" and "rng_cuda" in extra:
-            torch.cuda.set_rng_state(extra["rng_cuda"], self.device)
         log.info(f"resumed {path}: {self.state.epoch} epochs done, step {self.state.iteration}, "
                  f"best mIoU {max(self.state.best_miou, 0):.4f}")
 
@@ -360,17 +383,7 @@ class Trainer:
         if self.state.epoch >= epochs:
             self._nothing_to_do()
         started = time.time()
-        try:
-            while self.state.epoch < epochs:
-                log.info(self.run_epoch())
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as StopSignal
-            signum = signal_of(exc)
-            raise Interrupted(f"interrupted ({describe_signal(signum)}); {self._kept()}", signum) from None
-        except torch.OutOfMemoryError:
-            raise TrainingFault(f"{out_of_memory(self.device, self.cfg)}. {self._kept()}") from None
-        finally:
-            if self.writer is not None:
-                self.writer.close()
+        run_epochs(self.run_epoch, lambda: self.state.epoch < epochs, self._kept, self.device, self.cfg, self.writer)
         if self.skipped:
             log.warning(f"skipped {self.skipped} unreadable training images (`skip_bad_images`; an image is counted "
                         f"once per epoch, on this process)")

@@ -105,6 +105,7 @@ class Refinement:
             refined = self.net(image, mean, ctx)
         return refined.float()[0]
 
+    @torch.no_grad()
     def bands(self, source: ImageSource, mean_bands: Iterator[tuple[int, torch.Tensor]], height: int, width: int,
               context: ContextProbabilities | None, cfg: PipelineConfig, output: str) -> Iterator[tuple[int, torch.Tensor]]:
         """Refined bands (first row, band) of an image from its merged mean-logit bands (see the module doc).

@@ -87,7 +87,26 @@ def _setup(opts: argparse.Namespace):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     cfg = PipelineConfig(opts.size_p, opts.size_g, opts.context, opts.sub_batch_size, opts.amp, AMP_DTYPES[opts.amp_dtype])
-    return device, model, Predictor(model, cfg)
+    return device, model, Predictor(model, cfg, _refinement(opts, paths, device) if opts.refine else None)
+
+
+def _refinement(opts: argparse.Namespace, paths: dict, device):
+    """A refinement of the default size (random weights) reading the global model of ``paths`` (or a random one)."""
+    import torch
+
+    from models.refinement import RefinementNet, RefinementRecord
+    from models.setup import create_model
+    from pipeline.refine import Refinement
+
+    if opts.backbone == "stand_in":
+        from tools.stand_in import StandIn
+
+        context = StandIn(0, channels=opts.stand_in_channels)
+    else:
+        context = create_model(0, opts.backbone, pre_path=paths.get("glo"), training=False, pretrained=False)
+    net = RefinementNet(RefinementRecord(opts.mode, opts.backbone, 7, "centred", None, "global"))
+    torch.nn.init.normal_(net.head.weight, std=0.01)  # a trained head is not zero
+    return Refinement(net.to(device).eval(), context.to(device).eval())
 
 
 def _status_mb(field: str) -> float:
@@ -188,9 +207,11 @@ def _worker(opts: argparse.Namespace) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from pipeline.inputs import InputBuilder
+    from pipeline.predictor import Predictor
     from utils.logging import peak_memory_mb
 
-    device, model, predictor = _setup(opts)
+    device, model, refined = _setup(opts)
+    predictor = Predictor(model, refined.cfg)  # without the refinement (--refine: timed against it)
     amp_dtype = predictor.cfg.amp_dtype
     image = torch.randint(0, 256, (3, opts.image, opts.image), dtype=torch.uint8, device=device)
 
@@ -198,13 +219,22 @@ def _worker(opts: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    predictor.predict(image, tta=opts.tta)  # warm-up (cudnn autotune, allocator)
-    sync()
-    started = time.perf_counter()
-    for _ in range(opts.repeat):
-        predictor.predict(image, tta=opts.tta)
-    sync()
-    per_image = (time.perf_counter() - started) / opts.repeat
+    def timed(run) -> float:
+        sync()
+        started = time.perf_counter()
+        run.predict(image, tta=opts.tta)
+        sync()
+        return time.perf_counter() - started
+
+    runs = [predictor, refined] if opts.refine else [predictor]
+    for run in runs:
+        run.predict(image, tta=opts.tta)  # warm-up (cudnn autotune, allocator)
+    times = [[timed(run) for run in runs] for _ in range(opts.repeat)]  # interleaved: same load for both
+    per_image = sum(t[0] for t in times) / opts.repeat
+    extra = {}
+    if opts.refine:
+        extra["refined_seconds_per_image"] = sum(t[1] for t in times) / opts.repeat
+        extra["refine_runs"] = times
     # Before the floor and FLOP measurements below add their own.
     pipeline_peak = peak_memory_mb(device)
     patches = predictor.patches_per_image(opts.image, opts.image, opts.tta)
@@ -230,7 +260,6 @@ def _worker(opts: argparse.Namespace) -> dict:
         counter = FlopCounterMode(display=False)
         with counter:
             model(x[:1], inputs.map(lambda t: t[:1]))
-    extra = {}
     if opts.backbone != "stand_in":
         from tools.perf import conv_ceiling, profile_stages, training_steps
 
@@ -340,7 +369,12 @@ def _scenes(opts: argparse.Namespace) -> None:
 
 
 def _print_extra(result: dict) -> None:
-    """The ceiling, the forwards as a fraction of it, the stage profile and the training rows."""
+    """The ceiling, the forwards as a fraction of it, the stage profile, the refinement and the training rows."""
+    if "refined_seconds_per_image" in result:
+        plain, refined = result["seconds_per_image"], result["refined_seconds_per_image"]
+        pairs = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in result["refine_runs"])
+        print(f"  with the refinement    {refined:.2f} s/image against {plain:.2f} without: +{100 * (refined / plain - 1):.1f}% "
+              f"(runs, without/with: {pairs})")
     if "ceiling" in result:
         best = max(row["gflops_per_s"] for row in result["ceiling"] if row["dtype"] == "float32")
         bare_rate = result["gflops_per_patch"] * result["patches"] / result["bare_seconds"] if result["patches"] else 0
@@ -395,6 +429,10 @@ def main() -> None:
     parser.add_argument("--scene", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--released_layout", action=argparse.BooleanOptionalAction, default=True,
                         help="load 1 GB released-layout checkpoints (fcn8_vgg16, mode 4) instead of random init")
+    parser.add_argument("--refine", action="store_true",
+                        help="also time the same images with a refinement (models/refinement.py, random weights) "
+                             "reading the global model, interleaved with the runs without; with --streaming/--scenes: "
+                             "measure with the refinement on")
     parser.add_argument("--profile", action="store_true",
                         help="also time each stage of one mode-4 sub-batch (VGG/ResNet blocks, head, correlations, ...)")
     parser.add_argument("--train_modes", type=int, nargs="*", default=[],

@@ -1,9 +1,9 @@
-"""The Inria stage check behind ``make demo-inria``: synthetic tiles, the four Inria stage scripts chained
+"""The Inria stage check behind ``make demo-inria``: synthetic tiles, the five Inria stage scripts chained
 as a user chains them, each model evaluated, and the test script's predictions.
 
 The stage scripts (``train_inria_pre.sh`` -> ``train_inria_B10.sh`` / ``train_inria_B15.sh`` ->
-``train_inria_all.sh`` -> ``test_inria.sh``) run unchanged; the options given after them shrink the
-release's settings to a CPU run of a few minutes (small tiles and patches, the light ``fpn_resnet18``,
+``train_inria_all.sh`` -> our ``train_inria_refine.sh`` -> ``test_inria.sh``) run unchanged; the options
+given after them shrink the release's settings to a CPU run of a few minutes (small tiles and patches, the light ``fpn_resnet18``,
 one epoch per stage at the end of a 2-epoch schedule). The synthetic tiles (dataset/synthetic_inria.py)
 hold roofs that only the context windows tell apart from stone slabs, so the table shows whether the
 context stages learn anything in so few steps; it is a check that the stages chain, not a benchmark.
@@ -32,6 +32,9 @@ STAGES = [
     ("train_inria_B15.sh", "B15", 2, ["--pre_path", "B15.epoch.pth", "--context", "3"], "x3 window (mode 2)"),
     ("train_inria_all.sh", "all", 5, ["--pre_path", "all.epoch.pth", "--c_path", "B10.epoch.pth",
                                       "--c2_path", "B15.epoch.pth"], "x2 + x3 windows + self (mode 5)"),
+    ("train_inria_refine.sh", "refine", 5, ["--pre_path", "all.epoch.pth", "--c_path", "B10.epoch.pth",
+                                            "--c2_path", "B15.epoch.pth", "--refine_path", "refine.epoch.pth"],
+     "mode 5 + refinement (ours)"),
 ]
 # As in the DeepGlobe demo (tools/demo.py): in a few hundred steps, L2 inside Adam pulls fresh context
 # modules back to zero and gates starting at 0 barely open, so neither is used here.

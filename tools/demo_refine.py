@@ -39,7 +39,8 @@ ROWS = [("sum", ["--merge", "sum"]), ("hann", ["--merge", "hann"]),
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(ROOT, "demo", "refine"), help="folder for data, checkpoints, logs")
+    parser.add_argument("--out", default=None, help="folder for data, checkpoints, logs, metrics and the figure "
+                                                    "(default demo/refine_seed<SEED>)")
     parser.add_argument("--seed", type=int, default=0, help="data, initial weights and training order")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the pre, medium and all stages")
     parser.add_argument("--global_epochs", type=int, default=4, help="epochs of the global stage")
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine_crops", type=int, default=4)
     parser.add_argument("--backbone", default="fpn_resnet18")
     args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(ROOT, "demo", f"refine_seed{args.seed}")
     for name in ("epochs", "global_epochs", "refine_epochs", "train_images", "test_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")

@@ -35,14 +35,14 @@ def test_failing_stage_stops_with_one_line_and_data_follows_the_options(tmp_path
     assert sorted(os.listdir(tmp_path / "data" / "train" / "Sat")) == ["train0000_sat.png", "train0001_sat.png"]
 
 
-@pytest.mark.slow  # the four Inria stage scripts, their evaluations and the test script, chained on the CPU
+@pytest.mark.slow  # the five Inria stage scripts, their evaluations and the test script, chained on the CPU
 def test_the_inria_stage_scripts_chain(tmp_path, capsys):
     from tools import demo_inria
 
     assert demo_inria.main(["--out", str(tmp_path), "--size", "96", "--size_p", "64", "--train_images", "2",
                             "--val_images", "1"]) == 0
     out = capsys.readouterr().out
-    for task in ("Bfcn", "B10", "B15", "all"):
+    for task in ("Bfcn", "B10", "B15", "all", "refine"):
         assert (tmp_path / "models" / f"{task}.epoch.pth").exists()
         assert any(line.startswith(f"{task} ") for line in out.splitlines()), out
     assert sorted(os.listdir(tmp_path / "predictions")) == ["test0000_mask.png", "test0001_mask.png"]
