@@ -182,7 +182,8 @@ def _refinement(s: Settings, device: torch.device) -> Refinement | None:
     context = None
     if s.paths.glo_path is not None:
         context = create_model(0, s.run.backbone, pre_path=s.paths.glo_path, n_class=s.dataset.classes.n_class,
-                               correlation=s.dataset.correlation, class_table=s.dataset.classes.record()).to(device)
+                               correlation=s.dataset.correlation, class_table=s.dataset.classes.record(),
+                               pre_setting="glo_path").to(device)
     record = RefinementRecord(mode=s.run.mode, backbone=s.run.backbone, n_class=s.dataset.classes.n_class,
                               correlation=s.dataset.correlation, classes=s.dataset.classes.record(),
                               context="none" if context is None else "global")

@@ -71,6 +71,7 @@ _SETTLEMENT_ROW = [label for label, *_ in _REGIONS].index(_SETTLEMENT)
 MIN_SIZE = 32  # smallest image side the generator accepts
 MIN_SETTLEMENT = 0.05  # share of every image, so that every context shows the scene type
 LAKE_SHARE = 0.5  # share of scenes (of either type) with a lake
+DETAIL_PX = 12  # feature width of the border detail (``detail``), in pixels
 
 
 def _interpolation_weights(cells: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,12 +105,16 @@ def fractal_noise(rng: np.random.Generator, count: int, size: int, cells: int, o
     return total
 
 
-def _land_cover(rng: np.random.Generator, size: int, farm: bool) -> np.ndarray:
+def _land_cover(rng: np.random.Generator, size: int, farm: bool, detail: float = 0.0) -> np.ndarray:
     """(size, size) int8 region labels (with _FIELD for field texture) from competing noise fields; the
-    settlement type (urban in a farm scene, barren in a wild one) covers at least MIN_SETTLEMENT."""
+    settlement type (urban in a farm scene, barren in a wild one) covers at least MIN_SETTLEMENT.
+    ``detail`` > 0 adds to every field a two-octave noise with features about ``DETAIL_PX`` px wide and
+    std about 0.6 x ``detail``: borders become fine and ragged at the scale of a few pixels."""
     scores = np.empty((len(_REGIONS), size, size), dtype=np.float32)
     for k, (_, cells, octaves, bias) in enumerate(_REGIONS):
         scores[k] = fractal_noise(rng, 1, size, cells, octaves)[0] + bias
+    if detail > 0:
+        scores += detail * fractal_noise(rng, len(_REGIONS), size, max(1, size // DETAIL_PX), 2)
     settlement = URBAN if farm else BARREN
     labels = np.array([settlement if label == _SETTLEMENT else label for label, *_ in _REGIONS], dtype=np.int8)
     region = labels[scores.argmax(axis=0)]
@@ -167,10 +172,11 @@ def _textures(rng: np.random.Generator, size: int, region: np.ndarray, lake: np.
     return np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
 
-def make_scene(rng: np.random.Generator, size: int, farm: bool) -> tuple[np.ndarray, np.ndarray]:
+def make_scene(rng: np.random.Generator, size: int, farm: bool, detail: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """One scene: (image uint8 (size, size, 3), label uint8 (size, size)). `farm`: urban settlements and
-    field texture labelled agriculture; otherwise barren land and rangeland. Either may have a lake."""
-    region = _land_cover(rng, size, farm)
+    field texture labelled agriculture; otherwise barren land and rangeland. Either may have a lake.
+    ``detail``: see ``_land_cover`` (0: the default scenes, unchanged)."""
+    region = _land_cover(rng, size, farm, detail)
     has_lake = rng.random() < LAKE_SHARE
     lake = _lake(rng, size) if has_lake else np.zeros((size, size), dtype=bool)
     image = _textures(rng, size, region, lake)
@@ -205,16 +211,20 @@ def _remove_stale(folder: str, split: str, keep: set[str]) -> None:
             log.info("removed stale synthetic file %s", os.path.join(folder, name))
 
 
-def generate(out_dir: str, n_train: int, n_val: int, n_test: int, size: int, seed: int) -> dict[str, list[str]]:
+def generate(out_dir: str, n_train: int, n_val: int, n_test: int, size: int, seed: int,
+             detail: float = 0.0) -> dict[str, list[str]]:
     """Write a synthetic data set in the DeepGlobe layout under `out_dir`; returns the ids per split.
 
     Deterministic: the same arguments give byte-identical files. Re-running with fewer images removes
-    the surplus synthetic files of the earlier run.
+    the surplus synthetic files of the earlier run. ``detail`` > 0 gives fine, ragged class borders
+    (``_land_cover``); 0 gives the same files as before it existed.
     """
     if size < MIN_SIZE:
         raise ValueError(f"synthetic images need size >= {MIN_SIZE}")
+    if not detail >= 0:
+        raise ValueError(f"detail must be 0 or more, got {detail}")
     def write(root: str, name: str, rng: np.random.Generator, farm: bool) -> None:
-        image, label = make_scene(rng, size, farm)
+        image, label = make_scene(rng, size, farm, detail)
         write_image_png(os.path.join(root, "Sat", f"{name}_sat.png"), image)
         write_index_png(os.path.join(root, "Label", f"{name}_mask.png"), label)
 

@@ -28,6 +28,7 @@ def create_model(
     correlation: str = "centred",
     class_table: dict | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    pre_setting: str = "pre_path",
 ) -> FCtLNet:
     """Build the mode's network and load its checkpoints; returns it in train or eval mode.
 
@@ -45,6 +46,8 @@ def create_model(
     ones are refused.
     memory_format: how the model's weights are stored (``models.backbones.memory_format_for``); for
     inference the file tensors are converted as they are loaded (see ``load_weights``).
+    pre_setting: the setting that named ``pre_path``, for messages (a refinement's global model comes
+    from `glo_path`).
     """
     # For inference with every part coming from a file, build on the meta device: no memory is spent
     # on random initial weights, and the loads below make the memory-mapped file tensors the model's.
@@ -55,7 +58,7 @@ def create_model(
         model = FCtLNet(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
                         gamma_init=gamma_init, correlation=correlation, class_table=class_table)
     if pre_path is not None:
-        log.info(load_weights(model, pre_path, what="`pre_path`", allow_missing=training, assign=not training,
+        log.info(load_weights(model, pre_path, what=f"`{pre_setting}`", allow_missing=training, assign=not training,
                               memory_format=memory_format).summary())
     for name in SETTINGS:
         path, setting = paths[name], f"`{name}`"

@@ -1,12 +1,13 @@
 """The refinement demo behind ``make demo-refine``: base stages, the refinement stage, and one table.
 
 On the CPU demo's synthetic data (dataset/synthetic.py) it trains the staged recipe as ``tools.demo``
-does (global, pre, medium, all), then the refinement stage on top of the full model (``--refine``,
+does (global, pre, local, medium, all), then the refinement stage on top of the full model (``--refine``,
 what train_refine.sh runs), and scores held-out images three ways: the released merge (``sum``), the
-Hann-window merge (``hann``) and the refined prediction (``refined``, on the ``sum`` merge). It prints
-mIoU, Boundary IoU (3 px) and seam-band accuracy (8 px from a patch edge) of each, writes each row's
-metrics JSON and a figure (image | ground truth | sum | refined, the patch grid drawn in white) under
-``--out``. The refinement is our design after the paper's description (docs/refinement.md).
+Hann-window merge (``hann``) and the refined prediction (``refined``, on the ``sum`` merge), after
+rows for the other base stages. It prints mIoU, Boundary IoU (3 px) and seam-band accuracy (8 px from
+a patch edge) of each, writes each row's metrics JSON and a figure (image | ground truth | sum |
+refined, the patch grid drawn in white) under ``--out``. The refinement is our design after the
+paper's description (docs/refinement.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from utils.errors import FCtLError
 from utils.files import ensure_writable_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE = [stage for stage in STAGES if stage[0] != "local"]  # global, pre, medium, all
+BASE = STAGES  # global, pre, local (patch only, trained as long as the context stages), medium, all
 ALL_WEIGHTS = ["--pre_path", "all.epoch.pth", "--c_path", "medium.epoch.pth", "--glo_path", "global.epoch.pth"]
 ROWS = [("sum", ["--merge", "sum"]), ("hann", ["--merge", "hann"]),
         ("refined", ["--merge", "sum", "--refine_path", "refine.epoch.pth"])]
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine_lr", type=float, default=1e-3)
     parser.add_argument("--refine_crop", type=int, default=96)
     parser.add_argument("--refine_crops", type=int, default=4)
+    parser.add_argument("--detail", type=float, default=0.0,
+                        help="fine, ragged class borders in the synthetic scenes (dataset/synthetic.py; 0: none)")
     parser.add_argument("--backbone", default="fpn_resnet18")
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join(ROOT, "demo", f"refine_seed{args.seed}")
@@ -95,7 +98,8 @@ def _figure(data: str, sum_masks: str, refined_masks: str, size_p: int, out: str
 def _demo(args: argparse.Namespace) -> None:
     data, models, logs = (os.path.join(args.out, name) for name in ("data", "models", "runs"))
     ensure_writable_dir(args.out, "out")
-    generate(data, n_train=args.train_images, n_val=8, n_test=args.test_images, size=args.size, seed=args.seed)
+    generate(data, n_train=args.train_images, n_val=8, n_test=args.test_images, size=args.size, seed=args.seed,
+             detail=args.detail)
     common = [sys.executable, "train_deep_globe.py", "--backbone", args.backbone, "--data_path", data,
               "--model_path", models, "--log_path", logs, "--size_p", str(args.size_p), "--size_g", str(args.size_g),
               "--device", "cpu", "--no_pretrained", "--seed", str(args.seed), "--num_workers", "0"]
@@ -111,6 +115,13 @@ def _demo(args: argparse.Namespace) -> None:
                                            "--refine_crop", str(args.refine_crop), "--refine_crops",
                                            str(args.refine_crops)] + ALL_WEIGHTS)
     scores = {}
+    for task, mode, extra, _ in BASE[:-1]:  # the base stages but the full model, which is the ``sum`` row
+        weights = ["--pre_path", f"{task}.epoch.pth"] + [x for pair in zip(extra[2::2], extra[3::2]) for x in pair]
+        metrics = os.path.join(args.out, f"metrics_{task}.json")
+        run_step(common + ["--task_name", task, "--mode", str(mode), "--evaluate", "--split", "test",
+                           "--metrics_path", metrics, "--sub_batch_size", "16"] + weights)
+        with open(metrics) as f:
+            scores[task] = json.load(f)
     for row, extra in ROWS:
         metrics = os.path.join(args.out, f"metrics_{row}.json")
         run_step(common + ["--task_name", "all", "--mode", "4", "--evaluate", "--split", "test", "--metrics_path",
@@ -129,10 +140,11 @@ def _demo(args: argparse.Namespace) -> None:
           f"patches {args.size_p} px, no TTA; base stages {sum(seconds[t] for t, *_ in BASE):.0f} s, refinement "
           f"{seconds['refine']:.0f} s)")
     print(f"{'row':<10}{'mIoU':>8}{'boundary IoU':>14}{'seam acc':>10}{'off seam':>10}")
-    for row, _ in ROWS:
+    for row in [task for task, *_ in BASE[:-1]] + [row for row, _ in ROWS]:
         s = scores[row]
-        print(f"{row:<10}{100 * s['miou']:>8.2f}{100 * s['mboundary_iou']:>14.2f}{100 * s['seam_accuracy']:>10.2f}"
-              f"{100 * s['off_seam_accuracy']:>10.2f}")
+        seam, off = (f"{100 * s[k]:>10.2f}" if s[k] is not None else f"{'n/a':>10}"
+                     for k in ("seam_accuracy", "off_seam_accuracy"))
+        print(f"{row:<10}{100 * s['miou']:>8.2f}{100 * s['mboundary_iou']:>14.2f}{seam}{off}")
     print(f"\nmetrics: {args.out}/metrics_<row>.json; figure (image | ground truth | sum | refined): {figure}")
 
 

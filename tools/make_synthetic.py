@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=256, help=f"image side in pixels (>= {MIN_SIZE})")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes")
     parser.add_argument("--patch", type=int, default=96, help="patch size used for the context report")
+    parser.add_argument("--detail", type=float, default=0.0,
+                        help="deepglobe: fine, ragged class borders (about 12 px features; 0.5 is strong; 0: none)")
     return parser
 
 
@@ -47,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--size must be >= {MIN_SIZE}")
     if args.patch < 2:
         parser.error("--patch must be >= 2")
+    if not args.detail >= 0 or (args.detail and args.dataset == "inria"):
+        parser.error("--detail must be 0 or more, and applies to --dataset deepglobe only")
     return args
 
 
@@ -54,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     try:
-        make = generate_inria if args.dataset == "inria" else generate
-        written = make(args.out, args.train, args.val, args.test, args.size, args.seed)
+        if args.dataset == "inria":
+            written = generate_inria(args.out, args.train, args.val, args.test, args.size, args.seed)
+        else:
+            written = generate(args.out, args.train, args.val, args.test, args.size, args.seed, detail=args.detail)
     except FCtLError as error:
         return report_error(error, build_parser())
     seconds = time.perf_counter() - start

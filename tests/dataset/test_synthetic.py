@@ -147,3 +147,18 @@ def test_patch_colours_do_not_predict_but_window_colours_do(scenes):
     patch, window = knn_accuracy(train, test, 0), knn_accuracy(train, test, 1)
     assert patch < 0.75, patch
     assert window > 0.9, window
+
+
+def _border_share(label: np.ndarray) -> float:
+    """Share of pixels whose right or lower neighbour has another class."""
+    return float(((label[:, 1:] != label[:, :-1])[:-1] | (label[1:] != label[:-1])[:, :-1]).mean())
+
+
+def test_detail_makes_borders_finer_and_keeps_the_scene_rule():
+    plain = [syn.make_scene(syn.scene_rng(0, "train", i), 192, farm=i % 2 == 0)[1] for i in range(4)]
+    fine = [syn.make_scene(syn.scene_rng(0, "train", i), 192, farm=i % 2 == 0, detail=0.5)[1] for i in range(4)]
+    assert np.mean([_border_share(x) for x in fine]) > 2 * np.mean([_border_share(x) for x in plain])
+    for i, label in enumerate(fine):  # fields are agriculture in farm scenes, rangeland in wild ones
+        assert not np.isin(label, [syn.RANGELAND if i % 2 == 0 else syn.AGRICULTURE]).any()
+    with pytest.raises(ValueError, match="detail must be 0 or more"):
+        syn.generate("unused", 1, 0, 0, 64, seed=0, detail=-1)

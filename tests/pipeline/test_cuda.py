@@ -140,3 +140,28 @@ def test_a_windowed_source_on_the_gpu_gives_the_in_memory_mask(image, nets, mode
     predictor = Predictor(nets("fpn_resnet18", mode), CFG)
     source = WindowedSource(ArrayReader(image.cpu().numpy()), CUDA, block=32, capacity=4)
     assert torch.equal(predictor.predict(source, tta=True), predictor.predict(image, tta=True))
+
+
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_the_refinement_on_the_gpu_matches_the_cpu_and_streams_bit_for_bit(image, nets, amp, ieee_fp32):
+    """A refined mode-4 prediction on CUDA (float32, and under bf16 autocast) agrees with the CPU one, and a
+    windowed source on the GPU gives the bits of the image held there."""
+    from models.refinement import RefinementNet, RefinementRecord
+    from pipeline.refine import Refinement
+    from pipeline.sources import WindowedSource
+    from tests.pipeline.array_reader import ArrayReader
+
+    torch.manual_seed(0)
+    refiner = RefinementNet(RefinementRecord(4, "fpn_resnet18", 7, "centred", None, "global")).eval()
+    torch.nn.init.normal_(refiner.head.weight, std=0.1)
+    cfg = dataclasses.replace(CFG, amp=amp is not None, amp_dtype=AMP_DTYPES[amp or "bf16"])
+    gpu = Predictor(nets("fpn_resnet18", 4), cfg, Refinement(refiner.to(CUDA), nets("fpn_resnet18", 0), tile=48))
+    logits = gpu.logits(image, tta=True)
+    assert logits.device.type == "cuda" and logits.dtype == torch.float32
+    source = WindowedSource(ArrayReader(image.cpu().numpy()), CUDA, block=32, capacity=4)
+    assert torch.equal(torch.cat([b for _, b in gpu.logit_bands(source, tta=True)], dim=1), logits)
+    cpu_refiner = copy.deepcopy(refiner).cpu()
+    cpu = Predictor(copy.deepcopy(nets("fpn_resnet18", 4)).cpu(), CFG,
+                    Refinement(cpu_refiner, copy.deepcopy(nets("fpn_resnet18", 0)).cpu(), tile=48))
+    reference = cpu.logits(image.cpu(), tta=True)
+    assert agreement(logits.cpu(), reference) >= (0.999 if amp is None else 0.99)
