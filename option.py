@@ -129,6 +129,9 @@ def _add_path_options(p: argparse.ArgumentParser) -> None:
     paths.add_argument("--glo_path", default=None,
                        help="modes 3/4: the global (mode-0) model whose encoder gives the large context; with "
                             "--refine/--refine_path also the refinement's global context")
+    paths.add_argument("--refine_context", default=None, choices=["global", "none"],
+                       help="--refine: what the refinement reads besides the image and the merged prediction: the "
+                            "global model of --glo_path (default when given) or nothing (default without it)")
     paths.add_argument("--refine_path", default=None,
                        help="a refinement checkpoint (trained with --refine) applied to the merged prediction; with "
                             "--refine: the refinement to start from")
@@ -284,6 +287,7 @@ class PathSettings:
     glo_path: str | None
     c2_path: str | None
     refine_path: str | None = None
+    refine_context: str = "none"  # what a refinement trained by this run reads: "global" (glo_path) or "none"
 
 
 @dataclass(frozen=True)
@@ -413,7 +417,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
                          prediction_path=args.prediction_path, metrics_path=metrics_path,
                          pre_path=checkpoint(args.pre_path), c_path=checkpoint(args.c_path),
                          glo_path=checkpoint(args.glo_path), c2_path=checkpoint(args.c2_path),
-                         refine_path=checkpoint(args.refine_path))
+                         refine_path=checkpoint(args.refine_path),
+                         refine_context=args.refine_context or ("none" if args.glo_path is None else "global"))
     return Settings(run=run, dataset=dataset, paths=paths, pipeline=pipeline, training=training, system=system,
                     scenes=scenes)
 
@@ -552,6 +557,11 @@ def _check_refinement(args: argparse.Namespace, kind: RunKind) -> None:
                           f"refine; use the patch model's --mode (e.g. 4)")
     if args.refine and args.pre_path is None:
         raise OptionError("--refine needs the trained model it refines as --pre_path (e.g. all.epoch.pth)")
+    if args.refine_context is not None and not args.refine:
+        raise OptionError("--refine_context chooses what a refinement trained with --refine reads; a trained one "
+                          "(--refine_path) reads what it was trained with")
+    if args.refine_context == "global" and args.glo_path is None:
+        raise OptionError("--refine_context global reads the global (mode-0) model: give it as --glo_path")
 
 
 def _checkpoint_path(model_path: str, name: str | None) -> str | None:

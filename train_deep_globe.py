@@ -163,7 +163,7 @@ def _train_refinement(run: _Run, model: torch.nn.Module, refinement: Refinement)
     optimizer = torch.optim.Adam(net.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     writer = SafeWriter(s.paths.log_dir) if info.is_main else None
     plan = RefinementPlan(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, crops=t.refine_crops,
-                          crop=t.refine_crop)
+                          crop=t.refine_crop, start_epoch=t.start_epoch)
     settings = {name: s.value(name) for name in (*FIXED_ON_RESUME, "refine_crop", "refine_crops")}
     trainer = RefinementTrainer(refinement, Predictor(model, _pipeline(s)), optimizer, loader, _pipeline(s), plan,
                                 device=device, model=wrapped, dist_info=info, checkpoints=checkpoints,
@@ -174,23 +174,27 @@ def _train_refinement(run: _Run, model: torch.nn.Module, refinement: Refinement)
 
 def _refinement(s: Settings, device: torch.device) -> Refinement | None:
     """The refinement of this run (``refine_path``, or a fresh one to train with ``refine``), with the global
-    model of ``glo_path`` as its context when given; None when the run has none."""
+    model of ``glo_path`` as its context when it reads one; None when the run has none."""
     from models.refinement import RefinementNet, RefinementRecord, check_refines, read_refinement
 
     if not (s.run.refine or s.paths.refine_path):
         return None
+    stored = None if s.paths.refine_path is None else read_refinement(s.paths.refine_path)
+    # A trained refinement reads what it was trained with; a fresh one what `refine_context` says.
+    reads_global = (stored.record.context if stored is not None and not s.run.refine
+                    else s.paths.refine_context) == "global"
     context = None
-    if s.paths.glo_path is not None:
+    if reads_global and s.paths.glo_path is not None:
         context = create_model(0, s.run.backbone, pre_path=s.paths.glo_path, n_class=s.dataset.classes.n_class,
                                correlation=s.dataset.correlation, class_table=s.dataset.classes.record(),
                                pre_setting="glo_path").to(device)
     record = RefinementRecord(mode=s.run.mode, backbone=s.run.backbone, n_class=s.dataset.classes.n_class,
                               correlation=s.dataset.correlation, classes=s.dataset.classes.record(),
-                              context="none" if context is None else "global")
-    if s.paths.refine_path is None:
+                              context="global" if reads_global else "none")
+    if stored is None:
         net = RefinementNet(record)
     else:
-        net = read_refinement(s.paths.refine_path)
+        net = stored
         check_refines(net, record, s.paths.refine_path)
     return Refinement(net.to(device), context)
 

@@ -62,6 +62,7 @@ class RefinementPlan:
     val_every: int = 5
     crops: int = 8
     crop: int = 256
+    start_epoch: int = 0  # epochs of the poly schedule already behind a fresh run (as ``TrainingPlan``)
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,9 @@ class RefinementTrainer:
             if self.checkpoints is None:
                 raise ValueError("resume needs a CheckpointPolicy")
             self.resume()
+        elif self.plan.start_epoch:
+            start = self.plan.start_epoch
+            self.state = RefinementState(epoch=start, iteration=start * len(self.loader))
         if self.state.epoch >= self.plan.epochs:
             if self.checkpoints is not None and self.checkpoints.enabled and self.checkpoints.final_weights() is None:
                 save_refinement(self.net, self.checkpoints.path("epoch"))

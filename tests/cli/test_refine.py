@@ -95,12 +95,16 @@ def test_test_mode_and_scenes_apply_it_with_tta(tiny_data, untrained, tmp_path):
 def test_wrong_refinements_and_options_are_one_line_errors(tiny_data, untrained, tmp_path, capsys):
     common = tiny_args(tiny_data, untrained.folder, str(tmp_path / "logs"),
                        *base_args(untrained, 1, "fpn_resnet18", glo=False))
-    assert run_cli(*common, "--task_name", "r1", "--train", "--refine", "--epochs", "1", "--refine_crop", "32",
-                   "--refine_crops", "1") == 0
+    train = ["--train", "--refine", "--epochs", "1", "--refine_crop", "32", "--refine_crops", "1"]
+    assert run_cli(*common, "--task_name", "r1", *train) == 0
+    assert run_cli(*common, "--task_name", "r1g", *train, "--glo_path", untrained(0, "fpn_resnet18")) == 0
     capsys.readouterr()
-    expect_error(capsys, [*common, "--evaluate", "--refine_path", "r1.epoch.pth", "--glo_path",
-                          untrained(0, "fpn_resnet18")],
-                 "refines a mode-1 fpn_resnet18 model", "context none, not global")
+    mode2 = tiny_args(tiny_data, untrained.folder, str(tmp_path / "logs"),
+                      *base_args(untrained, 2, "fpn_resnet18", glo=False))
+    expect_error(capsys, [*mode2, "--evaluate", "--refine_path", "r1.epoch.pth"],
+                 "refines a mode-1 fpn_resnet18 model", "mode 1, not 2")
+    expect_error(capsys, [*common, "--evaluate", "--refine_path", "r1g.epoch.pth"],
+                 "reads the global context: give the global (mode-0) model as --glo_path")
     expect_error(capsys, [*common, "--evaluate", "--refine_path", untrained(1, "fpn_resnet18")],
                  "is not a refinement checkpoint")
     expect_error(capsys, tiny_args(tiny_data, untrained.folder, str(tmp_path / "logs"), "--mode", "1", "--pre_path",
@@ -108,6 +112,22 @@ def test_wrong_refinements_and_options_are_one_line_errors(tiny_data, untrained,
     expect_error(capsys, [*common, "--refine"], "--refine trains the refinement stage: add --train")
     expect_error(capsys, [*common, "--mode", "0", "--evaluate", "--refine_path", "r1.epoch.pth"],
                  "mode 0 predicts the whole image at once")
-    expect_error(capsys, [*common, "--train", "--refine", "--refine_crop", "0"], "--refine_crop must be at least 1")
+    expect_error(capsys, [*common, *train, "--refine_crop", "0"], "--refine_crop must be at least 1")
+    expect_error(capsys, [*common, *train, "--refine_context", "global"], "give it as --glo_path")
+    expect_error(capsys, [*common, "--evaluate", "--refine_path", "r1.epoch.pth", "--refine_context", "none"],
+                 "--refine_context chooses what a refinement trained with --refine reads")
     no_pre = tiny_args(tiny_data, untrained.folder, str(tmp_path / "logs"), "--mode", "1", "--train", "--refine")
     expect_error(capsys, no_pre, "--refine needs the trained model it refines as --pre_path")
+
+
+def test_refine_context_none_trains_a_refinement_without_the_global_model(tiny_data, untrained, tmp_path):
+    """Mode 4 reads the global model itself; --refine_context none keeps it out of the refinement."""
+    from models.refinement import read_refinement
+
+    common = tiny_args(tiny_data, untrained.folder, str(tmp_path / "logs"),
+                       *base_args(untrained, 4, "fpn_resnet18", glo=True))
+    assert run_cli(*common, "--task_name", "r4n", "--train", "--refine", "--refine_context", "none", "--epochs", "1",
+                   "--refine_crop", "32", "--refine_crops", "1") == 0
+    assert read_refinement(os.path.join(untrained.folder, "r4n.epoch.pth")).record.context == "none"
+    assert run_cli(*common, "--evaluate", "--metrics_path", str(tmp_path / "m.json"), "--refine_path",
+                   "r4n.epoch.pth") == 0
