@@ -196,7 +196,10 @@ def _refinement(s: Settings, device: torch.device) -> Refinement | None:
     else:
         net = stored
         check_refines(net, record, s.paths.refine_path)
-    return Refinement(net.to(device), context)
+    # channels_last for inference: 12.0 against 20.2 s for the refinement of a 2448 px image on the CPU
+    # (docs/refinement.md); training keeps the default layout.
+    net = net.to(device) if s.run.refine else net.to(device, memory_format=torch.channels_last)
+    return Refinement(net, context)
 
 
 def _evaluate(run: _Run, predictor: Predictor) -> None:

@@ -106,7 +106,8 @@ def _refinement(opts: argparse.Namespace, paths: dict, device):
         context = create_model(0, opts.backbone, pre_path=paths.get("glo"), training=False, pretrained=False)
     net = RefinementNet(RefinementRecord(opts.mode, opts.backbone, 7, "centred", None, "global"))
     torch.nn.init.normal_(net.head.weight, std=0.01)  # a trained head is not zero
-    return Refinement(net.to(device).eval(), context.to(device).eval())
+    # As train_deep_globe.py runs it for inference: channels_last.
+    return Refinement(net.to(device, memory_format=torch.channels_last).eval(), context.to(device).eval())
 
 
 def _status_mb(field: str) -> float:

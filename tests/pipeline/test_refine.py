@@ -92,9 +92,13 @@ def test_bands_of_any_height_give_the_same_bits_and_match_one_window():
     assert masks.dtype == torch.uint8 and torch.equal(masks, one.argmax(0).to(torch.uint8))
 
 
-def test_the_predictor_refines_streamed_sources_as_in_memory_images():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_predictor_refines_streamed_sources_as_in_memory_images(channels_last):
     img = image(200, 190)
-    refined = Predictor(StandIn(4).eval(), CFG, Refinement(trained_like(), StandIn(0).eval(), tile=64))
+    net = trained_like()
+    if channels_last:  # how the command line runs it for inference
+        net = net.to(memory_format=torch.channels_last)
+    refined = Predictor(StandIn(4).eval(), CFG, Refinement(net, StandIn(0).eval(), tile=64))
     in_memory = refined.logits(img, tta=True)
     source = WindowedSource(ArrayReader(img.numpy()), block=32, capacity=8)
     assert torch.equal(torch.cat([b for _, b in refined.logit_bands(source, tta=True)], dim=1), in_memory)
