@@ -86,14 +86,13 @@ def _pipeline(s: Settings) -> PipelineConfig:
                           merge=p.merge)
 
 
-def _checkpoints(run: _Run, save=None):
-    """The run's checkpoint policy (``save``: how weight files are written), its folder made ready."""
+def _checkpoints(run: _Run, save):
+    """The run's checkpoint policy (``save(model, path)`` writes its weight files), its folder made ready."""
     from engine.checkpoint_policy import CheckpointPolicy, keep_epoch
 
     s = run.settings
-    extra = {} if save is None else {"save": save}
     checkpoints = CheckpointPolicy(s.paths.model_path, s.run.task_name, enabled=run.info.is_main,
-                                   keep=lambda epoch: keep_epoch(epoch, s.training.save_each_epoch_from), **extra)
+                                   keep=lambda epoch: keep_epoch(epoch, s.training.save_each_epoch_from), save=save)
     run.output_folder(s.paths.model_path, "model_path", checkpoints.remove_stale)
     return checkpoints
 
@@ -130,11 +129,12 @@ def _train(run: _Run, model: torch.nn.Module) -> None:
     """Build the training run's objects from the settings and fit."""
     from engine.checkpoint_policy import FIXED_ON_RESUME
     from engine.training import Trainer, TrainingPlan
+    from models.checkpoint import save_weights
     from utils.loss import FocalLoss
 
     s, device, info = run.settings, run.device, run.info
     t = s.training
-    checkpoints = _checkpoints(run)
+    checkpoints = _checkpoints(run, save_weights)
     wrapped = _distributed(run, model)
     loader, val_set = _training_data(run)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -156,7 +156,7 @@ def _train_refinement(run: _Run, model: torch.nn.Module, refinement: Refinement)
 
     s, device, info = run.settings, run.device, run.info
     t = s.training
-    checkpoints = _checkpoints(run, save=save_refinement)
+    checkpoints = _checkpoints(run, save_refinement)
     net = refinement.net.train()
     wrapped = _distributed(run, net)
     loader, val_set = _training_data(run)
@@ -165,7 +165,8 @@ def _train_refinement(run: _Run, model: torch.nn.Module, refinement: Refinement)
     plan = RefinementPlan(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, crops=t.refine_crops,
                           crop=t.refine_crop, start_epoch=t.start_epoch)
     settings = {name: s.value(name) for name in (*FIXED_ON_RESUME, "refine_crop", "refine_crops")}
-    trainer = RefinementTrainer(refinement, Predictor(model, _pipeline(s)), optimizer, loader, _pipeline(s), plan,
+    cfg = _pipeline(s)
+    trainer = RefinementTrainer(refinement, Predictor(model, cfg), optimizer, loader, cfg, plan,
                                 device=device, model=wrapped, dist_info=info, checkpoints=checkpoints,
                                 val_set=val_set, val_workers=s.system.num_workers, writer=writer, settings=settings,
                                 classes=s.dataset.classes)
@@ -296,7 +297,7 @@ def run(argv: list[str] | None = None) -> int:
         memory_format=memory_format_for(s.run.backbone, device.type, base_training),
     ).to(device)
     refinement = _refinement(s, device)
-    if s.paths.glo_path is not None and glo_path is None and refinement is None:
+    if s.paths.glo_path is not None and glo_path is None and (refinement is None or refinement.context_net is None):
         log.warning("`glo_path` is not used in mode %d (nor by a refinement); ignored", s.run.mode)
 
     context = _Run(s, device, info, log)

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from dataset.classes import DEEPGLOBE, ClassTable
 from engine.checkpoint_policy import FIXED_ON_RESUME, CheckpointPolicy
 from engine.evaluation import evaluate_dataset
-from engine.training import restore_training_state, run_epochs
+from engine.training import TrainState, restore_training_state, run_epochs, save_if_best
 from models.refinement import check_refines, export_refinement, read_refinement, save_refinement
 from pipeline.config import PipelineConfig
 from pipeline.predictor import Predictor
@@ -76,13 +76,6 @@ class RefinementWindow:
     label: torch.Tensor
 
 
-@dataclass
-class RefinementState:
-    epoch: int = 0
-    iteration: int = 0
-    best_miou: float = -1.0
-
-
 class RefinementTrainer:
     """One refinement training run: steps, epochs, validation, logs and checkpoints.
 
@@ -110,7 +103,7 @@ class RefinementTrainer:
         self.settings = dict(settings or {})
         self.classes = classes
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and cfg.amp_dtype == torch.float16)
-        self.state = RefinementState()
+        self.state = TrainState()
         self.skipped = 0
 
     # --- windows --------------------------------------------------------------------------------------
@@ -240,7 +233,7 @@ class RefinementTrainer:
                                   f"{self.plan.epochs} asked for; pass `epochs` {extra['epoch']} or more")
         self.net.load_state_dict(stored.state_dict())
         restore_training_state(self.optimizer, self.scaler, extra, self.device)
-        self.state = RefinementState(extra["epoch"], extra["iteration"], extra["best_miou"])
+        self.state = TrainState(extra["epoch"], extra["iteration"], extra["best_miou"])
         self.checkpoints.saved_epoch = extra["epoch"]
         log.info(f"resumed {path}: {self.state.epoch} epochs done, step {self.state.iteration}")
 
@@ -265,16 +258,12 @@ class RefinementTrainer:
                     if scores[key] is not None:
                         self.writer.add_scalar(f"val/{key}", scores[key], self.state.epoch)
             line += f" val mIoU {scores['miou']:.4f} mBIoU {scores['mboundary_iou']:.4f}"
-            if scores["miou"] > self.state.best_miou:
-                self.state.best_miou = scores["miou"]
-                if self.checkpoints is not None:
-                    self.checkpoints.save_best(self.net)
-                line += " (best)"
+            line += save_if_best(self.state, scores["miou"], self.checkpoints, self.net)
         if self.checkpoints is not None:
             self.checkpoints.end_of_epoch(self.net, self.state.epoch, epochs, self.training_state())
         return line
 
-    def fit(self, resume: bool = False) -> RefinementState:
+    def fit(self, resume: bool = False) -> TrainState:
         """Train the remaining epochs (after ``resume`` from the ``last`` file when asked)."""
         if self.checkpoints is not None:
             self.checkpoints.check_space(self.net)
@@ -284,7 +273,7 @@ class RefinementTrainer:
             self.resume()
         elif self.plan.start_epoch:
             start = self.plan.start_epoch
-            self.state = RefinementState(epoch=start, iteration=start * len(self.loader))
+            self.state = TrainState(epoch=start, iteration=start * len(self.loader))
         if self.state.epoch >= self.plan.epochs:
             if self.checkpoints is not None and self.checkpoints.enabled and self.checkpoints.final_weights() is None:
                 save_refinement(self.net, self.checkpoints.path("epoch"))

@@ -104,6 +104,17 @@ class TrainState:
     best_miou: float = -1.0
 
 
+def save_if_best(state: TrainState, miou: float, checkpoints: CheckpointPolicy | None, model: torch.nn.Module) -> str:
+    """After a validation: when ``miou`` beats the run's best, record it and write the ``best`` file;
+    returns what the epoch's log line adds (" (best)" or nothing)."""
+    if miou <= state.best_miou:
+        return ""
+    state.best_miou = miou
+    if checkpoints is not None:
+        checkpoints.save_best(model)
+    return " (best)"
+
+
 class Trainer:
     """One training run: steps, epochs, validation, logs and checkpoints.
 
@@ -353,11 +364,7 @@ class Trainer:
             val_scores = self.validate()
             self._log_scores("val", val_scores)
             line += f" val mIoU {val_scores['miou']:.4f}"
-            if val_scores["miou"] > self.state.best_miou:
-                self.state.best_miou = val_scores["miou"]
-                if self.checkpoints is not None:
-                    self.checkpoints.save_best(self.net)
-                line += " (best)"
+            line += save_if_best(self.state, val_scores["miou"], self.checkpoints, self.net)
         if self.checkpoints is not None:
             self.checkpoints.end_of_epoch(self.net, self.state.epoch, epochs, self.training_state())
         return line
