@@ -141,7 +141,8 @@ def _train(run: _Run, model: torch.nn.Module) -> None:
     optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     writer = SafeWriter(s.paths.log_dir) if info.is_main else None
     plan = TrainingPlan(epochs=t.epochs, lr=t.lr, seed=t.seed, val_every=t.val_every, start_epoch=t.start_epoch)
-    trainer = Trainer(wrapped, optimizer, loader, FocalLoss(gamma=3.0), _pipeline(s), plan, device=device,
+    criterion = FocalLoss(gamma=3.0, ignore_index=s.dataset.classes.ignore_index)
+    trainer = Trainer(wrapped, optimizer, loader, criterion, _pipeline(s), plan, device=device,
                       dist_info=info, checkpoints=checkpoints, val_set=val_set, val_workers=s.system.num_workers,
                       writer=writer, settings={name: s.value(name) for name in FIXED_ON_RESUME},
                       classes=s.dataset.classes)

@@ -16,6 +16,10 @@ the repository; ``--dataset custom --classes FILE`` reads your own)::
   Training still learns every class, as the released code does.
 - ``index_aliases`` (optional): single-band mask values that stand for a class besides the class
   indices themselves (Inria's official ground truth marks buildings with 255).
+- ``ignore`` (optional, may be null): the single-band mask value of unlabelled pixels (a value from the
+  number of classes to 255 that is no alias; ``tools.prepare_scenes`` writes 255). They are read as
+  ``utils.labels.IGNORE_INDEX`` and left out of the loss and of every score. DeepGlobe's and Inria's
+  tables have none: every pixel of theirs is a class.
 
 Conversion is exact: a colour that is not in the table (for example a mask saved as JPEG, whose
 compression blurs colours) or an index that is not a class is an error naming the file, never
@@ -33,11 +37,13 @@ import numpy as np
 import torch
 
 from utils.errors import ConfigError, DataError
+from utils.labels import IGNORE_INDEX
 
 TABLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "classes")
 SHIPPED = ("deepglobe", "inria")
 MAX_CLASSES = 255
-UNKNOWN = 255  # lookup value of a mask value that is no class
+UNKNOWN = -1  # lookup value of a mask value that is no class
+UNLABELLED_COLOUR = (128, 128, 128)  # unlabelled pixels in pictures of labels
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -56,6 +62,7 @@ class ClassTable:
     index_aliases: tuple[tuple[int, int], ...] = ()
     source: str = "<built in>"
     title: str = ""  # for messages, e.g. "DeepGlobe" (default: the name)
+    ignore: int | None = None  # the mask value of unlabelled pixels
 
     def __post_init__(self) -> None:
         self.colours.setflags(write=False)
@@ -64,21 +71,32 @@ class ClassTable:
         order = np.argsort(packed)
         object.__setattr__(self, "_codes", packed[order])
         object.__setattr__(self, "_classes", order.astype(np.uint8))
-        lookup = np.full(256, UNKNOWN, dtype=np.uint8)
-        lookup[: self.n_class] = np.arange(self.n_class, dtype=np.uint8)
+        lookup = np.full(256, UNKNOWN, dtype=np.int16)
+        lookup[: self.n_class] = np.arange(self.n_class)
         for value, index in self.index_aliases:
             lookup[value] = index
+        if self.ignore is not None:
+            lookup[self.ignore] = IGNORE_INDEX
         object.__setattr__(self, "_index_lookup", lookup)
 
     @property
     def n_class(self) -> int:
         return len(self.names)
 
+    @property
+    def ignore_index(self) -> int | None:
+        """``IGNORE_INDEX`` when masks of this table may hold unlabelled pixels, else None: what the loss
+        and the score counters take as their ``ignore_index``."""
+        return None if self.ignore is None else IGNORE_INDEX
+
     def record(self) -> dict[str, Any]:
         """The JSON-able table that checkpoints record (and compare by its ``classes``)."""
-        return {"name": self.name, "classes": [{"name": n, "colour": [int(c) for c in rgb]}
-                                               for n, rgb in zip(self.names, self.colours)],
-                "unscored": None if self.unscored is None else self.names[self.unscored]}
+        record = {"name": self.name, "classes": [{"name": n, "colour": [int(c) for c in rgb]}
+                                                 for n, rgb in zip(self.names, self.colours)],
+                  "unscored": None if self.unscored is None else self.names[self.unscored]}
+        if self.ignore is not None:
+            record["ignore"] = self.ignore
+        return record
 
     def describe(self) -> str:
         """e.g. 'inria (2 classes: background, building)'."""
@@ -86,26 +104,29 @@ class ClassTable:
 
     # --- masks -> indices ------------------------------------------------------------------------------
     def index_values(self, values: np.ndarray, path: str, mode: str) -> np.ndarray:
-        """Single-band mask values (any integer array) -> uint8 class indices, through the class indices
-        and the table's ``index_aliases``; any other value is a DataError naming the file."""
+        """Single-band mask values (any integer array) -> uint8 class indices, through the class indices,
+        the table's ``index_aliases`` and its ``ignore`` value (read as ``IGNORE_INDEX``); any other value
+        is a DataError naming the file."""
         values = np.asarray(values)
         low, high = int(values.min()), int(values.max())
         if low >= 0 and high < self.n_class:
             return values.astype(np.uint8, copy=False)
         if low < 0 or high > 255:
-            mapped = np.full(values.shape, UNKNOWN, np.uint8)
+            mapped = np.full(values.shape, UNKNOWN, np.int16)
         else:
             mapped = self._index_lookup[values.astype(np.intp, copy=False)]
         bad = mapped == UNKNOWN
         if bad.any():
             first = int(values.reshape(-1)[int(np.flatnonzero(bad)[0])])
             aliases = "".join(f", {v} for {self.names[i]}" for v, i in self.index_aliases)
+            if self.ignore is not None:
+                aliases += f", {self.ignore} for unlabelled"
             raise DataError(
                 f"label mask {path} (mode {mode}, read as class indices) holds values up to {high} (min {low}) at "
                 f"{int(bad.sum())} pixels that are no class (first: {first}); the {self.title} classes are indices "
                 f"0..{self.n_class - 1}{aliases} (a colour mask must be RGB)"
             )
-        return mapped
+        return mapped.astype(np.uint8)
 
     def colour_to_index(self, rgb: np.ndarray, path: str) -> np.ndarray:
         """Map an RGB colour mask uint8 (H, W, 3) to class indices uint8 (H, W), accepting only the exact
@@ -142,7 +163,7 @@ class ClassTable:
     def index_to_colour(self, index: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """Colour a class-index map: integer (..., H, W) numpy array or tensor (on any device) ->
         uint8 (..., 3) of the same kind. Values that are no class are a programming error (ValueError):
-        predictions and checked masks never hold them."""
+        predictions and checked masks never hold them (see ``label_to_colour`` for labels)."""
         if isinstance(index, torch.Tensor):
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.n_class):
                 raise ValueError(f"class indices must be in 0..{self.n_class - 1}")
@@ -151,6 +172,22 @@ class ClassTable:
         if index.size and (int(index.min()) < 0 or int(index.max()) >= self.n_class):
             raise ValueError(f"class indices must be in 0..{self.n_class - 1}")
         return self.colours[index.astype(np.intp, copy=False)]
+
+    def label_to_colour(self, label: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``index_to_colour`` of a label map that may hold ``IGNORE_INDEX``: unlabelled pixels are drawn in
+        ``UNLABELLED_COLOUR`` (grey), which only pictures use (a grey class colour would look the same)."""
+        if self.ignore is None:
+            return self.index_to_colour(label)
+        if isinstance(label, torch.Tensor):
+            ignored = label == IGNORE_INDEX
+            rgb = self.index_to_colour(torch.where(ignored, 0, label.long()))
+            return torch.where(ignored[..., None], torch.tensor(UNLABELLED_COLOUR, dtype=torch.uint8,
+                                                                device=label.device), rgb)
+        label = np.asarray(label)
+        ignored = label == IGNORE_INDEX
+        rgb = self.index_to_colour(np.where(ignored, 0, label))
+        rgb[ignored] = UNLABELLED_COLOUR
+        return rgb
 
 
 def _fail(source: str, problem: str) -> ConfigError:
@@ -202,9 +239,15 @@ def table_from_dict(raw: Any, source: str) -> ClassTable:
             raise _fail(source, f"`index_aliases` value {value!r} must be an integer from {len(names)} to 255 "
                                 f"(smaller values are class indices)")
         aliases.append((int(value), _class_index(source, names_t, target, "index_aliases")))
+    ignore = raw.get("ignore")
+    if ignore is not None:
+        if isinstance(ignore, bool) or not isinstance(ignore, int) or not len(names) <= ignore <= 255:
+            raise _fail(source, f"`ignore` must be a mask value from {len(names)} to 255 (or null), got {ignore!r}")
+        if ignore in dict(aliases):
+            raise _fail(source, f"`ignore` value {ignore} is also an `index_aliases` value")
     name = raw.get("name") or os.path.splitext(os.path.basename(source))[0]
     return ClassTable(str(name), names_t, np.array(colours, dtype=np.uint8), unscored_index, tuple(aliases), source,
-                      str(raw.get("title") or name))
+                      str(raw.get("title") or name), ignore)
 
 
 def load_class_table(path: str) -> ClassTable:

@@ -58,8 +58,8 @@ def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: 
                      num_workers: int = 0, desc: str = "evaluate", want_sample: bool = False,
                      classes: ClassTable = DEEPGLOBE, boundary_px: int = 3):
     """Score ``dataset`` (labelled); returns (scores dict, optional first (image, label, prediction) sample).
-    ``classes``: the table whose ``unscored`` class the means leave out; ``boundary_px``: the distance d
-    of Boundary IoU.
+    ``classes``: the table whose ``unscored`` class the means leave out (and whose unlabelled pixels no
+    score counts); ``boundary_px``: the distance d of Boundary IoU.
 
     Scores: those of ``ConfusionMatrix.scores`` and ``BoundaryCounts.scores``, ``seam_accuracy`` and
     ``off_seam_accuracy`` (pixel accuracy inside and outside the seam band, None where it holds no
@@ -69,9 +69,10 @@ def evaluate_dataset(predictor: Predictor, dataset, device: torch.device, info: 
     counted in ``scores['skipped']``; when every image was skipped there is nothing to score and a
     DataError says so (on every process: the counts are summed first).
     """
-    confusion = ConfusionMatrix(predictor.net.n_class, device)
-    boundary = BoundaryCounts(predictor.net.n_class, boundary_px, device)
-    seams = RegionAccuracy(device)
+    ignore = classes.ignore_index
+    confusion = ConfusionMatrix(predictor.net.n_class, device, ignore)
+    boundary = BoundaryCounts(predictor.net.n_class, boundary_px, device, ignore)
+    seams = RegionAccuracy(device, ignore)
     sample = None
     skipped = torch.zeros(1, dtype=torch.int64, device=device)
     predictor.net.eval()

@@ -43,13 +43,13 @@ from pipeline.sources import TensorSource
 from utils.dihedral import VIEWS, to_view
 from utils.distributed import DistInfo, all_reduce_sum
 from utils.errors import CheckpointError, DataError, TrainingFault
+from utils.labels import IGNORE_INDEX
 from utils.learning_rate import poly_lr, set_lr
 from utils.logging import get_logger, peak_memory_mb, progress
 from utils.workers import iterate
 
 log = get_logger("refine")
 
-IGNORE = 255  # label value of the halo around a window's core (no loss there)
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class RefinementPlan:
 @dataclass(frozen=True)
 class RefinementWindow:
     """One training window: the network's inputs (image, mean logits, context or None; each (1, ., h, w))
-    and the labels (1, h, w) int64, ``IGNORE`` outside the core."""
+    and the labels (1, h, w) int64, ``IGNORE_INDEX`` outside the core."""
 
     image: torch.Tensor
     logits: torch.Tensor
@@ -126,7 +126,7 @@ class RefinementTrainer:
             x0, x1 = max(0, left - halo), min(width, left + cols + halo)
             with torch.no_grad():
                 inputs = refinement_inputs(source, mean[:, y0:y1, x0:x1], context, y0, x0)
-                target = torch.full((y1 - y0, x1 - x0), IGNORE, dtype=torch.int64, device=label.device)
+                target = torch.full((y1 - y0, x1 - x0), IGNORE_INDEX, dtype=torch.int64, device=label.device)
                 target[top - y0:top - y0 + rows, left - x0:left - x0 + cols] = label[top:top + rows, left:left + cols]
             turned = [None if t is None else to_view(t, view).contiguous() for t in (*inputs, target[None])]
             yield RefinementWindow(turned[0], turned[1], turned[2], turned[3])
@@ -147,7 +147,7 @@ class RefinementTrainer:
             with self._local(sync=i == len(windows) - 1):
                 with self.cfg.autocast(self.device):
                     refined = self.model(window.image, window.logits, window.context)
-                loss = F.cross_entropy(refined.float(), window.label, ignore_index=IGNORE)
+                loss = F.cross_entropy(refined.float(), window.label, ignore_index=IGNORE_INDEX)
                 value = loss.item()
                 if not math.isfinite(value):
                     raise TrainingFault(f"loss became {value} at epoch {self.state.epoch + 1}, step "

@@ -284,7 +284,7 @@ class Trainer:
         plan = self.plan
         aug = torch.Generator().manual_seed(plan.seed * 1_000_003 + epoch * 1009 + self.dist.rank)
         total = plan.epochs * len(self.loader)
-        confusion = ConfusionMatrix(self.net.n_class, self.device)
+        confusion = ConfusionMatrix(self.net.n_class, self.device, self.classes.ignore_index)
         losses = []
         with iterate(self.loader) as batches:
             bar = progress(batches, total=len(self.loader), enabled=self.dist.is_main,
@@ -332,9 +332,9 @@ class Trainer:
         if self.writer is not None and sample is not None:
             image, label, pred = sample
             self.writer.add_image("val/image", image, self.state.epoch)
-            colour = self.classes.index_to_colour
-            self.writer.add_image("val/label", colour(label).permute(2, 0, 1), self.state.epoch)
-            self.writer.add_image("val/prediction", colour(pred).permute(2, 0, 1), self.state.epoch)
+            self.writer.add_image("val/label", self.classes.label_to_colour(label).permute(2, 0, 1), self.state.epoch)
+            self.writer.add_image("val/prediction", self.classes.index_to_colour(pred).permute(2, 0, 1),
+                                  self.state.epoch)
         return scores
 
     def _log_scores(self, prefix: str, scores: dict) -> None:

@@ -17,6 +17,11 @@ with zeros before eroding, and so counts the border; here the edge of a scene is
 - BIoU_c = |G_d(c) & P_d(c)| / |G_d(c) | P_d(c)|, and 0 when class c has no boundary pixel in either
   (absent, or covering the whole image);
 - mBIoU = mean of BIoU_c over c != u, classes without boundary still counted as 0 (the mIoU rule).
+
+Unlabelled pixels. Every counter takes an ``ignore_index`` (``utils.labels.IGNORE_INDEX`` when the class
+table has unlabelled pixels, else None): target pixels of that value count nowhere, neither in the
+confusion matrix nor in the region accuracies, and are in no boundary set; the edge of the labelled
+area is no contour either (a pixel is on its class's inner boundary when another CLASS lies within d).
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ import torch.distributed as dist
 from utils.errors import ConfigError
 
 
-def _check_classes(pred: torch.Tensor, target: torch.Tensor, n_class: int) -> None:
+def _check_classes(pred: torch.Tensor, target: torch.Tensor, n_class: int, ignore_index: int | None = None) -> None:
     """ValueError unless ``pred`` and ``target`` are integer class maps of one shape with values in
-    0..n_class-1 (TypeError for floating-point maps)."""
+    0..n_class-1, the target's also ``ignore_index`` (TypeError for floating-point maps)."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
     if pred.is_floating_point() or target.is_floating_point():
         raise TypeError("prediction and target must hold integer class indices")
     if pred.numel() == 0:
         return
+    if ignore_index is not None:
+        target = torch.where(target == ignore_index, 0, target)
     bounds = torch.stack([torch.minimum(pred.min().long(), target.min().long()),
                           torch.maximum(pred.max().long(), target.max().long())])
     low, high = bounds.tolist()
@@ -47,12 +54,13 @@ def _check_classes(pred: torch.Tensor, target: torch.Tensor, n_class: int) -> No
 
 class ConfusionMatrix:
     """Running int64 confusion matrix (n_class, n_class) kept on ``device`` (no host transfers
-    while updating)."""
+    while updating); target pixels equal to ``ignore_index`` are not counted."""
 
-    def __init__(self, n_class: int, device: torch.device | str | None = None):
+    def __init__(self, n_class: int, device: torch.device | str | None = None, ignore_index: int | None = None):
         if n_class < 2:
             raise ValueError(f"a confusion matrix needs at least 2 classes, got {n_class}")
         self.n_class = n_class
+        self.ignore_index = ignore_index
         self.matrix = torch.zeros((n_class, n_class), dtype=torch.int64, device=device)
 
     def reset(self) -> None:
@@ -62,14 +70,18 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Count pixels: pred and target are integer class maps of the same shape (any shape).
 
-        Values outside 0..n_class-1 raise ValueError (they would otherwise land in another cell).
+        Values outside 0..n_class-1 (other than an ignored target) raise ValueError (they would
+        otherwise land in another cell).
         """
-        _check_classes(pred, target, self.n_class)
+        _check_classes(pred, target, self.n_class, self.ignore_index)
         pred = pred.reshape(-1).to(device=self.matrix.device, dtype=torch.int64)
         target = target.reshape(-1).to(device=self.matrix.device, dtype=torch.int64)
         if pred.numel() == 0:
             return
-        counts = torch.bincount(target * self.n_class + pred, minlength=self.n_class * self.n_class)
+        cells = target * self.n_class + pred
+        if self.ignore_index is not None:
+            cells = cells[target != self.ignore_index]
+        counts = torch.bincount(cells, minlength=self.n_class * self.n_class)
         self.matrix += counts.reshape(self.n_class, self.n_class)
 
     def merge(self, other: ConfusionMatrix) -> None:
@@ -124,11 +136,19 @@ def _window_extreme(classes: torch.Tensor, d: int, op: Callable) -> torch.Tensor
     return classes
 
 
-def inner_boundary(classes: torch.Tensor, d: int) -> torch.Tensor:
+def inner_boundary(classes: torch.Tensor, d: int, ignore_index: int | None = None) -> torch.Tensor:
     """bool (h, W): True at the pixels of ``classes`` (integer (h, W)) that have a pixel of another class
     within Chebyshev distance ``d`` inside the map, i.e. every class's inner boundary of width d; pixels
-    beyond the map's edges do not count (its border is not a contour)."""
-    return _window_extreme(classes, d, torch.maximum) != _window_extreme(classes, d, torch.minimum)
+    beyond the map's edges do not count (its border is not a contour), nor do pixels of ``ignore_index``
+    (no class: the edge of the labelled area is no contour; the ignored pixels themselves come out True
+    or False, callers leave them out)."""
+    if ignore_index is None:
+        return _window_extreme(classes, d, torch.maximum) != _window_extreme(classes, d, torch.minimum)
+    ignored = classes == ignore_index
+    values = classes.long()
+    high = _window_extreme(torch.where(ignored, -1, values), d, torch.maximum)
+    low = _window_extreme(torch.where(ignored, ignore_index, values), d, torch.minimum)
+    return high != low
 
 
 class BoundaryCounts:
@@ -141,12 +161,14 @@ class BoundaryCounts:
     in one piece and memory does not grow with the image.
     """
 
-    def __init__(self, n_class: int, boundary_px: int = 3, device: torch.device | str | None = None):
+    def __init__(self, n_class: int, boundary_px: int = 3, device: torch.device | str | None = None,
+                 ignore_index: int | None = None):
         if n_class < 2:
             raise ValueError(f"boundary counts need at least 2 classes, got {n_class}")
         if boundary_px < 1:
             raise ConfigError(f"`boundary_px` must be at least 1 pixel (got {boundary_px})")
         self.n_class = n_class
+        self.ignore_index = ignore_index
         self.boundary_px = boundary_px
         self.counts = torch.zeros((2, n_class), dtype=torch.int64, device=device)
         self._forget_image()
@@ -161,11 +183,12 @@ class BoundaryCounts:
     def update(self, pred: torch.Tensor, target: torch.Tensor, top: int = 0, height: int | None = None) -> None:
         """Count rows ``top`` .. ``top + h - 1`` of an image of ``height`` rows (None: these rows end it).
 
-        pred, target: integer class maps (h, W) of one shape, values in 0..n_class-1 (ValueError
-        otherwise; TypeError when floating point). Bands of an image come in order and the same width:
+        pred, target: integer class maps (h, W) of one shape, values in 0..n_class-1 (the target's also
+        ``ignore_index``: the prediction there is masked out too) (ValueError otherwise; TypeError when
+        floating point). Bands of an image come in order and the same width:
         ``top`` is 0 for an image's first band and the previous band's end after it, else ValueError.
         """
-        _check_classes(pred, target, self.n_class)
+        _check_classes(pred, target, self.n_class, self.ignore_index)
         if pred.dim() != 2:
             raise ValueError(f"boundary counts take (h, W) class maps, got shape {tuple(pred.shape)}")
         rows = pred.shape[0]
@@ -176,6 +199,8 @@ class BoundaryCounts:
                              f"{height}, got rows {top}..{end - 1}")
         pred = pred.to(self.counts.device)
         target = target.to(self.counts.device)
+        if self.ignore_index is not None:  # both maps see the same labelled area
+            pred = torch.where(target == self.ignore_index, target, pred.to(target.dtype))
         if self._pred is not None:
             if self._pred.shape[1] != pred.shape[1]:
                 raise ValueError(f"band width {pred.shape[1]} differs from the image's {self._pred.shape[1]}")
@@ -186,7 +211,11 @@ class BoundaryCounts:
             # Kept rows reach d rows above the first uncounted row (or the image top), and the rows
             # counted here lie d rows above the end (or reach the image bottom): the clipped squares
             # seen here are those of the whole image.
-            truth_edge, pred_edge = inner_boundary(target, d), inner_boundary(pred, d)
+            truth_edge, pred_edge = inner_boundary(target, d, self.ignore_index), inner_boundary(pred, d, self.ignore_index)
+            if self.ignore_index is not None:
+                labelled = target != self.ignore_index
+                truth_edge &= labelled
+                pred_edge &= labelled
             a, b = self._counted - first, final - first
             self._count(pred[a:b], target[a:b], pred_edge[a:b], truth_edge[a:b])
             self._counted = final
@@ -231,20 +260,27 @@ class RegionAccuracy:
     """Pixel accuracy inside and outside a region, from running int64 counts ``counts`` (2, 2) on
     ``device``: row 0 inside, row 1 outside; column 0 correct pixels, column 1 all pixels."""
 
-    def __init__(self, device: torch.device | str | None = None):
+    def __init__(self, device: torch.device | str | None = None, ignore_index: int | None = None):
         self.counts = torch.zeros((2, 2), dtype=torch.int64, device=device)
+        self.ignore_index = ignore_index
 
     def update(self, pred: torch.Tensor, target: torch.Tensor, inside: torch.Tensor) -> None:
         """Count pixels: pred and target integer class maps of one shape, ``inside`` a bool map that
-        broadcasts to it (True in the region)."""
+        broadcasts to it (True in the region); target pixels of ``ignore_index`` are not counted."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
         device = self.counts.device
-        correct = pred.to(device) == target.to(device)
+        target = target.to(device)
+        correct = pred.to(device) == target
         inside = inside.to(device).expand_as(correct)
+        if self.ignore_index is None:
+            counted = torch.tensor(correct.numel(), device=device)
+        else:
+            labelled = target != self.ignore_index
+            correct, inside, counted = correct & labelled, inside & labelled, labelled.sum()
         right_inside, all_inside, right = (correct & inside).sum(), inside.sum(), correct.sum()
         self.counts += torch.stack([torch.stack([right_inside, all_inside]),
-                                    torch.stack([right - right_inside, correct.numel() - all_inside])])
+                                    torch.stack([right - right_inside, counted - all_inside])])
 
     def all_reduce_(self) -> RegionAccuracy:
         """Sum the counts over all torch.distributed processes; nothing happens when not distributed."""

@@ -83,6 +83,28 @@ def test_unscored_and_aliases_from_json(tmp_path) -> None:
     assert no_unscored.unscored is None
 
 
+def test_the_ignore_value_reads_as_unlabelled(tmp_path) -> None:
+    from utils.labels import IGNORE_INDEX
+
+    table = table_from_dict(_table(3, ignore=250), "t.json")
+    assert table.ignore == 250 and table.ignore_index == IGNORE_INDEX and table.record()["ignore"] == 250
+    assert table.index_values(np.array([0, 250, 2]), "x", "L").tolist() == [0, IGNORE_INDEX, 2]
+    with pytest.raises(DataError, match="250 for unlabelled"):
+        table.index_values(np.array([0, 251]), "m.png", "L")
+    assert DEEPGLOBE.ignore_index is None and "ignore" not in DEEPGLOBE.record()
+    with pytest.raises(DataError):  # no ignore value in the shipped tables: 255 is no DeepGlobe class
+        DEEPGLOBE.index_values(np.array([0, 255]), "m.png", "L")
+    picture = table.label_to_colour(np.array([[0, IGNORE_INDEX]]))
+    assert picture.tolist() == [[table.colours[0].tolist(), [128, 128, 128]]]
+    import torch
+
+    assert table.label_to_colour(torch.tensor([[IGNORE_INDEX, 1]])).tolist() == [[[128, 128, 128],
+                                                                                   table.colours[1].tolist()]]
+    path = str(tmp_path / "m.png")
+    Image.fromarray(np.array([[0, 250], [1, 2]], dtype=np.uint8)).save(path)
+    assert read_mask(path, (2, 2), table).numpy().tolist() == [[0, IGNORE_INDEX], [1, 2]]
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda t: t.update(classes=t["classes"][:1]), "1 classes; a table needs 2 to 255"),
     (lambda t: t["classes"][1].update(name="c0"), "'c0' appears twice"),
@@ -91,6 +113,9 @@ def test_unscored_and_aliases_from_json(tmp_path) -> None:
     (lambda t: t["classes"][1].update(colour="red"), "not three integers 0..255"),
     (lambda t: t.update(unscored="nope"), "`unscored` names 'nope'"),
     (lambda t: t.update(index_aliases={"1": "c0"}), "from 3 to 255"),
+    (lambda t: t.update(ignore=2), "`ignore` must be a mask value from 3 to 255"),
+    (lambda t: t.update(ignore="255"), "`ignore` must be a mask value"),
+    (lambda t: t.update(ignore=200, index_aliases={"200": "c1"}), "also an `index_aliases` value"),
     (lambda t: t.update(classes={"a": 1}), "a list `classes`"),
 ])
 def test_bad_tables_are_one_line_errors(change, message) -> None:

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from dataset.split_layout import collate_list
 from engine.checkpoint_policy import CheckpointPolicy
-from engine.refinement import IGNORE, RefinementPlan, RefinementTrainer
+from engine.refinement import RefinementPlan, RefinementTrainer
+from utils.labels import IGNORE_INDEX
 from models.refinement import RefinementNet, RefinementRecord, read_refinement, save_refinement
 from pipeline.config import PipelineConfig
 from pipeline.predictor import Predictor
@@ -46,7 +47,7 @@ def test_windows_hold_the_core_labels_and_ignore_the_halo():
     for w in windows:
         h, wd = w.label.shape[-2:]
         assert w.image.shape == (1, 3, h, wd) and w.logits.shape == (1, 7, h, wd) and w.context.shape == (1, 7, h, wd)
-        assert (w.label != IGNORE).sum() == 24 * 24
+        assert (w.label != IGNORE_INDEX).sum() == 24 * 24
         assert w.image.requires_grad is False and not w.logits.is_inference()
 
 

@@ -33,3 +33,32 @@ def test_gamma_zero_is_cross_entropy_and_extremes_are_finite():
     logits.requires_grad_(True)
     FocalLoss()(logits, target).backward()
     assert torch.isfinite(logits.grad).all()
+
+
+def test_ignored_pixels_add_no_loss_and_no_gradient():
+    from utils.labels import IGNORE_INDEX
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 4, 5, 6, requires_grad=True)
+    target = torch.randint(0, 4, (2, 5, 6))
+    ignored = torch.rand(2, 5, 6) < 0.4
+    target[ignored] = IGNORE_INDEX
+    loss = FocalLoss(gamma=3.0, ignore_index=IGNORE_INDEX)(logits, target)
+    # Direct: the focal terms of the labelled pixels only, averaged over them.
+    p = torch.softmax(logits, 1).gather(1, target.clamp(max=3).unsqueeze(1)).squeeze(1).clamp(1e-7, 1 - 1e-7)
+    direct = (-(1 - p) ** 3 * torch.log(p))[~ignored].mean()
+    assert torch.allclose(loss, direct, atol=1e-6)
+    loss.backward()
+    assert (logits.grad.permute(0, 2, 3, 1)[ignored] == 0).all()
+    assert (logits.grad.permute(0, 2, 3, 1)[~ignored].abs().sum(-1) > 0).all()
+
+
+def test_ignore_index_changes_nothing_without_ignored_pixels_and_all_ignored_is_zero():
+    from utils.labels import IGNORE_INDEX
+
+    torch.manual_seed(2)
+    logits = torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 4, 4))
+    assert torch.allclose(FocalLoss(ignore_index=IGNORE_INDEX)(logits, target), FocalLoss()(logits, target))
+    blank = torch.full((1, 4, 4), IGNORE_INDEX)
+    assert FocalLoss(ignore_index=IGNORE_INDEX)(logits, blank).item() == 0.0

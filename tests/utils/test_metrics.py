@@ -196,3 +196,79 @@ def test_region_accuracy_counts_inside_and_outside():
     empty = RegionAccuracy()
     empty.update(pred, target, torch.zeros(2, 3, dtype=torch.bool))
     assert empty.accuracies() == (None, 4 / 6)
+
+
+IGNORED = 255
+
+
+def with_holes(classes: torch.Tensor, seed: int) -> torch.Tensor:
+    """``classes`` with rectangles and single pixels set to the ignore value."""
+    g = torch.Generator().manual_seed(seed)
+    out = classes.clone()
+    h, w = out.shape
+    out[torch.rand(h, w, generator=g) < 0.1] = IGNORED
+    out[h // 3: h // 2, : w // 2] = IGNORED
+    return out
+
+
+def naive_boundary_labelled(classes: torch.Tensor, labelled: torch.Tensor, d: int) -> torch.Tensor:
+    """Labelled pixels with a labelled pixel of another class within d (inside the image)."""
+    h, w = classes.shape
+    out = torch.zeros(h, w, dtype=torch.bool)
+    for dy in range(-d, d + 1):
+        for dx in range(-d, d + 1):
+            if abs(dy) >= h or abs(dx) >= w:
+                continue
+            ys, xs = slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx))
+            moved = slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx))
+            out[ys, xs] |= (classes[ys, xs] != classes[moved]) & labelled[moved]
+    return out & labelled
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_ignored_pixels_count_in_no_score(d):
+    for seed in range(3):
+        clean, pred = blocky(21, 17, 4, seed), blocky(21, 17, 4, seed + 10)
+        target = with_holes(clean, seed)
+        labelled = target != IGNORED
+        confusion = ConfusionMatrix(4, ignore_index=IGNORED)
+        confusion.update(pred, target)
+        direct = ConfusionMatrix(4)
+        direct.update(pred[labelled], target[labelled])
+        assert torch.equal(confusion.matrix, direct.matrix)
+        counts = BoundaryCounts(4, d, ignore_index=IGNORED)
+        counts.update(pred, target)
+        g = naive_boundary_labelled(target, labelled, d)
+        p = naive_boundary_labelled(pred, labelled, d)
+        for c in range(4):
+            gc, pc = g & (target == c), p & (pred == c)
+            assert counts.counts[:, c].tolist() == [int((gc & pc).sum()), int((gc | pc).sum())]
+        acc = RegionAccuracy(ignore_index=IGNORED)
+        inside = torch.zeros(17, dtype=torch.bool)
+        inside[5:9] = True
+        acc.update(pred, target, inside)
+        right = (pred == target) & labelled
+        assert acc.counts.tolist() == [[int(right[:, 5:9].sum()), int(labelled[:, 5:9].sum())],
+                                       [int(right.sum() - right[:, 5:9].sum()),
+                                        int(labelled.sum() - labelled[:, 5:9].sum())]]
+
+
+def test_the_edge_of_the_labelled_area_is_no_contour_and_streaming_holds_with_holes():
+    target = torch.ones(12, 12, dtype=torch.uint8)
+    target[:, 6:] = IGNORED
+    pred = torch.ones(12, 12, dtype=torch.uint8)
+    pred[:, 6:] = 0  # the unlabelled half predicted as another class: no score sees it
+    counts = BoundaryCounts(2, 2, ignore_index=IGNORED)
+    counts.update(pred, target)
+    assert counts.counts.sum() == 0
+    confusion = ConfusionMatrix(2, ignore_index=IGNORED)
+    confusion.update(pred, target)
+    assert confusion.scores(None)["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="0..1"):
+        ConfusionMatrix(2).update(pred, target)  # without ignore_index, 255 is no class
+    whole, streamed = BoundaryCounts(5, 3, ignore_index=IGNORED), BoundaryCounts(5, 3, ignore_index=IGNORED)
+    target, pred = with_holes(blocky(30, 13, 5, 4), 4), blocky(30, 13, 5, 5)
+    whole.update(pred, target)
+    for top in range(0, 30, 4):
+        streamed.update(pred[top:top + 4], target[top:top + 4], top=top, height=30)
+    assert torch.equal(whole.counts, streamed.counts)
