@@ -3,8 +3,9 @@
 For every pixel, p is the softmax probability of the target class, clamped to [1e-7, 1 - 1e-7], and
 the pixel's loss is -(1 - p)^gamma * log p; the loss is the mean over all pixels, class 0 included.
 With ``ignore_index``, pixels whose target is that value add nothing (no loss, no gradient) and the
-mean is over the other pixels (0 when none is left). log p is taken from ``log_softmax`` (clamping log p to [log 1e-7, log(1 - 1e-7)] is the same as
-clamping p) so that confident wrong logits do not give log(0).
+mean is over the other pixels (0 when none is left). log p is taken from ``log_softmax`` (clamping
+log p to [log 1e-7, log(1 - 1e-7)] is the same as clamping p) so that confident wrong logits do not
+give log(0).
 """
 
 from __future__ import annotations
