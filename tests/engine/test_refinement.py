@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 from dataset.split_layout import collate_list
 from engine.checkpoint_policy import CheckpointPolicy
 from engine.refinement import RefinementPlan, RefinementTrainer
-from utils.labels import IGNORE_INDEX
 from models.refinement import RefinementNet, RefinementRecord, read_refinement, save_refinement
 from pipeline.config import PipelineConfig
 from pipeline.predictor import Predictor
@@ -19,6 +18,7 @@ from pipeline.refine import Refinement
 from tests.engine.test_training import Scenes
 from tools.stand_in import StandIn
 from utils.errors import CheckpointError, Interrupted
+from utils.labels import IGNORE_INDEX
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
