@@ -97,10 +97,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                      help="split for --evaluate (default crossvali) or test (default test = offical_crossvali)")
     run.add_argument("--boundary_px", type=int, default=3,
                      help="--evaluate: Boundary IoU counts the pixels within this distance of a class border")
-    run.add_argument("--dataset", default="deepglobe", choices=list(DATASETS) + list(DATASET_NUMBERS),
+    run.add_argument("--dataset", default=None, choices=list(DATASETS) + list(DATASET_NUMBERS),
                      help="deepglobe (7 land-cover classes; the original's 1), inria (building / background; the "
                           "original's 2; defaults --correlation plain --context 2 --context2 3), or custom with "
-                          "--classes")
+                          "--classes or a --data_path from tools.prepare_scenes (default: custom when --data_path "
+                          "holds a dataset.json, else deepglobe)")
     run.add_argument("--classes", default=None, metavar="FILE",
                      help="--dataset custom: the class-table JSON (names, colours, the class left out of mIoU); "
                           "see data/classes/deepglobe.json")
@@ -433,12 +434,18 @@ def _shipped_table(name: str) -> ClassTable:
 
 def _dataset_settings(args: argparse.Namespace) -> DatasetSettings:
     from dataset.classes import load_class_table
+    from dataset.prepared import load_prepared
 
-    name = DATASET_NUMBERS.get(args.dataset, args.dataset)
+    prepared = load_prepared(args.data_path) if args.data_path else None
+    name = DATASET_NUMBERS.get(args.dataset, args.dataset) or ("custom" if prepared is not None else "deepglobe")
     if name == "custom":
-        if args.classes is None:
-            raise OptionError("--dataset custom needs --classes FILE (a class-table JSON; see data/classes/*.json)")
-        classes = load_class_table(args.classes)
+        if args.classes is not None:
+            classes = load_class_table(args.classes)
+        elif prepared is not None:
+            classes = prepared
+        else:
+            raise OptionError("--dataset custom needs --classes FILE (a class-table JSON; see data/classes/*.json), or "
+                              "a --data_path prepared by python -m tools.prepare_scenes (its dataset.json)")
     elif args.classes is not None:
         raise OptionError(f"--classes is for --dataset custom; --dataset {name} has its own table "
                           f"(data/classes/{name}.json): drop --classes or pass --dataset custom")

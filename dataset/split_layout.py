@@ -1,7 +1,8 @@
 """A data split as laid out on disk by python -m tools.prepare_deepglobe (or tools.prepare_inria): the
 DeepGlobe layout, which the Inria release and datasets of your own share, with the split's class table.
 
-Layout: `<data_path>/<dir>/Sat/<id>_sat.{jpg,jpeg,png,tif,tiff}` and `<data_path>/<dir>/Label/<id>_mask.png`,
+Layout: `<data_path>/<dir>/Sat/<id>_sat.{jpg,jpeg,png,tif,tiff}` and `<data_path>/<dir>/Label/<id>_mask.png`
+(or `<id>_mask.tif`, as tools.prepare_scenes writes them),
 with <dir> from SPLIT_DIRS ("offical_crossvali" is the original code's spelling and is kept so that its
 data folders work unchanged). The folder contents define a split at run time; the lists in data/splits/
 are only used by the prepare tool.
@@ -37,6 +38,7 @@ SPLIT_DIRS: dict[str, str] = {"train": "train", "crossvali": "crossvali", "test"
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 IMAGE_SUFFIX = "_sat"
 MASK_SUFFIX = "_mask.png"
+MASK_SUFFIXES = (MASK_SUFFIX, "_mask.tif")  # a PNG, or the georeferenced GeoTIFF of tools.prepare_scenes
 _SHOWN = 5
 
 Item = dict[str, Any]
@@ -125,6 +127,7 @@ class SplitDataset(Dataset):
                     f"{len(absent)} requested ids have no image in {os.path.join(self.root, 'Sat')}: {_shown(absent)}"
                 )
             images = {i: images[i] for i in wanted}
+        self._masks: dict[str, str] = {}  # id -> its mask file, when labelled
         if labelled:
             images = self._drop_unlabelled(images)
         self.ids: list[str] = list(images)
@@ -133,7 +136,9 @@ class SplitDataset(Dataset):
     def _drop_unlabelled(self, images: dict[str, str]) -> dict[str, str]:
         label_dir = os.path.join(self.root, "Label")
         present = set(os.listdir(label_dir)) if os.path.isdir(label_dir) else set()
-        missing = [i for i in images if i + MASK_SUFFIX not in present]
+        self._masks = {i: os.path.join(label_dir, i + suffix) for i in images for suffix in MASK_SUFFIXES[::-1]
+                       if i + suffix in present}
+        missing = [i for i in images if i not in self._masks]
         if not missing:
             return images
         message = (
@@ -147,8 +152,10 @@ class SplitDataset(Dataset):
         return {i: p for i, p in images.items() if i not in missing_set}
 
     def label_path(self, index: int) -> str:
-        """Path of item `index`'s mask (whether or not the set is labelled)."""
-        return os.path.join(self.root, "Label", self.ids[index] + MASK_SUFFIX)
+        """Path of item `index`'s mask (whether or not the set is labelled): its ``<id>_mask.png``, or its
+        ``<id>_mask.tif`` when only that one exists."""
+        found = self._masks.get(self.ids[index])
+        return found or os.path.join(self.root, "Label", self.ids[index] + MASK_SUFFIX)
 
     def __len__(self) -> int:
         return len(self.ids)
