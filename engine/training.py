@@ -230,8 +230,9 @@ class Trainer:
         if self.net.spec.whole_image:
             yield from whole_image_units(images, labels, self.cfg)
             return
+        fill = 0 if self.classes.ignore_index is None else self.classes.ignore_index  # padding: class 0 as released
         for img, lab in zip(images, labels):
-            yield from patch_units(self.net, img, lab, self.cfg)
+            yield from patch_units(self.net, img, lab, self.cfg, fill)
 
     def train_step(self, units: Iterable[TrainingUnit], confusion: ConfusionMatrix | None = None,
                    weight: float = 1.0) -> float:

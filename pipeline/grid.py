@@ -103,8 +103,8 @@ def make_grid(height: int, width: int, size: int) -> PatchGrid:
     return PatchGrid(height, width, size, patch_starts(height, size), patch_starts(width, size))
 
 
-def pad_to_min(image: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad the last two dims (bottom and right) so that both are at least ``p``.
+def pad_to_min(image: torch.Tensor, p: int, value: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad the last two dims (bottom and right) with ``value`` (zeros) so that both are at least ``p``.
 
     image: (..., H, W), any dtype. Returns (padded (..., max(H,p), max(W,p)), (H, W)); the original
     size lets the caller crop its result back. The input is returned as is when no padding is needed.
@@ -117,4 +117,4 @@ def pad_to_min(image: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[int, in
     pad_h, pad_w = max(0, p - height), max(0, p - width)
     if pad_h == 0 and pad_w == 0:
         return image, (height, width)
-    return F.pad(image, (0, pad_w, 0, pad_h)), (height, width)
+    return F.pad(image, (0, pad_w, 0, pad_h), value=value), (height, width)

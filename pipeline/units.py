@@ -33,18 +33,21 @@ class TrainingUnit:
     inputs: NetworkInputs = NO_INPUTS
 
 
-def patch_boxes(image: torch.Tensor, label: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """(image, label (1, H, W), boxes) with both padded to at least p x p and the grid's (top, left) boxes."""
+def patch_boxes(image: torch.Tensor, label: torch.Tensor, p: int,
+                label_fill: int = 0) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """(image, label (1, H, W), boxes) with both padded to at least p x p (the image with zeros, the label
+    with ``label_fill``: class 0 as the releases do, or the ignore value) and the grid's (top, left) boxes."""
     image, _ = pad_to_min(image, p)
-    label, _ = pad_to_min(label[None], p)
+    label, _ = pad_to_min(label[None], p, label_fill)
     return image, label, make_grid(image.shape[-2], image.shape[-1], p).boxes()
 
 
 def patch_units(net: SegmentationNetwork, image: torch.Tensor, label: torch.Tensor,
-                cfg: PipelineConfig) -> Iterator[TrainingUnit]:
-    """The units of one image (3, H, W) uint8 and its label (H, W) for the patch modes of ``net``."""
+                cfg: PipelineConfig, label_fill: int = 0) -> Iterator[TrainingUnit]:
+    """The units of one image (3, H, W) uint8 and its label (H, W) for the patch modes of ``net``
+    (``label_fill``: the label of the padding of an image smaller than a patch)."""
     size_p = cfg.size_p
-    image, label, boxes = patch_boxes(image, label, size_p)
+    image, label, boxes = patch_boxes(image, label, size_p, label_fill)
     build = InputBuilder(net, image, cfg)
     for start in range(0, len(boxes), cfg.sub_batch_size):
         batch = boxes[start:start + cfg.sub_batch_size]

@@ -27,6 +27,15 @@ def test_prepare_train_and_evaluate_without_naming_the_classes(tmp_path, capsys)
     matrix = metrics["confusion_matrix"]
     labelled = json.loads((tmp_path / "data" / "dataset.json").read_text())["splits"]["crossvali"]["labelled_pixels"]
     assert sum(map(sum, matrix)) == sum(labelled.values())  # the unlabelled pixels are counted nowhere
+    # Predicting a scene: the class table again comes from --data_path's dataset.json.
+    out = tmp_path / "pred"
+    assert run_cli(*common, "--input", source["scenes"][0], "--bands", "1,2,3", "--pre_path", "g.epoch.pth",
+                   "--prediction_path", str(out), "--no_tta") == 0
+    import rasterio
+
+    with rasterio.open(out / "scene_0_mask.tif") as mask, rasterio.open(source["scenes"][0]) as scene:
+        assert (mask.height, mask.width, mask.crs) == (scene.height, scene.width, scene.crs)
+        assert int(mask.read(1).max()) <= 2
 
 
 def test_a_bad_input_is_one_error_line(tmp_path, capsys):

@@ -70,3 +70,16 @@ def test_training_units_are_named_values_with_the_builders_inputs() -> None:
     assert units[0].inputs.global_context is None
     whole = list(whole_image_units([image], [label], cfg))
     assert len(whole) == 1 and whole[0].x.shape == (1, 3, 24, 24) and whole[0].inputs.medium is None
+
+
+def test_patch_padding_of_a_small_image_is_class_0_or_the_ignore_value():
+    from pipeline.units import patch_boxes
+    from utils.labels import IGNORE_INDEX
+
+    image = torch.full((3, 5, 7), 9, dtype=torch.uint8)
+    label = torch.ones(5, 7, dtype=torch.uint8)
+    padded_image, released, boxes = patch_boxes(image, label, 8)
+    assert boxes == [(0, 0)] and padded_image[:, 5:].sum() == 0 and released[0, 5:].sum() == 0
+    _, ignored, _ = patch_boxes(image, label, 8, IGNORE_INDEX)
+    assert (ignored[0, 5:] == IGNORE_INDEX).all() and (ignored[0, :, 7:] == IGNORE_INDEX).all()
+    assert (ignored[0, :5, :7] == 1).all()
