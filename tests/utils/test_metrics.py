@@ -57,9 +57,11 @@ def test_rejects_bad_input():
 
 # --- Boundary IoU and region accuracy ---------------------------------------------------------------------
 
-def naive_boundary(classes: torch.Tensor, d: int) -> torch.Tensor:
-    """Offset by offset of the (2d+1)-square: is the pixel there (inside the image) of another class?"""
+def naive_boundary(classes: torch.Tensor, d: int, labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """Offset by offset of the (2d+1)-square: is the pixel there (inside the image, and labelled when
+    ``labelled`` is given) of another class? With ``labelled``, only labelled pixels can be True."""
     h, w = classes.shape
+    labelled = torch.ones(h, w, dtype=torch.bool) if labelled is None else labelled
     out = torch.zeros(h, w, dtype=torch.bool)
     for dy in range(-d, d + 1):
         for dx in range(-d, d + 1):
@@ -67,8 +69,8 @@ def naive_boundary(classes: torch.Tensor, d: int) -> torch.Tensor:
                 continue
             ys, xs = slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx))
             moved = slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx))
-            out[ys, xs] |= classes[ys, xs] != classes[moved]
-    return out
+            out[ys, xs] |= (classes[ys, xs] != classes[moved]) & labelled[moved]
+    return out & labelled
 
 
 def naive_biou(pred: torch.Tensor, target: torch.Tensor, n: int, d: int) -> list[float]:
@@ -211,20 +213,6 @@ def with_holes(classes: torch.Tensor, seed: int) -> torch.Tensor:
     return out
 
 
-def naive_boundary_labelled(classes: torch.Tensor, labelled: torch.Tensor, d: int) -> torch.Tensor:
-    """Labelled pixels with a labelled pixel of another class within d (inside the image)."""
-    h, w = classes.shape
-    out = torch.zeros(h, w, dtype=torch.bool)
-    for dy in range(-d, d + 1):
-        for dx in range(-d, d + 1):
-            if abs(dy) >= h or abs(dx) >= w:
-                continue
-            ys, xs = slice(max(0, -dy), h - max(0, dy)), slice(max(0, -dx), w - max(0, dx))
-            moved = slice(max(0, dy), h - max(0, -dy)), slice(max(0, dx), w - max(0, -dx))
-            out[ys, xs] |= (classes[ys, xs] != classes[moved]) & labelled[moved]
-    return out & labelled
-
-
 @pytest.mark.parametrize("d", [1, 3])
 def test_ignored_pixels_count_in_no_score(d):
     for seed in range(3):
@@ -238,8 +226,8 @@ def test_ignored_pixels_count_in_no_score(d):
         assert torch.equal(confusion.matrix, direct.matrix)
         counts = BoundaryCounts(4, d, ignore_index=IGNORED)
         counts.update(pred, target)
-        g = naive_boundary_labelled(target, labelled, d)
-        p = naive_boundary_labelled(pred, labelled, d)
+        g = naive_boundary(target, d, labelled)
+        p = naive_boundary(pred, d, labelled)
         for c in range(4):
             gc, pc = g & (target == c), p & (pred == c)
             assert counts.counts[:, c].tolist() == [int((gc & pc).sum()), int((gc | pc).sum())]
