@@ -259,8 +259,6 @@ def prepare_scenes(scenes: Sequence[str], labels: Sequence[str], classes: ClassT
     for index, (path, label_path) in enumerate(zip(scenes, label_paths)):
         with RasterScene(path, options.bands, options.input_range) as scene:
             grid = grids[index]
-            if scene.crs is None and not label_path.lower().endswith(".tif"):
-                log.warning("%s has no CRS: its labels must lie on its pixel grid", path)
             record = {"scene": os.path.abspath(path), "labels": os.path.abspath(label_path), "tiles": {}, "dropped": 0,
                       "size": [scene.width, scene.height], "crs": None if scene.crs is None else scene.crs.to_string()}
             with open_labels(label_path, grid, classes, class_field=options.class_field, unlabelled=unlabelled) as source:

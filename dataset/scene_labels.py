@@ -118,8 +118,15 @@ class RasterLabels:
             if src.crs is None and grid.crs is not None:
                 raise DataError(f"label raster {path} has no CRS; the scene is in {grid.crs.to_string()}: "
                                 f"georeference the labels (gdal_edit.py -a_srs) or write them on the scene's grid")
-            same_grid = ((src.crs == grid.crs or grid.crs is None) and src.transform == grid.transform
-                         and (src.height, src.width) == (grid.height, grid.width))
+            same_size = (src.height, src.width) == (grid.height, grid.width)
+            if grid.crs is None:  # a scene without georeferencing: its labels must be on its pixel grid
+                if not same_size:
+                    raise DataError(f"label raster {path} is {src.width}x{src.height} px and its scene, which has no "
+                                    f"CRS, {grid.width}x{grid.height}: labels of a scene without georeferencing must "
+                                    f"lie on its pixel grid")
+                same_grid = True
+            else:
+                same_grid = src.crs == grid.crs and src.transform == grid.transform and same_size
             if grid.crs is not None and not _meets(transform_bounds(src.crs, grid.crs, *src.bounds, densify_pts=21),
                                                    grid.bounds()):
                 cover = tuple(round(v) for v in src.bounds)
@@ -197,11 +204,11 @@ class VectorLabels:
                               f"pass the one that holds the classes as `class_field`")
         if info["crs"] is None:
             raise DataError(f"vector labels {path} have no CRS; set it (e.g. ogr2ogr -a_srs EPSG:4326) and run again")
+        if grid.crs is None:
+            raise DataError(f"vector labels {path} need a georeferenced scene; the scene has no CRS")
         self.crs = CRS.from_user_input(info["crs"])
         self.count = int(info["features"])
-        self._same_crs = grid.crs is None or self.crs == grid.crs
-        if grid.crs is None:
-            raise DataError("vector labels need a georeferenced scene; the scene has no CRS")
+        self._same_crs = self.crs == grid.crs
         total = info.get("total_bounds")
         scene_box = transform_bounds(grid.crs, self.crs, *grid.bounds(), densify_pts=21)
         if total is None or not _meets(scene_box, total):

@@ -214,3 +214,31 @@ def test_bad_inputs_are_one_clear_error(source, tmp_path):
     with pytest.raises(ConfigError, match="did not write"):
         _prepare(source, tmp_path / "other")
     assert classes.n_class == 3
+
+
+def test_a_scene_without_crs_takes_labels_on_its_pixel_grid(tmp_path):
+    from dataset.synthetic_scenes import CLASSES
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, size=(40, 50)).astype(np.uint8)
+    scene, labels = tmp_path / "plain.tif", tmp_path / "labels" / "plain.tif"
+    labels.parent.mkdir()
+    with rasterio.open(scene, "w", driver="GTiff", height=40, width=50, count=3, dtype="uint8") as out:
+        out.write(rng.integers(0, 255, size=(3, 40, 50)).astype(np.uint8))
+    with rasterio.open(labels, "w", driver="GTiff", height=40, width=50, count=1, dtype="uint8") as out:
+        out.write(truth[None])
+    table_path = tmp_path / "classes.json"
+    table_path.write_text(json.dumps(CLASSES))
+    classes = load_class_table(str(table_path))
+    options = PrepareOptions(tile_size=16, split_by="block", block_tiles=1, val=0.2, test=0.2)
+    prepare_scenes([str(scene)], [str(labels.parent)], classes, str(tmp_path / "out"), options)
+    for tile, (_split, label, _transform, crs) in _tiles(tmp_path / "out").items():
+        row, col = map(int, re.search(r"_r(\d+)_c(\d+)", tile).groups())
+        expected = np.full((16, 16), IGNORE_INDEX, dtype=np.uint8)
+        part = truth[row * 16:(row + 1) * 16, col * 16:(col + 1) * 16]
+        expected[:part.shape[0], :part.shape[1]] = part
+        assert crs is None and np.array_equal(label, expected)
+    with rasterio.open(labels, "w", driver="GTiff", height=20, width=25, count=1, dtype="uint8") as out:
+        out.write(truth[None, ::2, ::2])
+    with pytest.raises(DataError, match="must lie on its pixel grid"):
+        prepare_scenes([str(scene)], [str(labels.parent)], classes, str(tmp_path / "out2"), options)
