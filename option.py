@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 from models.backbones import BACKBONES
+from models.bands import RGB, InputBands
 from models.correlation import CORRELATIONS
 from models.modes import MODES, mode_spec
 from pipeline.config import MERGES
@@ -265,11 +266,13 @@ class RunSettings:
 @dataclass(frozen=True)
 class DatasetSettings:
     """The data set's name (deepglobe, inria or custom; the original's numbers resolved), its class
-    table (shipped, or read from --classes) and the correlation of the model's blocks."""
+    table (shipped, read from --classes or from a prepared folder's dataset.json), the correlation of
+    the model's blocks, and the bands its images hold (RGB, or those of a prepared folder)."""
 
     name: str
     classes: ClassTable
     correlation: str
+    input_bands: InputBands = RGB
 
 
 @dataclass(frozen=True)
@@ -438,11 +441,14 @@ def _dataset_settings(args: argparse.Namespace) -> DatasetSettings:
 
     prepared = load_prepared(args.data_path) if args.data_path else None
     name = DATASET_NUMBERS.get(args.dataset, args.dataset) or ("custom" if prepared is not None else "deepglobe")
+    bands = RGB
+    if prepared is not None and prepared.bands != 3 and name == "custom":
+        bands = InputBands.of(prepared.bands, prepared.mean[3:], prepared.std[3:])
     if name == "custom":
         if args.classes is not None:
             classes = load_class_table(args.classes)
         elif prepared is not None:
-            classes = prepared
+            classes = prepared.classes
         else:
             raise OptionError("--dataset custom needs --classes FILE (a class-table JSON; see data/classes/*.json), or "
                               "a --data_path prepared by python -m tools.prepare_scenes (its dataset.json)")
@@ -452,7 +458,7 @@ def _dataset_settings(args: argparse.Namespace) -> DatasetSettings:
     else:
         classes = _shipped_table(name)
     correlation = args.correlation or DATASET_DEFAULTS[name]["correlation"]
-    return DatasetSettings(name=name, classes=classes, correlation=correlation)
+    return DatasetSettings(name=name, classes=classes, correlation=correlation, input_bands=bands)
 
 
 def _pipeline_settings(args: argparse.Namespace, context: int) -> PipelineSettings:

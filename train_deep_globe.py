@@ -44,7 +44,7 @@ from pipeline.config import PipelineConfig
 from pipeline.predictor import Predictor, out_of_memory
 from pipeline.refine import Refinement
 from utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
-from utils.errors import FCtLError, describe_signal, signal_of
+from utils.errors import ConfigError, FCtLError, describe_signal, signal_of
 from utils.files import ensure_writable_dir, remove_stale_temporaries
 from utils.logging import SafeWriter, setup_logging
 from utils.memory import fix_mmap_threshold
@@ -64,7 +64,7 @@ class _Run:
         """One split of the data folder as the settings ask (bad images skipped or not, at most max_images)."""
         s = self.settings
         return first_images(SplitDataset(s.paths.data_path, split, labelled=labelled, skip_bad=s.system.skip_bad_images,
-                                      classes=s.dataset.classes), s.system.max_images)
+                                      classes=s.dataset.classes, bands=s.dataset.input_bands.count), s.system.max_images)
 
     def output_folder(self, folder: str, setting: str, remove_stale: Callable[[], list[str]]) -> None:
         """Make ``folder`` (the value of ``setting``) ready for this run's files: created and checked
@@ -181,6 +181,9 @@ def _refinement(s: Settings, device: torch.device) -> Refinement | None:
 
     if not (s.run.refine or s.paths.refine_path):
         return None
+    if not s.dataset.input_bands.is_rgb:
+        raise ConfigError(f"the refinement reads RGB images, this data set's have {s.dataset.input_bands.count} "
+                          f"bands; drop `refine`/`refine_path`")
     stored = None if s.paths.refine_path is None else read_refinement(s.paths.refine_path)
     # A trained refinement reads what it was trained with; a fresh one what `refine_context` says.
     reads_global = (stored.record.context if stored is not None and not s.run.refine
@@ -296,6 +299,8 @@ def run(argv: list[str] | None = None) -> int:
         training=base_training, pretrained=s.training.pretrained, gamma_init=s.training.gamma_init,
         n_class=s.dataset.classes.n_class, correlation=s.dataset.correlation, class_table=s.dataset.classes.record(),
         memory_format=memory_format_for(s.run.backbone, device.type, base_training),
+        # Training reads the data set's bands; predicting without a prepared folder, the file's.
+        bands=s.dataset.input_bands if training or not s.dataset.input_bands.is_rgb else None,
     ).to(device)
     refinement = _refinement(s, device)
     if s.paths.glo_path is not None and glo_path is None and (refinement is None or refinement.context_net is None):

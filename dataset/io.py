@@ -158,8 +158,28 @@ def _to_rgb(image: Image.Image, path: str, warn: bool = True) -> np.ndarray:
 _BAND_BYTES = 1 << 24
 
 
-def read_image(path: str) -> torch.Tensor:
-    """Read an image file as uint8 RGB (3, H, W) (see the module docstring for conversions and errors).
+def read_bands(path: str, count: int) -> torch.Tensor:
+    """The first ``count`` bands of a raster (a tile of ``tools.prepare_scenes``) as uint8 (count, H, W),
+    through GDAL; DataError naming the file when it has fewer bands or other than 8-bit values."""
+    import rasterio
+
+    _check_file(path, "image")
+    try:
+        with rasterio.open(path) as src:
+            if src.count < count or any(dtype != "uint8" for dtype in src.dtypes[:count]):
+                raise DataError(f"image {path} has {src.count} band(s) of {src.dtypes[0]}, but the data set reads "
+                                f"{count} uint8 bands; prepare it again with python -m tools.prepare_scenes")
+            data = torch.from_numpy(src.read(list(range(1, count + 1))))
+    except rasterio.errors.RasterioError as exc:
+        raise DataError(f"image {path} cannot be read ({str(exc).strip().splitlines()[0]}); replace the file") from None
+    if get_worker_info() is not None:
+        data.share_memory_()
+    return data
+
+
+def read_image(path: str, bands: int = 3) -> torch.Tensor:
+    """Read an image file as uint8 RGB (3, H, W) (see the module docstring for conversions and errors);
+    with ``bands`` above 3, its first ``bands`` bands through GDAL (``read_bands``).
 
     Memory: Pillow decodes the whole file (4 bytes per pixel for RGB, its internal layout); the result
     tensor (3 bytes per pixel) is allocated once and filled from the decoded image about 16 MB at a
@@ -168,6 +188,8 @@ def read_image(path: str) -> torch.Tensor:
     the whole image through numpy first would need about 10). In a DataLoader worker the result is
     allocated in shared memory, so handing it to the main process copies nothing.
     """
+    if bands != 3:
+        return read_bands(path, bands)
     with opened_image(path, "image") as image:
         height, width = image.height, image.width
         out = torch.empty((3, height, width), dtype=torch.uint8)

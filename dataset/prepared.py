@@ -65,7 +65,7 @@ class PrepareOptions:
     seed: int = 0
     class_field: str | None = None
     unlabelled: str | None = None  # None: no label -> ignored; a class name: that class
-    bands: tuple[int, int, int] | None = None
+    bands: tuple[int, ...] | None = None
     input_range: InputRange | None = None
 
     def check(self, classes: ClassTable) -> int | None:
@@ -102,14 +102,33 @@ class SplitCounts:
         self.tiles += 1
 
 
+class BandStatistics:
+    """Running mean and standard deviation of each band (values / 255) over the pixels added."""
+
+    def __init__(self, count: int) -> None:
+        self.sums = np.zeros((3, count), dtype=np.float64)  # pixels, sum, sum of squares
+
+    def add(self, image: np.ndarray, inside: np.ndarray) -> None:
+        values = image[:, inside].astype(np.float64) / 255
+        self.sums += np.stack([np.full(len(values), values.shape[1]), values.sum(1), (values ** 2).sum(1)])
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        n = np.maximum(self.sums[0], 1)
+        mean = self.sums[1] / n
+        std = np.sqrt(np.maximum(self.sums[2] / n - mean ** 2, 0))
+        return [round(float(v), 6) for v in mean], [round(float(max(v, 1e-3)), 6) for v in std]
+
+
 @dataclass
 class PrepareSummary:
-    """The outcome of ``prepare_scenes``: per split, per scene, and the dropped tiles."""
+    """The outcome of ``prepare_scenes``: per split, per scene, the dropped tiles, and the statistics of
+    each band on the training tiles."""
 
     classes: ClassTable
     splits: dict[str, SplitCounts]
     scenes: list[dict]
     dropped: int
+    statistics: BandStatistics
 
     def lines(self) -> list[str]:
         """The summary printed at the end: per split, tiles and each class's share of the labelled pixels."""
@@ -198,8 +217,8 @@ def _write_tile(path: str, data: np.ndarray, grid: SceneGrid, top: int, left: in
 
     profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0], dtype="uint8",
                    compress="deflate", nodata=nodata)
-    if data.shape[0] == 3:
-        profile["photometric"] = "RGB"  # three uint8 bands are R, G, B, with no alpha
+    if data.shape[0] >= 3:  # R, G, B (and further bands that are no alpha: GDAL takes a 4th uint8 band for one)
+        profile["photometric"] = "RGB" if data.shape[0] == 3 else "MINISBLACK"
     if grid.crs is not None:
         profile.update(crs=grid.crs, transform=grid.window_transform(top, left))
     try:
@@ -255,6 +274,7 @@ def prepare_scenes(scenes: Sequence[str], labels: Sequence[str], classes: ClassT
         for folder in _folders(dst, split):
             os.makedirs(folder, exist_ok=True)
     splits = {split: SplitCounts(pixels=[0] * classes.n_class) for split in SPLITS}
+    statistics = BandStatistics(len(options.bands or (1, 2, 3)))
     written_scenes, dropped = [], 0
     for index, (path, label_path) in enumerate(zip(scenes, label_paths)):
         with RasterScene(path, options.bands, options.input_range) as scene:
@@ -278,6 +298,10 @@ def prepare_scenes(scenes: Sequence[str], labels: Sequence[str], classes: ClassT
                         record["dropped"] += 1
                         continue
                     image = scene.read(top, left, t, t)
+                    if split == "train":
+                        inside = np.zeros((t, t), dtype=bool)
+                        inside[:min(t, scene.height - top), :min(t, scene.width - left)] = True
+                        statistics.add(image, inside if valid is None else inside & valid)
                     tile_id = f"{stem_of(path)}_r{r:03d}_c{c:03d}"
                     sat_dir, label_dir = _folders(dst, split)
                     _write_tile(os.path.join(sat_dir, tile_id + IMAGE_SUFFIX + ".tif"), image, grid, top, left, None)
@@ -289,7 +313,7 @@ def prepare_scenes(scenes: Sequence[str], labels: Sequence[str], classes: ClassT
     if splits["train"].tiles == 0:
         raise DataError(f"no training tile has a labelled pixel (of {dropped} dropped); check that the labels cover the "
                         f"scenes of the training split, or change `seed`/`split_by`")
-    summary = PrepareSummary(classes, splits, written_scenes, dropped)
+    summary = PrepareSummary(classes, splits, written_scenes, dropped, statistics)
     _write_dataset_json(dst, classes, options, summary)
     os.unlink(os.path.join(dst, MARKER))
     return summary
@@ -310,6 +334,7 @@ def _write_dataset_json(dst: str, classes: ClassTable, options: PrepareOptions, 
         "classes": prepared_table(classes).record(),
         "ignore": IGNORE_INDEX,
         "bands": list(options.bands or (1, 2, 3)),
+        "band_statistics": dict(zip(("mean", "std"), summary.statistics.mean_std())),
         "input_range": None if rule is None else rule.describe(),
         "tile_size": options.tile_size, "split_by": options.split_by, "block_tiles": options.block_tiles,
         "val": options.val, "test": options.test, "seed": options.seed,
@@ -322,8 +347,19 @@ def _write_dataset_json(dst: str, classes: ClassTable, options: PrepareOptions, 
     atomic_write(os.path.join(dst, DATASET_JSON), lambda handle: handle.write(json.dumps(content, indent=1)), mode="w")
 
 
-def load_prepared(folder: str) -> ClassTable | None:
-    """The class table of a prepared folder (its ``dataset.json``), or None when ``folder`` has none;
+@dataclass(frozen=True)
+class Prepared:
+    """What the trainer takes from a prepared folder: the class table, the number of bands and each
+    band's mean and standard deviation (values / 255) on the training tiles."""
+
+    classes: ClassTable
+    bands: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def load_prepared(folder: str) -> Prepared | None:
+    """What a prepared folder's ``dataset.json`` says (``Prepared``), or None when ``folder`` has none;
     ConfigError for a file that is not a readable preparation."""
     path = os.path.join(folder, DATASET_JSON)
     if not os.path.isfile(path):
@@ -339,4 +375,9 @@ def load_prepared(folder: str) -> ClassTable | None:
     if raw.get("version") != VERSION:
         raise ConfigError(f"{path} has version {raw.get('version')}, this code reads version {VERSION}; prepare the "
                           f"folder again")
-    return table_from_dict(raw["classes"], path)
+    stats = raw.get("band_statistics") or {}
+    count = len(raw.get("bands") or (1, 2, 3))
+    mean, std = tuple(stats.get("mean") or (0.5,) * count), tuple(stats.get("std") or (0.25,) * count)
+    if len(mean) != count or len(std) != count:
+        raise ConfigError(f"{path}: `band_statistics` do not match its {count} bands; prepare the folder again")
+    return Prepared(table_from_dict(raw["classes"], path), count, mean, std)

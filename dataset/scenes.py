@@ -4,13 +4,14 @@ Inputs. ``expand_inputs`` turns what the user typed (files, folders, glob patter
 paths) into a sorted list of files, checked to exist and to have distinct stems (two scenes called
 ``a`` would write the same ``a_mask.tif``).
 
-Reading. ``RasterScene`` opens any file GDAL reads and hands out windows as uint8 RGB (3, h, w)
-numpy arrays. It never reads the whole scene: a window outside the scene is zeros (black), as if the
-scene had been padded. What the network sees is fixed by three documented rules:
+Reading. ``RasterScene`` opens any file GDAL reads and hands out windows as uint8 (bands, h, w)
+numpy arrays: R, G, B, and any further bands a network of more bands reads (``models.bands``). It
+never reads the whole scene: a window outside the scene is zeros (black), as if the scene had been
+padded. What the network sees is fixed by three documented rules:
 
-- bands: ``bands`` picks the three bands (1-based, GDAL's numbering) used as R, G, B; by default the
-  first three, with a warning when the file has more. A scene with fewer than three bands needs
-  ``bands`` (``1,1,1`` for a grey scene);
+- bands: ``bands`` picks the three bands (1-based, GDAL's numbering) used as R, G, B, and any further
+  bands after them; by default the first three, with a warning when the file has more. A scene with
+  fewer than three bands needs ``bands`` (``1,1,1`` for a grey scene);
 - values: uint8 scenes are used as they are. Every other data type needs an explicit ``input_range``
   (``InputRange``): value ``v`` of band ``b`` becomes ``round(clip((v - low_b) / (high_b - low_b), 0, 1) *
   255)``. The range is either given (one ``LOW,HIGH`` pair for all bands, or one per band) or computed by
@@ -144,8 +145,8 @@ class InputRange:
             if not (0 <= low < high <= 100):
                 raise ConfigError(f"`input_range` percentiles {values[0]!r} must satisfy 0 <= LOW < HIGH <= 100")
             return InputRange(percentiles=(low, high))
-        if len(values) not in (1, 3):
-            raise ConfigError(f"`input_range` takes one LOW,HIGH pair for all bands or three (one per band), "
+        if len(values) not in (1, 3) and len(values) < 3:
+            raise ConfigError(f"`input_range` takes one LOW,HIGH pair for all bands or one per band, "
                               f"got {len(values)}")
         return InputRange(pairs=tuple(pair(v) for v in values))
 
@@ -155,15 +156,17 @@ class InputRange:
         return " ".join(f"{lo:g}..{hi:g}" for lo, hi in self.pairs)
 
 
-def parse_bands(text: str) -> tuple[int, int, int]:
-    """``"4,3,2"`` -> (4, 3, 2): the 1-based bands used as R, G, B."""
+def parse_bands(text: str) -> tuple[int, ...]:
+    """``"4,3,2"`` -> (4, 3, 2): the 1-based bands used as R, G, B, then any further bands a network of
+    more bands reads (``"1,2,3,4"``: R, G, B and near-infrared)."""
     try:
         bands = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(f"`bands` {text!r} is not three band numbers such as 1,2,3") from None
-    if len(bands) != 3 or min(bands) < 1:
-        raise ConfigError(f"`bands` {text!r} must be three band numbers from 1 (e.g. 1,2,3 or 4,3,2)")
-    return bands  # type: ignore[return-value]
+        raise ConfigError(f"`bands` {text!r} is not band numbers such as 1,2,3") from None
+    if len(bands) < 3 or min(bands) < 1:
+        raise ConfigError(f"`bands` {text!r} must be at least three band numbers from 1 (e.g. 1,2,3, 4,3,2 or "
+                          f"1,2,3,4)")
+    return bands
 
 
 def _rasterio():
@@ -222,6 +225,7 @@ class RasterScene:
                 raise DataError(f"`bands` {','.join(map(str, bands))}: image {path} has bands 1..{self.count} only; "
                                 f"choose band numbers in that range")
         self.bands = tuple(int(b) for b in bands)
+        self.channels = len(self.bands)
         dtypes = {src.dtypes[b - 1] for b in self.bands}
         if len(dtypes) != 1:
             raise InputFileError(f"image {path}: bands {self.bands} have different data types ({', '.join(sorted(dtypes))}); "
@@ -246,7 +250,10 @@ class RasterScene:
             self._scale = self._percentile_pairs(*input_range.percentiles)
         else:
             pairs = input_range.pairs
-            self._scale = np.array(pairs * 3 if len(pairs) == 1 else pairs, dtype=np.float64)
+            if len(pairs) not in (1, len(self.bands)):
+                raise ConfigError(f"`input_range` gives {len(pairs)} pairs for {len(self.bands)} bands; give one pair "
+                                  f"for all bands or one per band")
+            self._scale = np.array(pairs * len(self.bands) if len(pairs) == 1 else pairs, dtype=np.float64)
         if self._scale is not None:
             text = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, (lo, hi) in zip(self.bands, self._scale))
             log.info("%s: %s pixels mapped to 0..255 linearly (%s)", path, self.dtype, text)
@@ -303,8 +310,8 @@ class RasterScene:
         return masks.any(axis=0)
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
-        """uint8 (3, height, width): the window at (top, left), zeros outside the scene and at invalid pixels."""
-        out = np.zeros((3, height, width), dtype=np.uint8)
+        """uint8 (bands, height, width): the window at (top, left), zeros outside the scene and at invalid pixels."""
+        out = np.zeros((self.channels, height, width), dtype=np.uint8)
         y0, x0, y1, x1 = self._clip(top, left, height, width)
         if y1 <= y0 or x1 <= x0:
             return out
@@ -330,7 +337,7 @@ class RasterScene:
         out = np.zeros((height, width), dtype=bool)
         y0, x0, y1, x1 = self._clip(top, left, height, width)
         # GDAL returns one mask per band: a few rows at a time, so a band of a wide scene costs little.
-        rows = max(1, (1 << 23) // (3 * max(1, x1 - x0)))
+        rows = max(1, (1 << 23) // (self.channels * max(1, x1 - x0)))
         for r0 in range(y0, y1, rows) if x1 > x0 else ():
             r1 = min(r0 + rows, y1)
             out[r0 - top:r1 - top, x0 - left:x1 - left] = self._valid_raw(r0, x0, r1, x1)
@@ -338,17 +345,17 @@ class RasterScene:
 
     # --- statistics ------------------------------------------------------------------------------------
     def _strips(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """(raw values (3, rows, W), valid (rows, W) or None) over the scene, whole block rows at a time."""
+        """(raw values (bands, rows, W), valid (rows, W) or None) over the scene, whole block rows at a time."""
         itemsize = np.dtype(self.dtype).itemsize
         block = self.block_height
-        rows = max(block, _STRIP_BYTES // max(1, 3 * self.width * itemsize) // block * block)
+        rows = max(block, _STRIP_BYTES // max(1, self.channels * self.width * itemsize) // block * block)
         for y0 in range(0, self.height, rows):
             y1 = min(y0 + rows, self.height)
             raw = self._read_raw(y0, 0, y1, self.width)
             yield raw, (self._valid_raw(y0, 0, y1, self.width) if self.has_mask else None)
 
     def _percentile_pairs(self, low: float, high: float) -> np.ndarray:
-        """(3, 2) float64: the low and high percentiles of each selected band over its valid pixels.
+        """(bands, 2) float64: the low and high percentiles of each selected band over its valid pixels.
 
         Integer scenes of at most 16 bits are counted exactly in one pass (a 65536-bin histogram).
         Other types take two passes: the minimum and maximum, then a 65536-bin histogram between them,
@@ -358,10 +365,10 @@ class RasterScene:
         if exact:
             offset, lo_edge, width = (-32768 if np.dtype(self.dtype).kind == "i" else 0), None, 1.0
         else:
-            lows = np.full(3, np.inf)
-            highs = np.full(3, -np.inf)
+            lows = np.full(self.channels, np.inf)
+            highs = np.full(self.channels, -np.inf)
             for raw, valid in self._strips():
-                for b in range(3):
+                for b in range(self.channels):
                     values = raw[b] if valid is None else raw[b][valid]
                     values = values[np.isfinite(values)] if values.dtype.kind == "f" else values
                     if values.size:
@@ -371,9 +378,9 @@ class RasterScene:
                 raise InputFileError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from",
                                      path=self.path)
             lo_edge, width = lows, np.maximum(highs - lows, 1e-12) / 65536
-        counts = np.zeros((3, 65536), dtype=np.int64)
+        counts = np.zeros((self.channels, 65536), dtype=np.int64)
         for raw, valid in self._strips():
-            for b in range(3):
+            for b in range(self.channels):
                 values = raw[b] if valid is None else raw[b][valid]
                 if exact:
                     index = values.astype(np.int64) - offset
@@ -385,8 +392,8 @@ class RasterScene:
         if not totals.all():
             raise InputFileError(f"image {self.path} has no valid pixel to compute `input_range` percentiles from",
                                  path=self.path)
-        pairs = np.zeros((3, 2))
-        for b in range(3):
+        pairs = np.zeros((self.channels, 2))
+        for b in range(self.channels):
             cumulative = np.cumsum(counts[b])
             for k, q in enumerate((low, high)):
                 rank = min(totals[b] - 1, int(np.floor(q / 100 * (totals[b] - 1))))

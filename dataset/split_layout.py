@@ -9,7 +9,8 @@ are only used by the prepare tool.
 
 Items are listed (and, when labelled, checked for masks) when the data set is built, so a missing folder or
 mask stops the run before any training; pixels are read lazily in `__getitem__`, i.e. in DataLoader workers.
-An item is `{"id": str, "image": uint8 (3, H, W), "label": uint8 (H, W) or None, "path": str}`.
+An item is `{"id": str, "image": uint8 (3, H, W), "label": uint8 (H, W) or None, "path": str}` (the image
+has `bands` bands for a data set of more: see dataset/prepared.py).
 
 Bad files (`skip_bad`). By default an unreadable image or mask raises DataError, which stops the run. With
 `skip_bad=True`:
@@ -107,8 +108,10 @@ class SplitDataset(Dataset):
         ids: list[str] | None = None,
         skip_bad: bool = False,
         classes: ClassTable = DEEPGLOBE,
+        bands: int = 3,
     ) -> None:
         self.split = split
+        self.bands = bands  # images are read as RGB (3), or as their first `bands` bands
         self.classes = classes
         self.labelled = labelled
         self.skip_bad = skip_bad
@@ -163,7 +166,7 @@ class SplitDataset(Dataset):
     def __getitem__(self, index: int) -> Item | None:
         path = self.image_paths[index]
         try:
-            image = read_image(path)
+            image = read_image(path, self.bands)
             label = read_mask(self.label_path(index), tuple(image.shape[1:]), self.classes) if self.labelled else None
         except DataError as error:
             if not self.skip_bad:

@@ -78,10 +78,21 @@ class SceneOutputs:
 
 @dataclass(frozen=True)
 class SceneReading:
-    """How scene pixels become the network's RGB input (``dataset.scenes``)."""
+    """How scene pixels become the network's input (``dataset.scenes``): ``bands`` (R, G, B, then any
+    further bands the network reads; None: the first three, or the first N for a network of N bands)."""
 
-    bands: tuple[int, int, int] | None = None
+    bands: tuple[int, ...] | None = None
     input_range: InputRange | None = None
+
+    def bands_for(self, count: int) -> tuple[int, ...] | None:
+        """The scene bands a network of ``count`` bands reads (None: RasterScene's default, bands 1, 2, 3);
+        ConfigError when ``bands`` names another number of them."""
+        if self.bands is None:
+            return None if count == 3 else tuple(range(1, count + 1))
+        if len(self.bands) != count:
+            raise ConfigError(f"`bands` names {len(self.bands)} bands ({','.join(map(str, self.bands))}) but the model "
+                              f"reads {count}; give {count} band numbers, R, G, B first")
+        return self.bands
 
 
 def check_outputs(paths: list[str], outputs: SceneOutputs, reading: SceneReading) -> None:
@@ -115,11 +126,14 @@ def cache_blocks(predictor: Predictor, block: int = BLOCK) -> int:
 def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: torch.device):
     """(source, GeoTIFF profile, RasterScene or None) of one input file."""
     if uses_pillow(path):
+        if predictor.net.bands.count != 3:
+            raise ConfigError(f"{path} is a JPEG/PNG, read as 8-bit RGB, but the model reads "
+                              f"{predictor.net.bands.describe()}; give it a raster with all its bands")
         image = read_image(path).to(device)
         yield TensorSource(image), {"height": image.shape[-2], "width": image.shape[-1], "crs": None,
                                     "transform": None}, None
         return
-    with RasterScene(path, reading.bands, reading.input_range) as scene:
+    with RasterScene(path, reading.bands_for(predictor.net.bands.count), reading.input_range) as scene:
         yield WindowedSource(scene, device, BLOCK, cache_blocks(predictor)), scene.profile(), scene
 
 

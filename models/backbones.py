@@ -7,6 +7,7 @@ the channel counts). FCtL's context modules add to ``top`` and read contexts onl
 
 import torch
 
+from models.bands import RGB, InputBands
 from models.fcn8 import FCN8
 from models.fpn import FPNResNet
 from models.interfaces import Backbone
@@ -27,19 +28,21 @@ def _lookup(name: str) -> tuple[type[Backbone], dict]:
     return _BUILDERS[name]
 
 
-def build_backbone(name: str, n_class: int, head: bool = True, pretrained: bool = False) -> Backbone:
-    """Build backbone ``name``; head=False builds only what ``encode`` needs.
+def build_backbone(name: str, n_class: int, head: bool = True, pretrained: bool = False,
+                   bands: InputBands = RGB) -> Backbone:
+    """Build backbone ``name`` reading ``bands`` (``models.bands``); head=False builds only what ``encode``
+    needs.
 
     pretrained=True starts from ImageNet weights (raises CheckpointError when they cannot be fetched).
     """
     cls, kwargs = _lookup(name)
-    return cls(n_class=n_class, head=head, pretrained=pretrained, **kwargs)
+    return cls(n_class=n_class, head=head, pretrained=pretrained, bands=bands, **kwargs)
 
 
-def build_context_encoder(name: str, n_class: int) -> Backbone:
+def build_context_encoder(name: str, n_class: int, bands: InputBands = RGB) -> Backbone:
     """A backbone with just what ``context`` needs (for a frozen context/global encoder), random weights."""
     cls, _ = _lookup(name)
-    return build_backbone(name, n_class, head=cls.context_needs_head)
+    return build_backbone(name, n_class, head=cls.context_needs_head, bands=bands)
 
 
 def memory_format_for(name: str, device_type: str, training: bool) -> torch.memory_format:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from models.bands import InputBands
 from models.fctl import FCtLNet
 from models.interfaces import Backbone
 from models.modes import MODES
@@ -432,6 +433,24 @@ def _check_class_count(target: nn.Module, receiver: _Receiver, meta: dict, path:
         )
     if isinstance(target, FCtLNet):
         _check_classes(target, meta, path, what)
+    _check_bands(target, meta, path, what)
+
+
+def _check_bands(target: nn.Module, meta: dict, path: str, what: str) -> None:
+    """A file goes only into a model of as many bands as it records (three when it records none); the
+    model then normalises with the file's statistics, which its weights were trained with."""
+    ours = getattr(target, "bands", None)
+    if ours is None:
+        return
+    recorded = InputBands.from_record(meta.get("bands"))
+    if recorded.count != ours.count:
+        raise CheckpointError(
+            f"{what} {path} reads {recorded.describe()} but this model reads {ours.describe()}; train and predict "
+            f"with the same bands (a prepared folder's dataset.json, `bands`) or pick a checkpoint of {ours.count} bands")
+    if recorded != ours:
+        target.bands = recorded
+        if isinstance(target, FCtLNet):
+            target.backbone.bands = recorded
 
 
 def _check_shapes(receiver: _Receiver, weights: dict[str, torch.Tensor], path: str, what: str) -> None:
@@ -618,6 +637,8 @@ def export_weights(model: nn.Module) -> dict[str, Any]:
         "classes": net.class_table,
         "format_version": FORMAT_VERSION,
     }
+    if not net.bands.is_rgb:  # files of RGB models stay as they were
+        state[META_KEY]["bands"] = net.bands.record()
     return state
 
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torchvision
 from torchvision.models import VGG16_Weights
 
+from models.bands import RGB, InputBands, widen_first_conv
 from models.imagenet import imagenet_state_dict
 from models.interfaces import Backbone
 from models.padded_vgg import BackgroundPlan, Core, PaddedVGG
@@ -96,12 +97,14 @@ class FCN8(Backbone):
     # Background plans kept per encoder without autograd (one per input size, dtype and device in use).
     kept_plans = 4
 
-    def __init__(self, n_class: int, head: bool = True, pretrained: bool = False, skip_padding: bool = True) -> None:
+    def __init__(self, n_class: int, head: bool = True, pretrained: bool = False, skip_padding: bool = True,
+                 bands: InputBands = RGB) -> None:
         super().__init__()
         imagenet = imagenet_state_dict(VGG16_Weights.IMAGENET1K_V1) if pretrained else None
         self.n_class = n_class
         self.has_head = head
         self.skip_padding = skip_padding
+        self.bands = bands  # FCN8 does not normalise its input (as released), whatever the bands
         self._plans: dict[tuple, BackgroundPlan] = {}
         self.vgg = nn.Module()
         self.vgg.features = vgg16_features()
@@ -109,6 +112,7 @@ class FCN8(Backbone):
             self.vgg.features.load_state_dict(
                 {k[len("features."):]: v for k, v in imagenet.items() if k.startswith("features.")}
             )
+        self.vgg.features[0] = widen_first_conv(self.vgg.features[0], bands.count)
         if not head:
             return
         self.output = nn.Sequential(
@@ -133,7 +137,7 @@ class FCN8(Backbone):
         self.up_final = _fixed_upsampler(n_class, 16, 8)
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """x (B,3,H,W) in [0,1], not normalised -> ([p3, p4], p5)."""
+        """x (B,bands,H,W) in [0,1], not normalised -> ([p3, p4], p5)."""
         features = self.vgg.features
         if self.skip_padding and PaddedVGG.applies(features[0]):
             return self._encode_cores(x)

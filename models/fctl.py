@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from models.backbones import build_backbone, build_context_encoder
+from models.bands import RGB, InputBands
 from models.correlation import CORRELATIONS, FCtLCorrelation
 from models.fusion import AdaptiveFusion
 from models.inputs import NO_INPUTS, NetworkInputs
@@ -34,10 +35,13 @@ class FCtLNet(nn.Module):
     ``correlation``: "centred" (the DeepGlobe release's blocks) or "plain" (the Inria release's), for
     every correlation block. ``class_table``: a JSON-able description of the classes (names, colours),
     recorded in checkpoints so that a file is only used with the classes it was trained for.
+    ``bands``: what the network reads per pixel (``models.bands``; the backbone and every frozen encoder
+    alike), recorded in checkpoints when not RGB.
     """
 
     def __init__(self, mode: int, backbone: str = "fcn8_vgg16", n_class: int = 7, pretrained: bool = False,
-                 gamma_init: float = 0.0, correlation: str = "centred", class_table: dict | None = None) -> None:
+                 gamma_init: float = 0.0, correlation: str = "centred", class_table: dict | None = None,
+                 bands: InputBands = RGB) -> None:
         super().__init__()
         if correlation not in CORRELATIONS:
             raise ValueError(f"correlation must be one of {CORRELATIONS}, got {correlation!r}")
@@ -47,7 +51,8 @@ class FCtLNet(nn.Module):
         self.correlation = correlation
         self.class_table = class_table
         self.n_class = n_class
-        self.backbone = build_backbone(backbone, n_class, head=True, pretrained=pretrained)
+        self.bands = bands
+        self.backbone = build_backbone(backbone, n_class, head=True, pretrained=pretrained, bands=bands)
         channels, context = self.backbone.top_channels, self.backbone.context_channels
         centred = correlation == "centred"
         # Attribute names are the released ones: checkpoints are matched by them.
@@ -58,11 +63,11 @@ class FCtLNet(nn.Module):
         if spec.fused_branches:
             self.fusion = AdaptiveFusion(channels, spec.fused_branches)
         for encoder in spec.frozen:
-            setattr(self, encoder.attribute, self._frozen(backbone, n_class))
+            setattr(self, encoder.attribute, self._frozen(backbone, n_class, bands))
 
     @staticmethod
-    def _frozen(backbone: str, n_class: int) -> nn.Module:
-        encoder = build_context_encoder(backbone, n_class)
+    def _frozen(backbone: str, n_class: int, bands: InputBands) -> nn.Module:
+        encoder = build_context_encoder(backbone, n_class, bands)
         encoder.requires_grad_(False)
         return encoder.eval()
 
@@ -91,7 +96,7 @@ class FCtLNet(nn.Module):
         return self
 
     def encode_global(self, global_image: torch.Tensor) -> torch.Tensor:
-        """global_image (1,3,g,g) in [0,1] -> context of the frozen global encoder (1,C',hg,wg), without grad."""
+        """global_image (1,bands,g,g) in [0,1] -> context of the frozen global encoder (1,C',hg,wg), without grad."""
         if not hasattr(self, "global_encoder"):
             raise RuntimeError(f"mode {self.mode} has no global encoder")
         with torch.no_grad():

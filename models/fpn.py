@@ -25,6 +25,7 @@ from torchvision.models import ResNet18_Weights, ResNet50_Weights
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 
+from models.bands import RGB, InputBands, widen_first_conv
 from models.imagenet import imagenet_state_dict
 from models.interfaces import Backbone
 
@@ -36,8 +37,6 @@ _RESNETS = {
     18: (torchvision.models.resnet18, ResNet18_Weights.IMAGENET1K_V1, (64, 128, 256, 512)),
     50: (torchvision.models.resnet50, ResNet50_Weights.IMAGENET1K_V1, (256, 512, 1024, 2048)),
 }
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -58,8 +57,9 @@ class FPNResNet(Backbone):
     ``encode(x)`` -> skips [C2, C3, C4], top (B,256,H/32,W/32) (ceil); ``decode`` -> logits (B,n_class,H,W);
     ``context(x)`` -> what FCtL's correlation blocks read from a context (B,128,H/32,W/32), see
     ``context_features``.
-    Inputs are [0,1] RGB; they are normalised with the ImageNet mean/std inside ``encode`` because the
-    torchvision ResNet weights expect that (FCN8, faithful to the released model, does not normalise).
+    Inputs are [0,1] bands (``models.bands``); they are normalised band by band inside ``encode`` (ImageNet's
+    mean/std for R, G, B, because the torchvision ResNet weights expect that; FCN8, faithful to the
+    released model, does not normalise).
     head=False builds only ``body`` and ``top``; a frozen context/global encoder needs the head too.
     """
 
@@ -67,15 +67,18 @@ class FPNResNet(Backbone):
     context_channels = FPN_CHANNELS
     context_needs_head = True
 
-    def __init__(self, depth: int, n_class: int, head: bool = True, pretrained: bool = False) -> None:
+    def __init__(self, depth: int, n_class: int, head: bool = True, pretrained: bool = False,
+                 bands: InputBands = RGB) -> None:
         super().__init__()
         constructor, weights, channels = _RESNETS[depth]
         self.name = f"fpn_resnet{depth}"
         self.n_class = n_class
         self.has_head = head
+        self.bands = bands
         resnet = constructor(weights=None, norm_layer=group_norm)
         if pretrained:
             resnet.load_state_dict(without_running_stats(imagenet_state_dict(weights)))
+        resnet.conv1 = widen_first_conv(resnet.conv1, bands.count)
         self.body = IntermediateLayerGetter(resnet, return_layers=_LEVELS)
         self.top = nn.Sequential(
             nn.Conv2d(channels[3], TOP_CHANNELS, kernel_size=1, bias=False),
@@ -93,12 +96,10 @@ class FPNResNet(Backbone):
         )
 
     def encode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """x (B,3,H,W) in [0,1] -> ([C2, C3, C4], top)."""
+        """x (B,bands,H,W) in [0,1] -> ([C2, C3, C4], top)."""
         # Constants made on the input's device (not buffers: a model built on the meta device and
         # loaded from a file has no way to restore non-persistent buffers).
-        mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
-        levels = self.body((x - mean) / std)
+        levels = self.body(self.bands.normalise(x))
         return [levels["c2"], levels["c3"], levels["c4"]], self.top(levels["c5"])
 
     def head_features(self, skips: list[torch.Tensor], top: torch.Tensor) -> torch.Tensor:

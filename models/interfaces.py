@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from models.bands import InputBands
 from models.inputs import NetworkInputs
 from models.modes import Mode
 
@@ -70,12 +71,14 @@ class SegmentationNetwork(Protocol):
     """What ``pipeline.Predictor``, the training units and the engine use of a network.
 
     ``spec`` says what the network computes and reads (``models.modes.Mode``); calling it with the
-    patches x (B, 3, p, p) in [0, 1] and the ``NetworkInputs`` built for them (``pipeline.inputs``)
-    gives logits (B, n_class, p, p); ``encode_global`` turns the resized whole image (1, 3, g, g)
-    into the ``global_context`` the modes reading it take, without gradients.
+    patches x (B, bands, p, p) in [0, 1] and the ``NetworkInputs`` built for them (``pipeline.inputs``)
+    gives logits (B, n_class, p, p); ``encode_global`` turns the resized whole image (1, bands, g, g)
+    into the ``global_context`` the modes reading it take, without gradients. ``bands``: what it reads
+    per pixel (``models.bands.InputBands``; bands = ``bands.count``).
     """
 
     n_class: int
+    bands: InputBands
 
     @property
     def spec(self) -> Mode: ...

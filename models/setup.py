@@ -5,7 +5,8 @@ import logging
 
 import torch
 
-from models.checkpoint import load_weights
+from models.bands import RGB, InputBands
+from models.checkpoint import load_weights, read_checkpoint
 from models.fctl import FCtLNet
 from models.modes import SETTINGS, mode_spec
 from utils.errors import CheckpointError
@@ -29,6 +30,7 @@ def create_model(
     class_table: dict | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
     pre_setting: str = "pre_path",
+    bands: InputBands | None = RGB,
 ) -> FCtLNet:
     """Build the mode's network and load its checkpoints; returns it in train or eval mode.
 
@@ -48,7 +50,12 @@ def create_model(
     inference the file tensors are converted as they are loaded (see ``load_weights``).
     pre_setting: the setting that named ``pre_path``, for messages (a refinement's global model comes
     from `glo_path`).
+    bands: what the network reads per pixel (``models.bands``); a file of another band count is refused,
+    and the model normalises with the statistics its file records. None: what ``pre_path`` records (RGB
+    for a file that records nothing, or without ``pre_path``), for runs that predict with a file.
     """
+    if bands is None:
+        bands = RGB if pre_path is None else InputBands.from_record(read_checkpoint(pre_path)[1].get("bands"))
     # For inference with every part coming from a file, build on the meta device: no memory is spent
     # on random initial weights, and the loads below make the memory-mapped file tensors the model's.
     spec = mode_spec(mode)
@@ -56,7 +63,7 @@ def create_model(
     complete = not training and pre_path is not None and all(paths[e.setting] is not None for e in spec.frozen)
     with torch.device("meta") if complete else contextlib.nullcontext():
         model = FCtLNet(mode, backbone, n_class=n_class, pretrained=pretrained and pre_path is None,
-                        gamma_init=gamma_init, correlation=correlation, class_table=class_table)
+                        gamma_init=gamma_init, correlation=correlation, class_table=class_table, bands=bands)
     if pre_path is not None:
         log.info(load_weights(model, pre_path, what=f"`{pre_setting}`", allow_missing=training, assign=not training,
                               memory_format=memory_format).summary())

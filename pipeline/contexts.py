@@ -39,11 +39,11 @@ Positions = torch.Tensor | Sequence[int]
 
 
 def _as_image(image: torch.Tensor) -> torch.Tensor:
-    """Accept (3, H, W) or (1, 3, H, W) and return the (3, H, W) view."""
+    """Accept (bands, H, W) or (1, bands, H, W) and return the (bands, H, W) view."""
     if image.dim() == 4 and image.shape[0] == 1:
         image = image[0]
     if image.dim() != 3:
-        raise ValueError(f"expected an image (3, H, W) or (1, 3, H, W), got shape {tuple(image.shape)}")
+        raise ValueError(f"expected an image (bands, H, W) or (1, bands, H, W), got shape {tuple(image.shape)}")
     return image
 
 
@@ -126,7 +126,7 @@ def context_windows(
     if not (dtype.is_floating_point or dtype == torch.uint8):
         raise TypeError(f"context_windows needs a float or uint8 image, got {dtype}")
     top_list, left_list = _positions(tops, lefts)
-    out = torch.empty((len(top_list), 3, p, p), device=source.device,
+    out = torch.empty((len(top_list), source.channels, p, p), device=source.device,
                       dtype=dtype if dtype.is_floating_point else torch.float32)
     for i, (top, left) in enumerate(zip(top_list, left_list)):
         y0, x0, side = context_window(top, left, p, context)
@@ -230,10 +230,10 @@ def global_view(image: torch.Tensor | ImageSource, size_g: int, shape: tuple[int
         image = image.image
     if not isinstance(image, torch.Tensor):
         height, width = shape or (image.height, image.width)
-        if 3 * height * width > _STRIP_THRESHOLD:
+        if image.channels * height * width > _STRIP_THRESHOLD:
             source = image
-            return resize_in_strips(lambda top, bottom: source.strip(top, bottom, width), 3, height, width,
-                                    (size_g, size_g), source.device)
+            return resize_in_strips(lambda top, bottom: source.strip(top, bottom, width), source.channels, height,
+                                    width, (size_g, size_g), source.device)
         image = image.window(0, 0, height, width)
     image = _as_image(image)
     if not image.is_floating_point() and image.numel() > _STRIP_THRESHOLD:

@@ -181,7 +181,7 @@ class Predictor:
         p = self.cfg.size_p
         # One pass from the uint8 image into the float batch (in the network's memory format): each
         # crop is turned into its view as a strided view of the image and converted while copied.
-        x = torch.empty((len(jobs), 3, p, p), device=source.device,
+        x = torch.empty((len(jobs), source.channels, p, p), device=source.device,
                         memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         for xi, (vi, t, l) in zip(x, jobs):
             xi.copy_(to_view(source.window(t, l, p, p), views[vi]))

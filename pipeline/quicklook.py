@@ -26,8 +26,8 @@ def preview_size(height: int, width: int, max_side: int = MAX_SIDE) -> tuple[int
 
 
 def scene_thumbnail(source: ImageSource, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 (3, *size) of the whole scene, resized strip by strip."""
-    small = resize_in_strips(lambda top, bottom: source.strip(top, bottom, source.width), 3, source.height,
+    """uint8 (3, *size) of the whole scene (its first three bands: R, G, B), resized strip by strip."""
+    small = resize_in_strips(lambda top, bottom: source.strip(top, bottom, source.width)[:3], 3, source.height,
                              source.width, size, source.device)[0]
     return small.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 

@@ -26,30 +26,33 @@ import torch
 
 
 class ImageSource(Protocol):
-    """What the pipeline needs from an image: its size and boundless uint8 windows on ``device``."""
+    """What the pipeline needs from an image: its size, its number of bands (``channels``: 3 for RGB,
+    more for a network of more bands, see ``models.bands``) and boundless uint8 windows on ``device``."""
 
     height: int
     width: int
+    channels: int
     device: torch.device
 
     def window(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
-        """uint8 (3, height, width) at (top, left), zeros outside the image."""
+        """uint8 (channels, height, width) at (top, left), zeros outside the image."""
         ...
 
     def strip(self, top: int, bottom: int, width: int) -> torch.Tensor:
-        """uint8 (3, bottom - top, width): rows from column 0, for passes over the whole image."""
+        """uint8 (channels, bottom - top, width): rows from column 0, for passes over the whole image."""
         ...
 
 
 class TensorSource:
-    """An in-memory uint8 (3, H, W) image on its device."""
+    """An in-memory uint8 (bands, H, W) image on its device."""
 
     def __init__(self, image: torch.Tensor) -> None:
         if image.dim() == 4 and image.shape[0] == 1:
             image = image[0]
         if image.dim() != 3:
-            raise ValueError(f"expected an image (3, H, W) or (1, 3, H, W), got shape {tuple(image.shape)}")
+            raise ValueError(f"expected an image (bands, H, W) or (1, bands, H, W), got shape {tuple(image.shape)}")
         self.image = image
+        self.channels = int(image.shape[0])
         self.height, self.width = int(image.shape[-2]), int(image.shape[-1])
         self.device = image.device
 
@@ -73,7 +76,7 @@ class WindowReader(Protocol):
     width: int
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
-        """uint8 (3, height, width), zeros outside the image."""
+        """uint8 (bands, height, width), zeros outside the image (3 bands unless it has ``channels``)."""
         ...
 
 
@@ -90,6 +93,7 @@ class WindowedSource:
             raise ValueError(f"block ({block}) and capacity ({capacity}) must be positive")
         self.reader = reader
         self.height, self.width = int(reader.height), int(reader.width)
+        self.channels = int(getattr(reader, "channels", 3))
         self.device = torch.device(device)
         self.block, self.capacity = block, capacity
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
@@ -110,7 +114,7 @@ class WindowedSource:
         return data
 
     def window(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
-        out = torch.zeros((3, height, width), dtype=torch.uint8)
+        out = torch.zeros((self.channels, height, width), dtype=torch.uint8)
         y0, x0 = max(top, 0), max(left, 0)
         y1, x1 = min(top + height, self.height), min(left + width, self.width)
         b = self.block

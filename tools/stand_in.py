@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.bands import RGB
 from models.inputs import NO_INPUTS, NetworkInputs
 from models.modes import Mode, mode_spec
 
@@ -31,6 +32,7 @@ class StandIn(nn.Module):
 
     backbone_name = "stand_in"
     n_class = 7
+    bands = RGB
 
     def __init__(self, mode: int = 4, channels: int = 8, seed: int = 0) -> None:
         super().__init__()

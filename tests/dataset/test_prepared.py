@@ -157,8 +157,9 @@ def test_a_label_raster_in_another_crs_is_reprojected(source, tmp_path):
 
 def test_dataset_json_and_the_split_layout_read_the_ignore_value(source, tmp_path):
     summary = _prepare(source, tmp_path / "out")
-    table = load_prepared(str(tmp_path / "out"))
-    assert table.names == ("bare", "crop", "sheet") and table.ignore == IGNORE_INDEX
+    prepared = load_prepared(str(tmp_path / "out"))
+    table = prepared.classes
+    assert prepared.bands == 3 and len(prepared.mean) == 3 and table.names == ("bare", "crop", "sheet") and table.ignore == IGNORE_INDEX
     raw = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert raw["splits"]["train"]["tiles"] == summary.splits["train"].tiles and raw["bands"] == [1, 2, 3]
     assert raw["dropped_tiles"] == summary.dropped and len(raw["scenes"]) == 3
