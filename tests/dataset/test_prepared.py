@@ -159,7 +159,8 @@ def test_dataset_json_and_the_split_layout_read_the_ignore_value(source, tmp_pat
     summary = _prepare(source, tmp_path / "out")
     prepared = load_prepared(str(tmp_path / "out"))
     table = prepared.classes
-    assert prepared.bands == 3 and len(prepared.mean) == 3 and table.names == ("bare", "crop", "sheet") and table.ignore == IGNORE_INDEX
+    assert prepared.bands == 3 and len(prepared.mean) == 3
+    assert table.names == ("bare", "crop", "sheet") and table.ignore == IGNORE_INDEX
     raw = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert raw["splits"]["train"]["tiles"] == summary.splits["train"].tiles and raw["bands"] == [1, 2, 3]
     assert raw["dropped_tiles"] == summary.dropped and len(raw["scenes"]) == 3
