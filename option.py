@@ -153,7 +153,8 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     own.add_argument("--quicklook", action="store_true",
                      help="also write <stem>_preview.png: the scene and the mask over it, side by side, <= 2048 px")
     own.add_argument("--bands", default=None, metavar="R,G,B",
-                     help="1-based bands used as RGB (default: the first three; needed for scenes of 1-2 bands)")
+                     help="1-based bands used as RGB (default: the first three; needed for scenes of 1-2 bands); a "
+                          "model of N bands takes N numbers, R, G, B first (default: the first N)")
     own.add_argument("--input_range", nargs="+", default=None, metavar="LOW,HIGH",
                      help="how non-uint8 pixels map to 0..255: LOW,HIGH for all bands, one pair per band, or "
                           "percentiles pLOW,pHIGH of each band (e.g. p2,p98)")

@@ -201,3 +201,35 @@ def test_a_failed_write_leaves_no_file(tmp_path):
         with GeoTiffBandWriter(str(tmp_path / "m.tif"), profile, palette=PALETTE) as writer:
             writer.write(np.zeros((50, 80), np.uint8))
     assert os.listdir(tmp_path) == []
+
+
+def test_four_bands_are_read_in_the_given_order_with_one_range_per_band(tmp_path):
+    import rasterio
+
+    from dataset.io import read_bands
+    from utils.errors import DataError
+
+    assert parse_bands("1,2,3,4") == (1, 2, 3, 4)
+    data = np.stack([np.full((20, 30), v, dtype=np.uint16) for v in (100, 200, 300, 400)])
+    path = str(tmp_path / "four.tif")
+    with rasterio.open(path, "w", driver="GTiff", height=20, width=30, count=4, dtype="uint16",
+                       photometric="MINISBLACK") as out:
+        out.write(data)
+    ranges = InputRange.parse(["0,400", "0,400", "0,400", "0,800"])
+    with RasterScene(path, (4, 1, 2, 3), ranges) as scene:
+        window = scene.read(-2, 0, 10, 10)
+        assert scene.channels == 4 and window.shape == (4, 10, 10) and (window[:, :2] == 0).all()
+        assert window[:, 5, 5].tolist() == [255, 64, 128, 96]  # 400/400, 100/400, 200/400, 300/800 of 255
+    with pytest.raises(ConfigError, match="3 pairs for 4 bands"):
+        RasterScene(path, (1, 2, 3, 4), InputRange.parse(["0,1", "0,1", "0,1"]))
+    with pytest.raises(DataError, match="reads 5 uint8 bands"):
+        read_bands(path, 5)
+
+
+def test_scene_reading_gives_a_model_its_bands():
+    from engine.scenes import SceneReading
+
+    assert SceneReading().bands_for(3) is None and SceneReading().bands_for(4) == (1, 2, 3, 4)
+    assert SceneReading((4, 3, 2, 1)).bands_for(4) == (4, 3, 2, 1)
+    with pytest.raises(ConfigError, match="names 3 bands .* the model reads 4"):
+        SceneReading((1, 2, 3)).bands_for(4)
