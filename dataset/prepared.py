@@ -229,14 +229,17 @@ def _write_tile(path: str, data: np.ndarray, grid: SceneGrid, top: int, left: in
                         f"choose a writable `dst` with free space") from None
 
 
-def _grid(path: str) -> SceneGrid:
-    """The pixel grid of a scene raster, without reading pixels."""
+def _grid(path: str, bands: Sequence[int] | None) -> SceneGrid:
+    """The pixel grid of a scene raster, without reading pixels; DataError when it lacks one of ``bands``."""
     import rasterio
 
     if not os.path.isfile(path):
         raise DataError(f"scene {path} not found; check the path")
     try:
         with rasterio.open(path) as src:
+            if bands and max(bands) > src.count:
+                raise DataError(f"`bands` {','.join(map(str, bands))}: scene {path} has bands 1..{src.count} only; "
+                                f"choose band numbers in that range")
             georeferenced = src.crs is not None or not src.transform.is_identity
             return SceneGrid(src.height, src.width, src.crs, src.transform if georeferenced else None)
     except rasterio.errors.RasterioError as exc:
@@ -254,7 +257,7 @@ def prepare_scenes(scenes: Sequence[str], labels: Sequence[str], classes: ClassT
     if not scenes:
         raise ConfigError("`scenes` names no file")
     label_paths = pair_labels(scenes, labels)
-    grids = [_grid(path) for path in scenes]
+    grids = [_grid(path, options.bands) for path in scenes]
     for grid, label_path in zip(grids, label_paths):  # every label source is checked before anything is written
         with open_labels(label_path, grid, classes, class_field=options.class_field, unlabelled=unlabelled):
             pass

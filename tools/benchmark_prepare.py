@@ -5,7 +5,7 @@
 Writes (block by block, never whole) a ``size`` x ``size`` 4-band uint8 tiled GeoTIFF in UTM zone 31N
 of square parcels of ``cell`` px, and a GeoPackage in EPSG:4326 with one polygon per parcel of the left
 70% of the scene ((size / cell)^2 x 0.7 polygons: about 700,000 for the defaults), then prepares it in a
-fresh process (``--tile_size`` 2448, bands 1,2,3, split by block) and prints that process's peak
+fresh process (``--tile_size`` 2448, ``--bands`` 1,2,3,4, split by block) and prints that process's peak
 resident memory above its baseline after the imports (VmHWM - VmRSS, from /proc), the seconds, and
 the tiles written. The inputs are kept in ``--work`` for reruns (``--keep`` skips regenerating them).
 """
@@ -34,7 +34,7 @@ base = process_memory_mb("VmRSS")
 start = time.perf_counter()
 summary = prepare_scenes([args["scene"]], [args["labels"]], load_class_table(args["classes"]), args["dst"],
                          PrepareOptions(tile_size=args["tile"], split_by="block", block_tiles=2, val=0.2, test=0.2,
-                                        class_field="class", bands=(1, 2, 3)))
+                                        class_field="class", bands=tuple(args["bands"])))
 print(json.dumps({"seconds": time.perf_counter() - start, "baseline_mb": base,
                   "peak_above_baseline_mb": process_memory_mb("VmHWM") - base,
                   "tiles": sum(c.tiles for c in summary.splits.values()), "dropped": summary.dropped}))
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile_size", type=int, default=2448)
     parser.add_argument("--work", default="/tmp/bench_prepare", help="folder for the inputs and the output")
     parser.add_argument("--keep", action="store_true", help="reuse the inputs already in --work")
+    parser.add_argument("--bands", default="1,2,3,4", help="the bands prepared (default all four: 1,2,3,4)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     info_path = os.path.join(args.work, "inputs.json")
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(inputs, handle)
     print(f"inputs: {args.size} x {args.size} px 4-band scene, {inputs['polygons']} polygons "
           f"({time.perf_counter() - started:.0f} s)", flush=True)
-    child = {**inputs, "dst": os.path.join(args.work, "prepared"), "tile": args.tile_size}
+    child = {**inputs, "dst": os.path.join(args.work, "prepared"), "tile": args.tile_size,
+             "bands": [int(b) for b in args.bands.split(",")]}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(child)], cwd=repo, capture_output=True, text=True)
     if done.returncode != 0:

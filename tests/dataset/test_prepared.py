@@ -244,3 +244,28 @@ def test_a_scene_without_crs_takes_labels_on_its_pixel_grid(tmp_path):
         out.write(truth[None, ::2, ::2])
     with pytest.raises(DataError, match="must lie on its pixel grid"):
         prepare_scenes([str(scene)], [str(labels.parent)], classes, str(tmp_path / "out2"), options)
+
+
+@pytest.mark.parametrize(("driver", "suffix"), [("GeoJSON", ".geojson"), ("FlatGeobuf", ".fgb"),
+                                                ("ESRI Shapefile", ".shp")])
+def test_other_vector_formats_and_class_indices(source, tmp_path, driver, suffix):
+    import pyogrio
+
+    meta, _, wkb, (names,) = pyogrio.raw.read(source["vector"], columns=["class"])[:4]
+    indices = np.array([["bare", "crop", "sheet"].index(n) for n in names], dtype=np.int32)
+    path = str(tmp_path / f"labels{suffix}")
+    pyogrio.raw.write(path, wkb, [indices], fields=["kind"], crs="EPSG:4326", geometry_type="Polygon", driver=driver)
+    prepare_scenes(source["scenes"][:1], [path], load_class_table(source["classes"]), str(tmp_path / "out"),
+                   PrepareOptions(tile_size=TILE, split_by="block", block_tiles=1, val=0.2, test=0.2,
+                                  class_field="kind", bands=(1, 2, 3)))
+    for tile, (_split, label, *_rest) in _tiles(tmp_path / "out").items():
+        _scene, top, left = _place(tile)
+        truth = source["truth"][0][top:top + TILE, left:left + TILE]
+        columns = np.arange(left, left + TILE)[None, :]
+        assert np.array_equal(label, np.where(columns < COVERED, truth, IGNORE_INDEX))
+
+
+def test_a_band_the_scene_lacks_is_an_error_before_anything_is_written(source, tmp_path):
+    with pytest.raises(DataError, match="has bands 1..4 only"):
+        _prepare(source, tmp_path / "out", bands=(1, 2, 3, 5))
+    assert not (tmp_path / "out").exists()
