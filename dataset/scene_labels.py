@@ -18,8 +18,8 @@ read whole:
   wins). Pixels no polygon covers have no label.
 
 ``unlabelled`` (the ``--unlabelled`` rule): None leaves pixels without a label at ``IGNORE_INDEX``; a
-class index makes them that class instead (e.g. background around building footprints). Either way,
-pixels that a label raster marks as nodata count as "without a label".
+class index makes the pixels beyond the labels' coverage that class instead (e.g. background around
+building footprints). Nodata pixels of a label raster stay ``IGNORE_INDEX`` in either case.
 """
 
 from __future__ import annotations
@@ -135,9 +135,24 @@ class RasterLabels:
             self._view = src if same_grid else WarpedVRT(
                 src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                 resampling=Resampling.nearest)
+            self._footprint = None if same_grid else self._outline(src, grid)
         except BaseException:
             src.close()
             raise
+
+    @staticmethod
+    def _outline(src: Any, grid: SceneGrid) -> Any:
+        """The label raster's extent as a polygon in the scene's CRS (edges densified before transforming)."""
+        import shapely
+        from rasterio.warp import transform
+
+        box = shapely.segmentize(shapely.box(*src.bounds), max(src.res) * 16)
+
+        def move(coords: np.ndarray) -> np.ndarray:
+            xs, ys = transform(src.crs, grid.crs, coords[:, 0], coords[:, 1])
+            return np.column_stack([xs, ys])
+
+        return shapely.transform(box, move)
 
     def __enter__(self) -> RasterLabels:
         return self
@@ -177,8 +192,19 @@ class RasterLabels:
             labels = self.classes.index_values(band, where, "raster")
         labels = labels.copy()
         labels[~valid] = _fill(self.unlabelled)
+        if self.unlabelled is not None:  # nodata inside the raster stays unlabelled; only beyond it is a class
+            labels[~valid & self._inside(y0, x0, y1, x1)] = IGNORE_INDEX
         out[y0 - top:y1 - top, x0 - left:x1 - left] = labels
         return out
+
+    def _inside(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """bool (y1 - y0, x1 - x0): the scene pixels whose centre lies within the label raster's extent."""
+        if self._footprint is None:
+            return np.ones((y1 - y0, x1 - x0), dtype=bool)
+        from rasterio.features import rasterize
+
+        return rasterize([(self._footprint, 1)], out_shape=(y1 - y0, x1 - x0),
+                         transform=self.grid.window_transform(y0, x0), fill=0, dtype="uint8").astype(bool)
 
 
 class VectorLabels:

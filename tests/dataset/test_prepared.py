@@ -269,3 +269,23 @@ def test_a_band_the_scene_lacks_is_an_error_before_anything_is_written(source, t
     with pytest.raises(DataError, match="has bands 1..4 only"):
         _prepare(source, tmp_path / "out", bands=(1, 2, 3, 5))
     assert not (tmp_path / "out").exists()
+
+
+def test_label_raster_nodata_stays_ignored_while_beyond_it_becomes_the_unlabelled_class(source, tmp_path):
+    with rasterio.open(source["raster"]) as src:
+        coarse, profile = src.read(1), src.profile
+    half = coarse[:, : coarse.shape[1] // 2].copy()  # the left half of the scene, 2 m pixels
+    half[:8, :8] = 200  # nodata
+    profile.update(width=half.shape[1], nodata=200)
+    labels = tmp_path / "scene_2.tif"
+    with rasterio.open(labels, "w", **profile) as out:
+        out.write(half[None])
+    prepare_scenes([source["scenes"][2]], [str(labels)], load_class_table(source["classes"]), str(tmp_path / "out"),
+                   PrepareOptions(tile_size=TILE, split_by="block", block_tiles=1, val=0.2, test=0.2, bands=(1, 2, 3),
+                                  unlabelled="bare"))
+    truth = source["truth"][2]
+    expected = np.where(np.arange(SIZE)[None, :] < SIZE // 2, truth, 0)
+    expected[:16, :16] = IGNORE_INDEX  # 8 coarse pixels of 2 m: 16 scene pixels
+    for tile, (_split, label, *_rest) in _tiles(tmp_path / "out").items():
+        _scene, top, left = _place(tile)
+        assert np.array_equal(label, expected[top:top + TILE, left:left + TILE]), tile
