@@ -103,19 +103,22 @@ class SplitCounts:
 
 
 class BandStatistics:
-    """Running mean and standard deviation of each band (values / 255) over the pixels added."""
+    """Running mean and standard deviation of each band (values / 255) over the pixels added, from a
+    256-bin histogram per band (exact, and no float copy of a tile)."""
 
     def __init__(self, count: int) -> None:
-        self.sums = np.zeros((3, count), dtype=np.float64)  # pixels, sum, sum of squares
+        self.histograms = np.zeros((count, 256), dtype=np.int64)
 
     def add(self, image: np.ndarray, inside: np.ndarray) -> None:
-        values = image[:, inside].astype(np.float64) / 255
-        self.sums += np.stack([np.full(len(values), values.shape[1]), values.sum(1), (values ** 2).sum(1)])
+        """image: uint8 (bands, h, w); inside: bool (h, w), the pixels to count."""
+        for band, histogram in zip(image, self.histograms):
+            histogram += np.bincount(band[inside], minlength=256)
 
     def mean_std(self) -> tuple[list[float], list[float]]:
-        n = np.maximum(self.sums[0], 1)
-        mean = self.sums[1] / n
-        std = np.sqrt(np.maximum(self.sums[2] / n - mean ** 2, 0))
+        values = np.arange(256) / 255
+        n = np.maximum(self.histograms.sum(1), 1)
+        mean = (self.histograms * values).sum(1) / n
+        std = np.sqrt(np.maximum((self.histograms * values ** 2).sum(1) / n - mean ** 2, 0))
         return [round(float(v), 6) for v in mean], [round(float(max(v, 1e-3)), 6) for v in std]
 
 

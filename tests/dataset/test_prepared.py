@@ -289,3 +289,17 @@ def test_label_raster_nodata_stays_ignored_while_beyond_it_becomes_the_unlabelle
     for tile, (_split, label, *_rest) in _tiles(tmp_path / "out").items():
         _scene, top, left = _place(tile)
         assert np.array_equal(label, expected[top:top + TILE, left:left + TILE]), tile
+
+
+def test_band_statistics_match_a_direct_computation():
+    from dataset.prepared import BandStatistics
+
+    rng = np.random.default_rng(1)
+    stats = BandStatistics(4)
+    tiles = [rng.integers(0, 256, size=(4, 9, 7), dtype=np.uint8) for _ in range(3)]
+    masks = [rng.random((9, 7)) < 0.6 for _ in range(3)]
+    for tile, inside in zip(tiles, masks):
+        stats.add(tile, inside)
+    values = np.concatenate([tile[:, inside] for tile, inside in zip(tiles, masks)], axis=1) / 255
+    mean, std = stats.mean_std()
+    assert np.allclose(mean, values.mean(1), atol=1e-6) and np.allclose(std, values.std(1), atol=1e-6)
