@@ -150,6 +150,9 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     own.add_argument("--cog", action="store_true", help="write Cloud-Optimized GeoTIFFs (with overviews)")
     own.add_argument("--save_confidence", action="store_true",
                      help="also write <stem>_confidence: the top-1 softmax probability x 255 (uint8)")
+    own.add_argument("--save_probabilities", action="store_true",
+                     help="also write <stem>_probabilities.tif: one uint8 band per class, softmax probability x 255 "
+                          "(band descriptions: the class names)")
     own.add_argument("--quicklook", action="store_true",
                      help="also write <stem>_preview.png: the scene and the mask over it, side by side, <= 2048 px")
     own.add_argument("--bands", default=None, metavar="R,G,B",
@@ -304,8 +307,9 @@ class SceneSettings:
     output_format: str | None
     cog: bool
     save_confidence: bool
+    save_probabilities: bool
     quicklook: bool
-    bands: tuple[int, int, int] | None
+    bands: tuple[int, ...] | None
     input_range: InputRange | None
     skip_existing: bool
 
@@ -523,7 +527,8 @@ def _run_kind(args: argparse.Namespace) -> RunKind:
     return RunKind.PREDICT_SPLIT
 
 
-SCENE_ONLY = ("output_format", "cog", "save_confidence", "quicklook", "bands", "input_range", "skip_existing")
+SCENE_ONLY = ("output_format", "cog", "save_confidence", "save_probabilities", "quicklook", "bands", "input_range",
+              "skip_existing")
 
 
 def _scene_settings(args: argparse.Namespace) -> SceneSettings | None:
@@ -540,7 +545,8 @@ def _scene_settings(args: argparse.Namespace) -> SceneSettings | None:
     if args.split is not None:
         raise OptionError("--input replaces --split (and --data_path); drop --split")
     return SceneSettings(inputs=tuple(args.input), output_format=args.output_format, cog=args.cog,
-                         save_confidence=args.save_confidence, quicklook=args.quicklook,
+                         save_confidence=args.save_confidence, save_probabilities=args.save_probabilities,
+                         quicklook=args.quicklook,
                          bands=None if args.bands is None else parse_bands(args.bands),
                          input_range=None if args.input_range is None else InputRange.parse(args.input_range),
                          skip_existing=args.skip_existing)

@@ -253,8 +253,8 @@ def _predict_scenes(run: _Run, predictor: Predictor) -> None:
     s, scenes = run.settings, run.settings.scenes
     folder = s.paths.prediction_path
     paths = expand_inputs(list(scenes.inputs))
-    outputs = SceneOutputs(folder, scenes.output_format, scenes.cog, scenes.save_confidence, scenes.quicklook,
-                           scenes.skip_existing, s.dataset.classes)
+    outputs = SceneOutputs(folder, scenes.output_format, scenes.cog, scenes.save_confidence,
+                           scenes.save_probabilities, scenes.quicklook, scenes.skip_existing, s.dataset.classes)
     reading = SceneReading(scenes.bands, scenes.input_range)
     check_outputs(paths, outputs, reading)
     run.output_folder(folder, "prediction_path", lambda: remove_stale_outputs(folder))

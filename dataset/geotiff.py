@@ -1,9 +1,11 @@
-"""Writing single-band uint8 GeoTIFFs (class maps, confidences) band by band, never whole in memory.
+"""Writing uint8 GeoTIFFs (class maps, confidences, class probabilities) band by band, never whole in memory.
 
 ``GeoTiffBandWriter`` receives rows top to bottom, as the pipeline finalises them, and writes them
-into a tiled (512 x 512), deflate-compressed GeoTIFF with the scene's CRS and transform, so the mask
-lies exactly on the scene in a GIS. Rows are collected into whole tile rows before they are written
-(512 x W bytes), so GDAL never has to compress a tile twice. A class map gets the class palette as
+into a tiled (512 x 512), deflate-compressed GeoTIFF with the scene's CRS and transform (or its ground
+control points, and its rational polynomial coefficients), so the mask lies exactly on the scene in a
+GIS. A raster has one band, or one per entry of ``descriptions`` (the probabilities: one per class,
+named after it). Rows are collected into whole tile rows before they are written (512 x W bytes per
+band), so GDAL never has to compress a tile twice. A class map gets the class palette as
 its colour table and, where the scene has a nodata mask, the nodata value ``NODATA`` (255).
 
 With ``cog=True`` the finished GeoTIFF is turned into a Cloud-Optimized GeoTIFF (GDAL's COG driver:
@@ -38,14 +40,17 @@ class GeoTiffBandWriter:
     profile: ``RasterScene.profile()`` (height, width, crs, transform; crs and transform may be None).
     palette: (C, 3) uint8 colours of the class indices, or None for a grey band (confidence).
     nodata: the value written where the scene has no data, or None.
+    descriptions: one name per band of a multi-band raster (its bands' descriptions), None for one band.
     """
 
     def __init__(self, path: str, profile: dict, *, palette: np.ndarray | None = None, nodata: int | None = None,
-                 cog: bool = False) -> None:
+                 cog: bool = False, descriptions: list[str] | None = None) -> None:
         self.path, self.profile, self.palette, self.nodata, self.cog = path, profile, palette, nodata, cog
+        self.descriptions = descriptions
+        self.count = 1 if descriptions is None else len(descriptions)
         self.height, self.width = int(profile["height"]), int(profile["width"])
         self._rows = 0
-        self._buffer = np.zeros((min(TILE, self.height), self.width), dtype=np.uint8)
+        self._buffer = np.zeros((self.count, min(TILE, self.height), self.width), dtype=np.uint8)
         self._filled = 0
         self._written = 0
         self._stack = contextlib.ExitStack()
@@ -69,13 +74,20 @@ class GeoTiffBandWriter:
             tiled = self.width >= TILE and self.height >= TILE
             options = dict(blockxsize=TILE, blockysize=TILE) if tiled else {}
             georeferencing = {key: self.profile[key] for key in ("crs", "transform") if self.profile.get(key) is not None}
+            if self.profile.get("gcps"):  # georeferenced by ground control points instead of a transform
+                georeferencing["gcps"], georeferencing["crs"] = self.profile["gcps"]
+            if self.profile.get("rpcs") is not None:
+                georeferencing["rpcs"] = self.profile["rpcs"]
             with warnings.catch_warnings():  # a mask of a plain image has no georeferencing, as its input
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                self._dst = rasterio.open(self._tmp, "w", driver="GTiff", height=self.height, width=self.width, count=1,
+                self._dst = rasterio.open(self._tmp, "w", driver="GTiff", height=self.height, width=self.width,
+                                          count=self.count,
                                           dtype="uint8", nodata=self.nodata, tiled=tiled, compress="deflate",
                                           BIGTIFF="IF_SAFER", **georeferencing, **options)
             if self.palette is not None:
                 self._dst.write_colormap(1, _colormap(self.palette))
+            for band, name in enumerate(self.descriptions or (), start=1):
+                self._dst.set_band_description(band, name)
         except DataError:
             self._stack.close()
             raise
@@ -85,20 +97,23 @@ class GeoTiffBandWriter:
         return self
 
     def write(self, rows: np.ndarray) -> None:
-        """Append the next rows (h, width) uint8."""
+        """Append the next rows: (h, width) uint8 for one band, (count, h, width) for several."""
         rows = np.asarray(rows)
-        if rows.ndim != 2 or rows.shape[1] != self.width or self._rows + rows.shape[0] > self.height:
-            raise ValueError(f"a band of shape {rows.shape} does not fit the {self.height}x{self.width} raster "
-                             f"after {self._rows} rows")
-        start = 0
-        while start < rows.shape[0]:
-            take = min(rows.shape[0] - start, self._buffer.shape[0] - self._filled)
-            self._buffer[self._filled:self._filled + take] = rows[start:start + take]
+        if rows.ndim == 2 and self.count == 1:
+            rows = rows[None]
+        if (rows.ndim != 3 or rows.shape[0] != self.count or rows.shape[2] != self.width
+                or self._rows + rows.shape[1] > self.height):
+            raise ValueError(f"a band of shape {rows.shape} does not fit the {self.count}-band {self.height}x"
+                             f"{self.width} raster after {self._rows} rows")
+        start, n = 0, rows.shape[1]
+        while start < n:
+            take = min(n - start, self._buffer.shape[1] - self._filled)
+            self._buffer[:, self._filled:self._filled + take] = rows[:, start:start + take]
             self._filled += take
             start += take
-            if self._filled == self._buffer.shape[0] or self._rows + start == self.height:
+            if self._filled == self._buffer.shape[1] or self._rows + start == self.height:
                 self._flush()
-        self._rows += rows.shape[0]
+        self._rows += n
 
     def _flush(self) -> None:
         from rasterio.windows import Window
@@ -107,7 +122,7 @@ class GeoTiffBandWriter:
             return
         y0 = self._written
         try:
-            self._dst.write(self._buffer[:self._filled], 1, window=Window(0, y0, self.width, self._filled))
+            self._dst.write(self._buffer[:, :self._filled], window=Window(0, y0, self.width, self._filled))
         except Exception as exc:
             raise self._fail(exc) from None
         self._written = y0 + self._filled

@@ -10,8 +10,9 @@ never reads the whole scene: a window outside the scene is zeros (black), as if 
 padded. What the network sees is fixed by three documented rules:
 
 - bands: ``bands`` picks the three bands (1-based, GDAL's numbering) used as R, G, B, and any further
-  bands after them; by default the first three, with a warning when the file has more. A scene with
-  fewer than three bands needs ``bands`` (``1,1,1`` for a grey scene);
+  bands after them; by default the bands whose colour interpretation the file declares red, green and
+  blue, else the first three (with a warning when the file has more). A scene with fewer than three
+  bands needs ``bands`` (``1,1,1`` for a grey scene);
 - values: uint8 scenes are used as they are. Every other data type needs an explicit ``input_range``
   (``InputRange``): value ``v`` of band ``b`` becomes ``round(clip((v - low_b) / (high_b - low_b), 0, 1) *
   255)``. The range is either given (one ``LOW,HIGH`` pair for all bands, or one per band) or computed by
@@ -169,6 +170,15 @@ def parse_bands(text: str) -> tuple[int, ...]:
     return bands
 
 
+def declared_rgb(colorinterp: Sequence) -> tuple[int, int, int] | None:
+    """The 1-based bands a file declares red, green and blue (its colour interpretation), None unless it
+    declares all three."""
+    names = [c.name for c in colorinterp]
+    if not all(colour in names for colour in ("red", "green", "blue")):
+        return None
+    return tuple(names.index(colour) + 1 for colour in ("red", "green", "blue"))
+
+
 def _rasterio():
     import rasterio
     from rasterio.env import set_gdal_config
@@ -213,13 +223,19 @@ class RasterScene:
         self.height, self.width, self.count = src.height, src.width, src.count
         georeferenced = src.crs is not None or not src.transform.is_identity
         self.crs, self.transform = src.crs, (src.transform if georeferenced else None)
+        points, gcp_crs = src.gcps
+        self.gcps = (points, gcp_crs) if points else None  # ground control points instead of a transform
+        self.rpcs = src.rpcs  # rational polynomial coefficients, kept in the outputs
         if bands is None:
             if self.count < 3:
                 raise InputFileError(f"image {path} has {self.count} band{'s' if self.count != 1 else ''}, fewer than 3; "
                                      f"pass `bands` to choose them (e.g. 1,1,1 for a grey scene)", path=path)
-            if self.count > 3:
-                log.warning("%s: %d bands; using bands 1,2,3 as R,G,B (pass `bands` to choose others)", path, self.count)
-            bands = (1, 2, 3)
+            bands = declared_rgb(src.colorinterp)
+            if bands is None:
+                bands = (1, 2, 3)
+                if self.count > 3:
+                    log.warning("%s: %d bands, none declared red, green and blue; using bands 1,2,3 as R,G,B (pass "
+                                "`bands` to choose others)", path, self.count)
         for band in bands:
             if not 1 <= band <= self.count:
                 raise DataError(f"`bands` {','.join(map(str, bands))}: image {path} has bands 1..{self.count} only; "
@@ -272,16 +288,38 @@ class RasterScene:
         return int(self._src.block_shapes[0][0])
 
     def profile(self) -> dict:
-        """What an output raster needs to lie exactly on this scene: size, CRS and transform."""
-        return {"height": self.height, "width": self.width, "crs": self.crs, "transform": self.transform}
+        """What an output raster needs to lie exactly on this scene: size, CRS and transform, or its
+        ground control points (``gcps``: (points, CRS)) and rational polynomial coefficients (``rpcs``)."""
+        return {"height": self.height, "width": self.width, "crs": self.crs, "transform": self.transform,
+                "gcps": self.gcps, "rpcs": self.rpcs}
+
+    def masking(self) -> str:
+        """What marks this scene's invalid pixels, for the log: a nodata value, a mask band, an alpha band, or none."""
+        from rasterio.enums import MaskFlags
+
+        flags = {flag for b in self.bands for flag in self._src.mask_flag_enums[b - 1]}
+        if MaskFlags.nodata in flags:
+            return f"nodata value {self._src.nodata:g}"
+        if MaskFlags.alpha in flags:
+            alpha = [i + 1 for i, c in enumerate(self._src.colorinterp) if c.name == "alpha"]
+            return f"alpha band {alpha[0]}" if alpha else "an alpha band"
+        if MaskFlags.per_dataset in flags:
+            return "a mask band"
+        return "nothing (every pixel valid)"
 
     def describe(self) -> str:
+        """One line for the log: size, bands and type, the bands read (as R, G, B, ...), the
+        georeferencing, and what masks pixels."""
         text = f"{self.width}x{self.height} px, {self.count} band{'s' if self.count != 1 else ''} {self.dtype}"
-        if self.bands != (1, 2, 3):
-            text += f", bands {','.join(map(str, self.bands))}"
+        extra = f" + {self.channels - 3} more" if self.channels > 3 else ""
+        text += f", bands {','.join(map(str, self.bands))} as R, G, B{extra}"
         if self.crs is not None:
             text += f", {self.crs.to_string()}"
-        return text + (", with nodata mask" if self.has_mask else "")
+        elif self.gcps is not None:
+            text += f", {len(self.gcps[0])} ground control points"
+        if self.rpcs is not None:
+            text += ", RPCs"
+        return text + f", masked by {self.masking()}"
 
     # --- reading ---------------------------------------------------------------------------------------
     def _clip(self, top: int, left: int, height: int, width: int):

@@ -9,10 +9,13 @@ memory. The prediction streams band by band into the outputs:
   colour table, tiled and compressed; a Cloud-Optimized GeoTIFF with ``cog``) or ``<stem>_mask.png``
   (the DeepGlobe colour PNG); ``SceneOutputs.fmt`` overrides the choice;
 - with ``confidence``: ``<stem>_confidence.tif|png``, the top-1 softmax probability x 255;
+- with ``probabilities``: ``<stem>_probabilities.tif``, one band per class (named after it):
+  round(255 x the softmax of the mean logits), the confidence's definition for every class, same
+  georeferencing (a COG with ``cog``); always a TIFF, whatever the mask's format;
 - with ``quicklook``: ``<stem>_preview.png`` (``pipeline.quicklook``).
 
 Pixels the scene marks as nodata get ``NODATA`` (255, declared as the GeoTIFF's nodata value) in a
-GeoTIFF mask, class 0 in a PNG mask, and confidence 0. Every file is written under a temporary name
+GeoTIFF mask, class 0 in a PNG mask, and confidence and probabilities 0. Every file is written under a temporary name
 and renamed when complete; with ``skip_existing`` a scene whose outputs all exist is not predicted
 again, so a long batch can be resumed. Under torchrun each process takes every world_size-th scene.
 """
@@ -25,7 +28,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from dataset.classes import DEEPGLOBE, ClassTable
@@ -45,7 +47,8 @@ log = get_logger("scenes")
 
 FORMATS = ("png", "tif")
 BLOCK = 512  # side of the blocks a windowed scene is read and cached in
-OUTPUT_PATTERNS = ("*_mask.png", "*_mask.tif", "*_confidence.png", "*_confidence.tif", "*_preview.png")
+OUTPUT_PATTERNS = ("*_mask.png", "*_mask.tif", "*_confidence.png", "*_confidence.tif", "*_probabilities.tif",
+                   "*_preview.png")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class SceneOutputs:
     fmt: str | None = None  # None: tif for GDAL rasters, png for JPEG/PNG inputs
     cog: bool = False
     confidence: bool = False
+    probabilities: bool = False
     quicklook: bool = False
     skip_existing: bool = False
     classes: ClassTable = DEEPGLOBE  # the colours of the masks and previews
@@ -66,11 +70,13 @@ class SceneOutputs:
         return "png" if uses_pillow(path) else "tif"
 
     def paths(self, path: str) -> dict[str, str]:
-        """{"mask": ..., and "confidence" / "preview" when asked for} of one input file."""
+        """{"mask": ..., and "confidence" / "probabilities" / "preview" when asked for} of one input file."""
         stem, ext = stem_of(path), self.format_of(path)
         out = {"mask": os.path.join(self.folder, f"{stem}_mask.{ext}")}
         if self.confidence:
             out["confidence"] = os.path.join(self.folder, f"{stem}_confidence.{ext}")
+        if self.probabilities:
+            out["probabilities"] = os.path.join(self.folder, f"{stem}_probabilities.tif")
         if self.quicklook:
             out["preview"] = os.path.join(self.folder, f"{stem}_preview.png")
         return out
@@ -141,9 +147,9 @@ class _Outputs:
     """The writers of one scene, published together when the block succeeds."""
 
     def __init__(self, paths: dict[str, str], fmt: str, profile: dict, nodata: bool, cog: bool,
-                 palette: np.ndarray) -> None:
+                 classes: ClassTable) -> None:
         self.paths, self.fmt, self.profile, self.nodata, self.cog = paths, fmt, profile, nodata, cog
-        self.palette = palette
+        self.palette, self.names = classes.colours, list(classes.names)
         self.stack = contextlib.ExitStack()
 
     def _writer(self, path: str, palette):
@@ -158,6 +164,10 @@ class _Outputs:
             self.confidence = None
             if "confidence" in self.paths:
                 self.confidence = stack.enter_context(self._writer(self.paths["confidence"], None))
+            self.probabilities = None
+            if "probabilities" in self.paths:
+                self.probabilities = stack.enter_context(GeoTiffBandWriter(
+                    self.paths["probabilities"], self.profile, cog=self.cog, descriptions=self.names))
             self.stack = stack.pop_all()
         return self
 
@@ -182,17 +192,23 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
             thumbnail = MaskThumbnail(height, width, size)
             picture = scene_thumbnail(source, size)
         with progress(total=n, enabled=show and n > 0, desc=stem_of(path), unit="patch", leave=False) as bar, \
-                _Outputs(paths, fmt, profile, masked, outputs.cog, outputs.classes.colours) as out:
-            for y0, band in predictor.mask_bands(source, tta=tta, progress=bar, confidence=out.confidence is not None):
-                classes = band[0] if out.confidence is not None else band
+                _Outputs(paths, fmt, profile, masked, outputs.cog, outputs.classes) as out:
+            scores = out.confidence is not None or out.probabilities is not None
+            for y0, band in predictor.mask_bands(source, tta=tta, progress=bar, confidence=out.confidence is not None,
+                                                 probabilities=out.probabilities is not None):
+                classes = band[0] if scores else band
                 valid = scene.read_valid(y0, 0, classes.shape[0], width) if masked else None
                 if valid is not None:
                     invalid = torch.from_numpy(~valid).to(classes.device)
                     classes = classes.masked_fill(invalid, NODATA if fmt == "tif" else 0)
                 out.mask.write(classes.cpu().numpy())
-                if out.confidence is not None:
-                    probability = band[1] if valid is None else band[1].masked_fill(invalid, 0)
+                if out.confidence is not None:  # the top-1 probability: the largest class probability
+                    probability = band[1] if out.probabilities is None else band[1:].max(dim=0).values
+                    probability = probability if valid is None else probability.masked_fill(invalid, 0)
                     out.confidence.write(probability.cpu().numpy())
+                if out.probabilities is not None:
+                    each = band[1:] if valid is None else band[1:].masked_fill(invalid, 0)
+                    out.probabilities.write(each.cpu().numpy())
                 if thumbnail is not None:
                     thumbnail.add(y0, classes)
             if thumbnail is not None:

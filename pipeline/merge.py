@@ -127,8 +127,8 @@ class HannWindows:
         return window
 
 
-OUTPUTS = ("mask", "logits", "mean", "confidence")
-WEIGHTED = ("mean", "confidence")  # the outputs whose patches carry a last channel of weights
+OUTPUTS = ("mask", "logits", "mean", "confidence", "probabilities")
+WEIGHTED = ("mean", "confidence", "probabilities")  # the outputs whose patches carry a last channel of weights
 
 
 class SpillFile:
@@ -186,6 +186,33 @@ def top_probability(sums: torch.Tensor, counts: torch.Tensor | float) -> torch.T
     for c in range(sums.shape[0]):
         total += torch.exp((sums[c] - best) * scale)
     return total.reciprocal_().mul_(255).round_().to(torch.uint8)
+
+
+def class_probabilities(sums: torch.Tensor, counts: torch.Tensor | float) -> torch.Tensor:
+    """uint8 (C, ...) round(255 x the softmax probability of each class) of the mean logits ``sums /
+    counts`` (see ``top_probability``, whose value is the largest of these at every pixel)."""
+    scale = 1.0 / counts if not isinstance(counts, torch.Tensor) else counts.float().reciprocal()
+    best = sums.max(dim=0).values
+    each = torch.exp((sums - best) * scale)
+    total = torch.zeros_like(best)
+    for c in range(sums.shape[0]):
+        total += each[c]
+    return each.div_(total).mul_(255).round_().to(torch.uint8)
+
+
+def class_output(sums: torch.Tensor, counts: torch.Tensor | float, output: str) -> torch.Tensor:
+    """What the class outputs hand out for merged logit sums (C, h, w) (``counts``: see
+    ``top_probability``): ``mask`` uint8 (h, w) the class map; ``confidence`` uint8 (2, h, w) the class
+    map and the top-1 probability x 255; ``probabilities`` uint8 (1 + C, h, w) the class map and every
+    class's probability x 255."""
+    classes = argmax_classes(sums)
+    if output == "mask":
+        return classes
+    if output == "confidence":
+        return torch.stack([classes, top_probability(sums, counts)])
+    if output == "probabilities":
+        return torch.cat([classes[None], class_probabilities(sums, counts)])
+    raise ValueError(f"{output!r} is no class output")
 
 
 class BandMerger:
@@ -293,7 +320,8 @@ class BandMerger:
         self._next, self._last_left = 0, 0
         rows = end - self.y0
         shape = {"mask": (rows, self.width), "logits": (self.n_class, rows, self.width),
-                 "mean": (self.n_class, rows, self.width), "confidence": (2, rows, self.width)}[self.output]
+                 "mean": (self.n_class, rows, self.width), "confidence": (2, rows, self.width),
+                 "probabilities": (1 + self.n_class, rows, self.width)}[self.output]
         self._band = torch.zeros(shape, dtype=torch.float32 if self.output in ("logits", "mean") else torch.uint8,
                                  device=self.device)
 
@@ -353,10 +381,9 @@ class BandMerger:
             # smallest normal float, so its mean is 0, not NaN. Rows below every patch stay 0 in the band.
             if self.output == "mask":
                 self._band[:done, x0:x1] = argmax_classes(head)
-            elif self.output == "confidence":
-                sums = head[: self.n_class]
-                self._band[0, :done, x0:x1] = argmax_classes(sums)
-                self._band[1, :done, x0:x1] = top_probability(sums, head[self.n_class].clamp(min=_TINY))
+            elif self.output in ("confidence", "probabilities"):
+                self._band[:, :done, x0:x1] = class_output(head[: self.n_class], head[self.n_class].clamp(min=_TINY),
+                                                           self.output)
             elif self.output == "mean":
                 self._band[:, :done, x0:x1] = head[: self.n_class] / head[self.n_class].clamp(min=_TINY)
             else:

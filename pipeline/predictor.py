@@ -36,7 +36,7 @@ from pipeline.config import PipelineConfig
 from pipeline.contexts import global_view, linear_taps
 from pipeline.grid import make_grid, pad_to_min
 from pipeline.inputs import InputBuilder
-from pipeline.merge import OUTPUTS, BandMerger, HannWindows, argmax_classes, top_probability
+from pipeline.merge import OUTPUTS, BandMerger, HannWindows, argmax_classes, class_output
 from pipeline.refine import ContextProbabilities, Refinement
 from pipeline.sources import ImageSource, TensorSource
 from pipeline.views import Job, job_rows, view_shape
@@ -157,8 +157,8 @@ class Predictor:
             band = F.interpolate(near.unsqueeze(0), size=(y1 - y0, width), mode="bilinear", align_corners=False)[0]
             if output == "mask":
                 yield y0, argmax_classes(band)
-            elif output == "confidence":  # every pixel is the sum of one value per view
-                yield y0, torch.stack([argmax_classes(band), top_probability(band, len(views))])
+            elif output in ("confidence", "probabilities"):  # every pixel is the sum of one value per view
+                yield y0, class_output(band, len(views), output)
             else:
                 yield y0, band
 
@@ -295,15 +295,19 @@ class Predictor:
             raise ConfigError(f"mode {self.net.mode} has no merged patches to average")
         return self._bands(image, tta, progress, "mean")
 
-    def mask_bands(self, image: Image, tta: bool = False, progress=None,
-                   confidence: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    def mask_bands(self, image: Image, tta: bool = False, progress=None, confidence: bool = False,
+                   probabilities: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
         """Class map of one image as (first row, (h, W) uint8) bands (ties go to the lower class).
 
         With ``confidence`` each band is (2, h, W) uint8: the class map and the top-1 softmax
         probability x 255 (rounded) of the mean logits, i.e. the summed logits divided by how many
         patches and views were summed at that pixel (``merge.top_probability``), or under the ``hann``
-        merge the weighted sums divided by the summed weights."""
-        return self._bands(image, tta, progress, "confidence" if confidence else "mask")
+        merge the weighted sums divided by the summed weights. With ``probabilities`` (whatever
+        ``confidence``) each band is (1 + C, h, W) uint8: the class map and every class's probability x
+        255 of the same mean logits (``merge.class_probabilities``; the top-1 probability is their
+        maximum)."""
+        output = "probabilities" if probabilities else "confidence" if confidence else "mask"
+        return self._bands(image, tta, progress, output)
 
     def logits(self, image: Image, tta: bool = False, progress=None) -> torch.Tensor:
         """Merged logits (C, H, W) float32 of one image, as ``logit_bands`` (whole canvas: for images that fit)."""

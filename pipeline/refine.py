@@ -28,7 +28,7 @@ from models.interfaces import SegmentationNetwork
 from models.refinement import RefinementNet
 from pipeline.config import PipelineConfig
 from pipeline.contexts import linear_taps
-from pipeline.merge import argmax_classes, top_probability
+from pipeline.merge import argmax_classes, class_output
 from pipeline.sources import ImageSource
 from utils.errors import ConfigError
 
@@ -111,8 +111,9 @@ class Refinement:
         """Refined bands (first row, band) of an image from its merged mean-logit bands (see the module doc).
 
         ``output``: ``mask`` (h, W) uint8, ``confidence`` (2, h, W) uint8 (class map and top-1 probability x
-        255), or ``logits``/``mean`` (C, h, W) float32 refined logits. ``source``: the image (at least
-        height x width); ``context``: the global probabilities when the network reads them.
+        255), ``probabilities`` (1 + C, h, W) uint8 (class map and every class's probability x 255), or
+        ``logits``/``mean`` (C, h, W) float32 refined logits. ``source``: the image (at least height x
+        width); ``context``: the global probabilities when the network reads them.
         """
         tile, halo = self.tile, self.halo
         held: torch.Tensor | None = None  # merged rows [held_top, held_top + held rows)
@@ -145,8 +146,9 @@ class Refinement:
         n_class = held.shape[0]
         if output == "mask":
             out = torch.empty((rows, width), dtype=torch.uint8, device=held.device)
-        elif output == "confidence":
-            out = torch.empty((2, rows, width), dtype=torch.uint8, device=held.device)
+        elif output in ("confidence", "probabilities"):
+            out = torch.empty((2 if output == "confidence" else 1 + n_class, rows, width), dtype=torch.uint8,
+                              device=held.device)
         else:
             out = torch.empty((n_class, rows, width), dtype=torch.float32, device=held.device)
         for left in range(0, width, tile):
@@ -156,9 +158,8 @@ class Refinement:
             core = refined[:, top - y0:bottom - y0, left - x0:right - x0]
             if output == "mask":
                 out[:, left:right] = argmax_classes(core)
-            elif output == "confidence":
-                out[0, :, left:right] = argmax_classes(core)
-                out[1, :, left:right] = top_probability(core, 1.0)
+            elif output in ("confidence", "probabilities"):
+                out[:, :, left:right] = class_output(core, 1.0, output)
             else:
                 out[:, :, left:right] = core
         return out

@@ -115,3 +115,59 @@ def test_same_stem_and_unwritable_folder(fpn_pre_folder, tmp_path, scene, capsys
     blocked.write_text("a file where the folder should be")
     code = run_cli(*_args(fpn_pre_folder, blocked, tmp_path / "logs", "--input", scene))
     assert "--prediction_path" in _error_of(capsys, code)
+
+
+@pytest.mark.parametrize("cog", [False, True])
+def test_ground_control_points_and_rpcs_stay_with_the_outputs(fpn_pre_folder, tmp_path, cog):
+    from rasterio.control import GroundControlPoint
+    from rasterio.rpc import RPC
+
+    values = np.random.default_rng(0).integers(0, 256, size=(3, 90, 100), dtype=np.uint8)
+    gcps = [GroundControlPoint(0, 0, 500000, 5400000), GroundControlPoint(0, 100, 500100, 5400000),
+            GroundControlPoint(90, 0, 500000, 5399910)]
+    rpc = RPC(height_off=0, height_scale=1, lat_off=48, lat_scale=1, long_off=3, long_scale=1, line_off=45,
+              line_scale=45, samp_off=50, samp_scale=50, line_num_coeff=[0, 0, -1] + [0] * 17,
+              line_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
+    os.makedirs(tmp_path / "in")
+    with rasterio.open(tmp_path / "in" / "gcp.tif", "w", driver="GTiff", height=90, width=100, count=3,
+                       dtype="uint8", gcps=gcps, crs="EPSG:32631") as out:
+        out.write(values)
+    with rasterio.open(tmp_path / "in" / "rpc.tif", "w", driver="GTiff", height=90, width=100, count=3,
+                       dtype="uint8", rpcs=rpc) as out:
+        out.write(values)
+    out = tmp_path / "out"
+    extra = ["--cog"] if cog else []
+    assert run_cli(*_args(fpn_pre_folder, out, tmp_path / "logs", "--input", str(tmp_path / "in"), "--no_tta",
+                          "--save_confidence", *extra)) == 0
+    for name in ("gcp_mask.tif", "gcp_confidence.tif"):
+        with rasterio.open(out / name) as result:
+            points, crs = result.gcps
+            assert crs.to_string() == "EPSG:32631" and [(p.row, p.col, p.x, p.y) for p in points] == \
+                [(p.row, p.col, p.x, p.y) for p in gcps]
+    for name in ("rpc_mask.tif", "rpc_confidence.tif"):
+        with rasterio.open(out / name) as result:
+            assert result.rpcs is not None and result.rpcs.lat_off == 48 and result.rpcs.samp_scale == 50
+
+
+def test_class_probabilities_one_band_per_class_next_to_the_same_mask(fpn_pre_folder, tmp_path, scene):
+    plain, both = tmp_path / "plain", tmp_path / "both"
+    assert run_cli(*_args(fpn_pre_folder, plain, tmp_path / "logs", "--input", scene, "--no_tta",
+                          "--save_confidence")) == 0
+    assert run_cli(*_args(fpn_pre_folder, both, tmp_path / "logs", "--input", scene, "--no_tta", "--save_confidence",
+                          "--save_probabilities", "--cog")) == 0
+    assert list_files(both) == ["scene_confidence.tif", "scene_mask.tif", "scene_probabilities.tif"]
+    with rasterio.open(plain / "scene_mask.tif") as a, rasterio.open(both / "scene_mask.tif") as b:
+        mask = a.read(1)
+        assert np.array_equal(mask, b.read(1))
+    with rasterio.open(plain / "scene_confidence.tif") as a, rasterio.open(both / "scene_confidence.tif") as b:
+        assert np.array_equal(a.read(1), b.read(1))
+    with rasterio.open(both / "scene_probabilities.tif") as probs, rasterio.open(scene) as src:
+        assert probs.count == 7 and probs.descriptions[1] == "urban" and probs.crs == src.crs
+        assert probs.transform == src.transform and probs.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        values = probs.read().astype(int)
+    valid = mask != 255
+    assert (values[:, ~valid] == 0).all()
+    assert (np.abs(values[:, valid].sum(axis=0) - 255) <= 7).all()
+    # The mask's class has the largest probability (rounding may tie it with another class).
+    of_mask = np.take_along_axis(values, np.where(valid, mask, 0)[None].astype(int), axis=0)[0]
+    assert np.array_equal(of_mask[valid], values.max(axis=0)[valid])

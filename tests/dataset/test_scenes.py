@@ -73,9 +73,9 @@ def test_multi_band_scenes_use_the_first_three_or_the_chosen_bands(tmp_path, cap
     path = str(tmp_path / "four.tif")
     write_synthetic_raster(path, 64, 64, bands=4)
     values = _raster_values(0, 0, 64, 64, 4, 0).astype(np.uint8)
-    with RasterScene(path) as scene:
+    with RasterScene(path) as scene:  # GDAL's default for 4 uint8 bands: R, G, B and alpha, declared
         assert np.array_equal(scene.read(0, 0, 64, 64), values[:3])
-    assert "4 bands; using bands 1,2,3" in caplog.text
+        assert "bands 1,2,3 as R, G, B" in scene.describe() and "masked by alpha band 4" in scene.describe()
     with RasterScene(path, bands=(4, 3, 2)) as scene:
         assert np.array_equal(scene.read(0, 0, 64, 64), values[[3, 2, 1]])
     with pytest.raises(DataError, match="bands 1..4 only"):
@@ -233,3 +233,34 @@ def test_scene_reading_gives_a_model_its_bands():
     assert SceneReading((4, 3, 2, 1)).bands_for(4) == (4, 3, 2, 1)
     with pytest.raises(ConfigError, match="names 3 bands .* the model reads 4"):
         SceneReading((1, 2, 3)).bands_for(4)
+
+
+def test_declared_colours_choose_the_default_bands_and_gcps_rpcs_are_kept(tmp_path, caplog):
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.enums import ColorInterp
+    from rasterio.rpc import RPC
+
+    values = np.stack([np.full((16, 20), v, dtype=np.uint8) for v in (10, 20, 30, 40)])
+    bgrn = str(tmp_path / "bgrn.tif")
+    gcps = [GroundControlPoint(0, 0, 500000, 5400000), GroundControlPoint(0, 20, 500020, 5400000),
+            GroundControlPoint(16, 0, 500000, 5399984)]
+    with rasterio.open(bgrn, "w", driver="GTiff", height=16, width=20, count=4, dtype="uint8",
+                       photometric="MINISBLACK", gcps=gcps, crs="EPSG:32631") as out:
+        out.write(values)
+        out.colorinterp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red, ColorInterp.undefined]
+    with RasterScene(bgrn) as scene:
+        assert scene.bands == (3, 2, 1) and scene.read(0, 0, 1, 1)[:, 0, 0].tolist() == [30, 20, 10]
+        assert "3 ground control points" in scene.describe() and "nothing (every pixel valid)" in scene.describe()
+        assert scene.profile()["gcps"][1].to_string() == "EPSG:32631" and len(scene.profile()["gcps"][0]) == 3
+    assert "none declared" not in caplog.text
+    plain = str(tmp_path / "plain.tif")
+    rpc = RPC(height_off=0, height_scale=1, lat_off=48, lat_scale=1, long_off=3, long_scale=1, line_off=8,
+              line_scale=8, samp_off=10, samp_scale=10, line_num_coeff=[0, 0, -1] + [0] * 17,
+              line_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
+    with rasterio.open(plain, "w", driver="GTiff", height=16, width=20, count=4, dtype="uint8",
+                       photometric="MINISBLACK", rpcs=rpc) as out:
+        out.write(values)
+    with RasterScene(plain) as scene:
+        assert scene.bands == (1, 2, 3) and scene.profile()["rpcs"].lat_off == 48 and "RPCs" in scene.describe()
+    assert "none declared red, green and blue" in caplog.text

@@ -257,3 +257,26 @@ def test_the_command_line_merges_with_hann_in_test_mode_and_evaluation(tiny_data
     assert parse_options(["--pre_path", "x.pth", "--merge", "hann"]).pipeline.merge == "hann"
     with pytest.raises(OptionError, match="--merge"):
         parse_options(["--pre_path", "x.pth", "--merge", "mean"])
+
+
+@pytest.mark.parametrize("merge", ["sum", "hann"])
+@pytest.mark.parametrize("mode, tta", [(0, True), (1, False), (4, True)])
+def test_class_probabilities_are_the_softmax_of_the_mean_logits_with_the_same_mask_and_confidence(mode, tta, merge):
+    from pipeline.merge import class_probabilities
+
+    shape = (90, 110)
+    predictor = Predictor(StandIn(mode).eval(), PipelineConfig(64, 48, 3, 8, merge=merge))
+    image = _image(shape)
+    probabilities = torch.cat([b for _, b in predictor.mask_bands(image, tta=tta, probabilities=True)], dim=1)
+    mask = torch.cat([b for _, b in predictor.mask_bands(image, tta=tta)], dim=0)
+    confidence = torch.cat([b for _, b in predictor.mask_bands(image, tta=tta, confidence=True)], dim=1)
+    assert probabilities.shape == (8, *shape) and probabilities.dtype == torch.uint8
+    assert torch.equal(probabilities[0], mask)
+    assert torch.equal(probabilities[1:].max(dim=0).values, confidence[1])
+    total = probabilities[1:].int().sum(dim=0)
+    assert ((total - 255).abs() <= 7).all()  # each of the 7 values rounded on its own
+    # The definition on its own: round(255 x softmax(sums / counts)), the top-1 value as top_probability.
+    sums, counts = torch.randn(7, 5, 6) * 8, torch.randint(1, 9, (5, 6)).float()
+    direct = (255 * torch.softmax(sums / counts, dim=0)).round()
+    assert (class_probabilities(sums, counts).float() - direct).abs().max() <= 1
+    assert torch.equal(class_probabilities(sums, counts).max(dim=0).values, top_probability(sums, counts))

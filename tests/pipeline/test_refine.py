@@ -129,3 +129,13 @@ def test_refinement_is_refused_where_it_cannot_work():
         Refinement(RefinementNet(record("none")), StandIn(0))
     with pytest.raises(ConfigError, match="mode-0"):
         Refinement(RefinementNet(record("global")), StandIn(1))
+
+
+def test_refined_probabilities_agree_with_the_refined_mask_and_confidence():
+    refined = Predictor(StandIn(4).eval(), CFG, Refinement(trained_like(), StandIn(0).eval(), tile=64))
+    img = image()
+    probabilities = torch.cat([b for _, b in refined.mask_bands(img, probabilities=True)], dim=1)
+    mask = torch.cat([b for _, b in refined.mask_bands(img)], dim=0)
+    confidence = torch.cat([b for _, b in refined.mask_bands(img, confidence=True)], dim=1)
+    assert probabilities.shape == (8, 150, 170)
+    assert torch.equal(probabilities[0], mask) and torch.equal(probabilities[1:].max(dim=0).values, confidence[1])
