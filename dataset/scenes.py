@@ -32,6 +32,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import urllib.parse
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -51,8 +52,20 @@ SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "floa
 _STRIP_BYTES = 1 << 25  # raw bytes per strip of a statistics pass
 
 
+REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
+
+
+def is_remote(spec: str) -> bool:
+    """Whether ``spec`` names a scene GDAL reads over the network or through a virtual file system:
+    ``http(s)://`` URLs, ``s3://``, ``gs://`` and ``az://`` URIs, and ``/vsi...`` paths."""
+    return spec.startswith(REMOTE_PREFIXES)
+
+
 def stem_of(path: str) -> str:
-    """The file name without its (last) suffix: ``/x/tile_3.tif`` -> ``tile_3``."""
+    """The file name without its (last) suffix: ``/x/tile_3.tif`` -> ``tile_3`` (and for a URL its
+    path's: ``https://host/a/b.tif?sig=...`` -> ``b``)."""
+    if is_remote(path):
+        path = urllib.parse.urlsplit(path).path if "://" in path else path
     return os.path.splitext(os.path.basename(path))[0]
 
 
@@ -61,6 +74,8 @@ def _has_glob(text: str) -> bool:
 
 
 def _expand_one(spec: str, base: str, origin: str) -> list[str]:
+    if is_remote(spec):  # read by GDAL as it is: no listing, no globbing, no existence check here
+        return [spec]
     path = os.path.expanduser(spec if os.path.isabs(spec) else os.path.join(base, spec))
     if _has_glob(spec):
         found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
@@ -97,7 +112,7 @@ def expand_inputs(specs: Sequence[str]) -> list[str]:
                     files.extend(_expand_one(line, base, f" (line {number} of {spec})"))
         else:
             files.extend(_expand_one(spec, os.getcwd(), ""))
-    unique = list(dict.fromkeys(os.path.abspath(f) for f in files))
+    unique = list(dict.fromkeys(f if is_remote(f) else os.path.abspath(f) for f in files))
     if not unique:
         raise DataError("`input` names no file")
     seen: dict[str, str] = {}
@@ -111,8 +126,9 @@ def expand_inputs(specs: Sequence[str]) -> list[str]:
 
 
 def uses_pillow(path: str) -> bool:
-    """JPEG and PNG files are decoded whole by Pillow (the DeepGlobe path); every other file through GDAL."""
-    return path.lower().endswith(PILLOW_SUFFIXES)
+    """Local JPEG and PNG files are decoded whole by Pillow (the DeepGlobe path); every other file, and
+    every remote one, through GDAL."""
+    return not is_remote(path) and path.lower().endswith(PILLOW_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -198,9 +214,10 @@ class RasterScene:
     def __init__(self, path: str, bands: Sequence[int] | None = None, input_range: InputRange | None = None) -> None:
         rasterio = _rasterio()
         self.path = path
-        if not os.path.isfile(path):
+        remote = is_remote(path)
+        if not remote and not os.path.isfile(path):
             raise InputFileError(f"image {path} not found; check the path", path=path)
-        if os.path.getsize(path) == 0:
+        if not remote and os.path.getsize(path) == 0:
             raise InputFileError(f"image {path} is empty (0 bytes): the copy or download is incomplete; "
                                  f"fetch it again", path=path)
         try:
@@ -208,6 +225,10 @@ class RasterScene:
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 self._src = rasterio.open(path)
         except rasterio.errors.RasterioError as exc:
+            if remote:
+                raise InputFileError(f"remote scene {path} cannot be opened ({_first_line(exc)}); check the address, "
+                                     f"the network and the credentials (GDAL's and the cloud provider's environment "
+                                     f"variables)", path=path) from None
             raise InputFileError(f"image {path} is not readable by GDAL ({_first_line(exc)}); "
                                  f"replace the file", path=path) from None
         try:

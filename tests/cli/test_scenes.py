@@ -171,3 +171,38 @@ def test_class_probabilities_one_band_per_class_next_to_the_same_mask(fpn_pre_fo
     # The mask's class has the largest probability (rounding may tie it with another class).
     of_mask = np.take_along_axis(values, np.where(valid, mask, 0)[None].astype(int), axis=0)[0]
     assert np.array_equal(of_mask[valid], values.max(axis=0)[valid])
+
+
+def test_remote_scenes_over_http_and_s3_give_the_masks_of_the_file(fpn_pre_folder, tmp_path, scene, monkeypatch,
+                                                                   capsys):
+    from tests.range_server import serve
+
+    bucket = tmp_path / "served" / "bucket"
+    os.makedirs(bucket)
+    with open(scene, "rb") as source, open(bucket / "remote.tif", "wb") as copy:
+        copy.write(source.read())
+    local = tmp_path / "local"
+    assert run_cli(*_args(fpn_pre_folder, local, tmp_path / "logs", "--input", str(bucket / "remote.tif"),
+                          "--no_tta")) == 0
+    with rasterio.open(local / "remote_mask.tif") as mask:
+        expected = mask.read(1)
+    with serve(str(tmp_path / "served")) as (url, requests):
+        monkeypatch.setenv("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+        over_http = tmp_path / "http"
+        assert run_cli(*_args(fpn_pre_folder, over_http, tmp_path / "logs", "--input",
+                              f"{url}/bucket/remote.tif?token=abc", "--no_tta")) == 0
+        assert any(r[2] for r in requests)  # read with range requests, not whole
+        monkeypatch.setenv("AWS_S3_ENDPOINT", url.removeprefix("http://"))
+        monkeypatch.setenv("AWS_HTTPS", "NO")
+        monkeypatch.setenv("AWS_VIRTUAL_HOSTING", "FALSE")
+        monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "YES")
+        over_s3 = tmp_path / "s3"
+        assert run_cli(*_args(fpn_pre_folder, over_s3, tmp_path / "logs", "--input", "s3://bucket/remote.tif",
+                              "--no_tta")) == 0
+        capsys.readouterr()
+        assert run_cli(*_args(fpn_pre_folder, tmp_path / "missing", tmp_path / "logs", "--input",
+                              f"{url}/bucket/absent.tif", "--no_tta")) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: remote scene http://127.0.0.1")
+    for folder in (over_http, over_s3):
+        with rasterio.open(folder / "remote_mask.tif") as mask:
+            assert np.array_equal(mask.read(1), expected)

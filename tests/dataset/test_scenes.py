@@ -264,3 +264,18 @@ def test_declared_colours_choose_the_default_bands_and_gcps_rpcs_are_kept(tmp_pa
     with RasterScene(plain) as scene:
         assert scene.bands == (1, 2, 3) and scene.profile()["rpcs"].lat_off == 48 and "RPCs" in scene.describe()
     assert "none declared red, green and blue" in caplog.text
+
+
+def test_remote_inputs_pass_through_with_their_stems(tmp_path):
+    from dataset.scenes import is_remote, stem_of, uses_pillow
+
+    listing = tmp_path / "list.txt"
+    listing.write_text("https://example.org/a/scene_1.tif?sig=x\ns3://bucket/dir/scene_2.tif\n"
+                       "/vsizip//data/z.zip/scene_3.tif\n")
+    found = expand_inputs([str(listing), "gs://b/scene_4.jp2"])
+    assert found == ["https://example.org/a/scene_1.tif?sig=x", "s3://bucket/dir/scene_2.tif",
+                     "/vsizip//data/z.zip/scene_3.tif", "gs://b/scene_4.jp2"]
+    assert [stem_of(f) for f in found] == ["scene_1", "scene_2", "scene_3", "scene_4"]
+    assert all(is_remote(f) for f in found) and not uses_pillow("https://example.org/x.png")
+    with pytest.raises(DataError, match="have the same name x"):
+        expand_inputs(["https://a.org/x.tif", "s3://b/x.tif"])
