@@ -28,6 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dataset.classes import DEEPGLOBE, ClassTable
@@ -186,6 +187,7 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
             log.info(f"{path}: {scene.describe()}")
         n = predictor.patches_per_image(height, width, tta)
         masked = scene is not None and scene.has_mask
+        invalid_pixels = 0
         thumbnail = None
         if outputs.quicklook:
             size = preview_size(height, width)
@@ -199,6 +201,7 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
                 classes = band[0] if scores else band
                 valid = scene.read_valid(y0, 0, classes.shape[0], width) if masked else None
                 if valid is not None:
+                    invalid_pixels += int(valid.size - np.count_nonzero(valid))
                     invalid = torch.from_numpy(~valid).to(classes.device)
                     classes = classes.masked_fill(invalid, NODATA if fmt == "tif" else 0)
                 out.mask.write(classes.cpu().numpy())
@@ -214,6 +217,9 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
             if thumbnail is not None:
                 write_image_png(paths["preview"], compose(picture, thumbnail.image, outputs.classes.colours,
                                                           NODATA if fmt == "tif" and masked else None))
+        if masked:
+            log.info(f"{path}: {100 * invalid_pixels / (height * width):.2f}% of the scene masked "
+                     f"({scene.masking()}), written as nodata")
     return height * width, n
 
 

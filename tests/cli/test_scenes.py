@@ -206,3 +206,12 @@ def test_remote_scenes_over_http_and_s3_give_the_masks_of_the_file(fpn_pre_folde
     for folder in (over_http, over_s3):
         with rasterio.open(folder / "remote_mask.tif") as mask:
             assert np.array_equal(mask.read(1), expected)
+
+
+def test_the_log_says_which_bands_are_read_and_how_much_is_masked(fpn_pre_folder, tmp_path, scene):
+    assert run_cli(*_args(fpn_pre_folder, tmp_path / "out", tmp_path / "logs", "--input", scene, "--no_tta")) == 0
+    logs = sorted((tmp_path / "logs").rglob("*.log"))
+    text = "\n".join(path.read_text(encoding="utf-8") for path in logs)
+    # The fixture's scene: 4 uint8 bands (GDAL: R, G, B, alpha) with a nodata value and a 20 x 30 nodata box.
+    assert "bands 1,2,3 as R, G, B" in text and "masked by nodata value 0" in text
+    assert f"{100 * 20 * 30 / (150 * 170):.2f}% of the scene masked (nodata value 0)" in text
