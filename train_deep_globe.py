@@ -248,11 +248,11 @@ def _predict(run: _Run, predictor: Predictor) -> None:
 
 def _predict_scenes(run: _Run, predictor: Predictor) -> None:
     from dataset.scenes import expand_inputs
-    from engine.scenes import SceneOutputs, SceneReading, check_outputs, predict_scenes, remove_stale_outputs
+    from engine.scenes import SceneOutputs, SceneReading, check_outputs, is_output, predict_scenes, remove_stale_outputs
 
     s, scenes = run.settings, run.settings.scenes
     folder = s.paths.prediction_path
-    paths = expand_inputs(list(scenes.inputs))
+    paths = expand_inputs(list(scenes.inputs), skip=is_output)
     outputs = SceneOutputs(folder, scenes.output_format, scenes.cog, scenes.save_confidence,
                            scenes.save_probabilities, scenes.quicklook, scenes.skip_existing, s.dataset.classes)
     reading = SceneReading(scenes.bands, scenes.input_range)

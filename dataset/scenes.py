@@ -34,7 +34,7 @@ import logging
 import os
 import urllib.parse
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,18 +73,23 @@ def _has_glob(text: str) -> bool:
     return any(char in text for char in "*?[")
 
 
-def _expand_one(spec: str, base: str, origin: str) -> list[str]:
+def _expand_one(spec: str, base: str, origin: str, skip: Callable[[str], bool], skipped: list[str]) -> list[str]:
     if is_remote(spec):  # read by GDAL as it is: no listing, no globbing, no existence check here
         return [spec]
     path = os.path.expanduser(spec if os.path.isabs(spec) else os.path.join(base, spec))
+
+    def kept(found: list[str]) -> list[str]:
+        skipped.extend(p for p in found if skip(p))
+        return [p for p in found if not skip(p)]
+
     if _has_glob(spec):
-        found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        found = kept(sorted(p for p in glob.glob(path) if os.path.isfile(p)))
         if not found:
             raise DataError(f"`input` pattern {spec}{origin} matches no file; check the pattern")
         return found
     if os.path.isdir(path):
-        found = sorted(os.path.join(path, name) for name in os.listdir(path)
-                       if name.lower().endswith(FOLDER_SUFFIXES) and os.path.isfile(os.path.join(path, name)))
+        found = kept(sorted(os.path.join(path, name) for name in os.listdir(path)
+                            if name.lower().endswith(FOLDER_SUFFIXES) and os.path.isfile(os.path.join(path, name))))
         if not found:
             raise DataError(f"`input` folder {path}{origin} holds no image ({', '.join(FOLDER_SUFFIXES)}); "
                             f"name the files or another folder")
@@ -94,24 +99,35 @@ def _expand_one(spec: str, base: str, origin: str) -> list[str]:
     return [path]
 
 
-def expand_inputs(specs: Sequence[str]) -> list[str]:
+def expand_inputs(specs: Sequence[str], skip: Callable[[str], bool] = lambda path: False) -> list[str]:
     """The files named by ``specs``, in the order given (folders and patterns sorted by name).
 
     A ``.txt`` file is a list: one path or pattern per line, blank lines and ``#`` comments skipped,
-    relative paths taken relative to the list's folder. A file named twice is kept once. Raises
-    DataError for a name that matches nothing and for two files with the same stem.
+    relative paths taken relative to the list's folder (read as UTF-8, or as Latin-1 when it is not
+    UTF-8). A file named twice is kept once. Files that folders and patterns find and ``skip`` says yes
+    to (e.g. the outputs of an earlier run) are left out, with one log line; a file named on its own is
+    always kept. Raises DataError for a name that matches nothing and for two files with the same stem.
     """
     files: list[str] = []
+    skipped: list[str] = []
     for spec in specs:
         if spec.lower().endswith(".txt") and os.path.isfile(spec):
             base = os.path.dirname(os.path.abspath(spec))
-            with open(spec, encoding="utf-8") as handle:
-                lines = [line.strip() for line in handle]
+            with open(spec, "rb") as handle:
+                raw = handle.read()
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
+            lines = [line.strip() for line in text.splitlines()]
             for number, line in enumerate(lines, start=1):
                 if line and not line.startswith("#"):
-                    files.extend(_expand_one(line, base, f" (line {number} of {spec})"))
+                    files.extend(_expand_one(line, base, f" (line {number} of {spec})", skip, skipped))
         else:
-            files.extend(_expand_one(spec, os.getcwd(), ""))
+            files.extend(_expand_one(spec, os.getcwd(), "", skip, skipped))
+    if skipped:
+        log.info("left out %d file(s) that folders or patterns found but that look like outputs of an earlier run "
+                 "(e.g. %s); name such a file on its own to predict it", len(skipped), skipped[0])
     unique = list(dict.fromkeys(f if is_remote(f) else os.path.abspath(f) for f in files))
     if not unique:
         raise DataError("`input` names no file")

@@ -23,6 +23,7 @@ again, so a long batch can be resumed. Under torchrun each process takes every w
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 import os
 import time
@@ -34,7 +35,7 @@ import torch
 from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.geotiff import NODATA, GeoTiffBandWriter
 from dataset.io import PngBandWriter, read_image, write_image_png
-from dataset.scenes import InputRange, RasterScene, stem_of, uses_pillow
+from dataset.scenes import InputRange, RasterScene, is_remote, stem_of, uses_pillow
 from pipeline.inputs import largest_window
 from pipeline.predictor import Predictor
 from pipeline.quicklook import MaskThumbnail, compose, preview_size, scene_thumbnail
@@ -102,8 +103,22 @@ class SceneReading:
         return self.bands
 
 
+def is_output(path: str) -> bool:
+    """Whether a file's name is that of an output of this module (``OUTPUT_PATTERNS``): folders and
+    patterns given as ``--input`` leave such files out (``dataset.scenes.expand_inputs``)."""
+    return any(fnmatch.fnmatch(os.path.basename(path), pattern) for pattern in OUTPUT_PATTERNS)
+
+
 def check_outputs(paths: list[str], outputs: SceneOutputs, reading: SceneReading) -> None:
-    """Refuse, before anything runs, combinations that cannot work for these inputs."""
+    """Refuse, before anything runs, combinations that cannot work for these inputs, and any output that
+    would replace an input (nothing this module writes may replace a file it reads)."""
+    inputs = {os.path.realpath(p): p for p in paths if not is_remote(p)}
+    for path in paths:
+        for output in outputs.paths(path).values():
+            if os.path.realpath(output) in inputs:
+                raise ConfigError(f"the output {output} of input {path} would replace the input "
+                                  f"{inputs[os.path.realpath(output)]}; choose another `prediction_path` or rename "
+                                  f"the input")
     if outputs.cog and any(outputs.format_of(p) != "tif" for p in paths):
         raise ConfigError("`cog` writes GeoTIFF masks, but some inputs get PNG masks; pass `output_format` tif")
     if reading.bands is not None or reading.input_range is not None:

@@ -215,3 +215,46 @@ def test_the_log_says_which_bands_are_read_and_how_much_is_masked(fpn_pre_folder
     # The fixture's scene: 4 uint8 bands (GDAL: R, G, B, alpha) with a nodata value and a 20 x 30 nodata box.
     assert "bands 1,2,3 as R, G, B" in text and "masked by nodata value 0" in text
     assert f"{100 * 20 * 30 / (150 * 170):.2f}% of the scene masked (nodata value 0)" in text
+
+
+def _checksums(folder) -> dict:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_a_rerun_into_the_input_folder_never_reads_or_replaces_its_own_files(fpn_pre_folder, tmp_path, scene,
+                                                                            capsys):
+    folder = tmp_path / "in"  # the scene's folder, used as the output folder too
+    args = _args(fpn_pre_folder, folder, tmp_path / "logs", "--input", str(folder), "--no_tta", "--save_confidence")
+    assert run_cli(*args) == 0
+    assert list_files(folder) == ["scene.tif", "scene_confidence.tif", "scene_mask.tif"]
+    before = _checksums(folder)
+    assert run_cli(*args) == 0  # the outputs in the folder are no scenes: only scene.tif is predicted again
+    assert list_files(folder) == ["scene.tif", "scene_confidence.tif", "scene_mask.tif"]
+    assert _checksums(folder)["scene.tif"] == before["scene.tif"]
+    logs = "\n".join(p.read_text(encoding="utf-8") for p in sorted((tmp_path / "logs").rglob("*.log")))
+    assert "left out 2 file(s)" in logs
+    # An explicit collision: the mask of a.tif would replace the input a_mask.tif.
+    with rasterio.open(scene) as src:
+        profile, data = src.profile, src.read()
+    for name in ("a.tif", "a_mask.tif"):
+        with rasterio.open(tmp_path / name, "w", **profile) as out:
+            out.write(data)
+    sums = _checksums(tmp_path)
+    capsys.readouterr()
+    code = run_cli(*_args(fpn_pre_folder, tmp_path, tmp_path / "logs", "--input", str(tmp_path / "a.tif"),
+                          str(tmp_path / "a_mask.tif"), "--no_tta"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: the output ") and "would replace the input" in err[-1]
+    assert _checksums(tmp_path) == sums
+
+
+def test_a_latin1_list_of_scenes_is_read(tmp_path):
+    from dataset.scenes import expand_inputs
+
+    scene = tmp_path / "café.tif"
+    scene.write_bytes(b"x")
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("# scènes\ncafé.tif\n".encode("latin-1"))
+    assert expand_inputs([str(listing)]) == [str(scene)]
