@@ -406,6 +406,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
     system = SystemSettings(device=args.device, num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
                             allow_large_images=args.allow_large_images, max_images=args.max_images)
     _check_numbers(pipeline, training, system)
+    if mode_spec(args.mode).two_windows and pipeline.context2 < pipeline.context:
+        raise OptionError(f"mode {args.mode} reads a medium window of --context {pipeline.context} x size_p and a large "
+                          f"one of --context2 {pipeline.context2} x size_p: the large window must not be the smaller; "
+                          f"raise --context2 or lower --context")
     kind = _run_kind(args)
     scenes = _scene_settings(args)
     _check_checkpoints(args, kind)

@@ -286,6 +286,9 @@ def run(argv: list[str] | None = None) -> int:
     log = setup_logging(info.rank, os.path.join(s.paths.log_dir, "train.log" if training else "run.log"),
                         rename=flag_renamer(build_parser()))
     allow_large_images(s.system.allow_large_images)
+    if mode_spec(s.run.mode).two_windows and s.pipeline.context2 == s.pipeline.context:
+        log.warning("--context2 equals --context: mode %d's large window is its medium one (the Inria release "
+                    "uses 2 and 3)", s.run.mode)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 

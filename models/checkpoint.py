@@ -540,9 +540,25 @@ def _check_classes(target: FCtLNet, meta: dict, path: str, what: str) -> None:
 
     raise CheckpointError(
         f"{what} {path} was trained for the classes [{names(recorded)}] ({recorded.get('name', 'unnamed table')}) "
-        f"but this run uses [{names(ours)}] ({ours.get('name', 'unnamed table')}); pass the file's `dataset`/"
-        f"`classes` or a checkpoint trained for this class table"
+        f"but this run uses [{names(ours)}] ({ours.get('name', 'unnamed table')}): {table_difference(recorded, ours)}; "
+        f"pass the file's `dataset`/`classes` or a checkpoint trained for this class table"
     )
+
+
+def table_difference(recorded: dict, ours: dict) -> str:
+    """What differs between two recorded class tables, in words: the names, their order, a class's colour."""
+    theirs_list, ours_list = recorded.get("classes", []), ours.get("classes", [])
+    their_names = [c.get("name") for c in theirs_list]
+    our_names = [c.get("name") for c in ours_list]
+    if their_names != our_names:
+        if sorted(map(str, their_names)) == sorted(map(str, our_names)):
+            return "the same names in another order"
+        return "other class names" if len(their_names) == len(our_names) else \
+            f"{len(their_names)} classes against {len(our_names)}"
+    for theirs, mine in zip(theirs_list, ours_list):
+        if theirs.get("colour") != mine.get("colour"):
+            return f"class '{theirs.get('name')}' has colour {theirs.get('colour')} in the file, {mine.get('colour')} here"
+    return "the class entries differ"
 
 
 def _check_stage(target: nn.Module, weights: dict[str, torch.Tensor], meta: dict, path: str, what: str, role: str,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.checkpoint_policy import FIXED_ON_RESUME
-from option import RunKind, Settings, parse_options
+from option import OptionError, RunKind, Settings, parse_options
 
 
 def test_settings_are_frozen():
@@ -59,7 +59,7 @@ def test_run_kinds_and_their_tta_default():
 
 @pytest.mark.parametrize(("original", "plain"), [
     (["--context10", "2"], ["--context", "2"]),
-    (["--context15", "2"], ["--context2", "2"]),
+    (["--context15", "4"], ["--context2", "4"]),
     (["--glo_path_10", "a.pth"], ["--c_path", "a.pth"]),
     (["--glo_path_15", "b.pth"], ["--c2_path", "b.pth"]),
     (["--dataset", "1"], ["--dataset", "deepglobe"]),
@@ -91,3 +91,12 @@ def test_setting_names_are_unique_across_groups():
     groups = [getattr(s, f.name) for f in dataclasses.fields(Settings)]
     names = [f.name for group in groups for f in dataclasses.fields(group)]
     assert len(names) == len(set(names))
+
+
+def test_mode_5_refuses_a_large_window_smaller_than_the_medium_one():
+    five = ["--pre_path", "x.pth", "--mode", "5", "--c_path", "c.pth", "--c2_path", "c2.pth"]
+    with pytest.raises(OptionError, match="--context2 2 x size_p: the large window must not be the smaller"):
+        parse_options([*five, "--context", "3", "--context2", "2"])
+    assert parse_options([*five, "--context", "2", "--context2", "3"]).pipeline.context2 == 3
+    four = ["--pre_path", "x.pth", "--mode", "4", "--c_path", "c.pth", "--glo_path", "g.pth"]
+    assert parse_options([*four, "--context", "3", "--context2", "2"]).pipeline.context == 3  # no large window there

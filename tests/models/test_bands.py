@@ -73,3 +73,4 @@ def test_a_file_of_other_bands_is_refused_and_statistics_come_from_the_file(tmp_
     # A frozen encoder of another band count is refused too.
     with pytest.raises(CheckpointError, match="reads 3 bands"):
         create_model(4, "fpn_resnet18", glo_path=three, bands=FOUR, training=True)
+

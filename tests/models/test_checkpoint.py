@@ -370,3 +370,22 @@ def test_save_from_distributed_data_parallel(fpn18: FCtLNet, tmp_path: Path) -> 
         assert report.missing == [] and report.unexpected == []
     finally:
         dist.destroy_process_group()
+
+
+def test_a_class_table_mismatch_says_what_differs(tmp_path):
+    from models.checkpoint import save_weights, table_difference
+    from models.setup import create_model
+
+    def table(*classes):
+        return {"name": "t", "classes": [{"name": n, "colour": c} for n, c in classes]}
+
+    a = table(("bg", [0, 0, 0]), ("road", [255, 0, 0]))
+    assert "class 'road' has colour [255, 0, 0] in the file, [0, 255, 0] here" == \
+        table_difference(a, table(("bg", [0, 0, 0]), ("road", [0, 255, 0])))
+    assert table_difference(a, table(("road", [255, 0, 0]), ("bg", [0, 0, 0]))) == "the same names in another order"
+    assert table_difference(a, table(("bg", [0, 0, 0]), ("rail", [255, 0, 0]))) == "other class names"
+    path = str(tmp_path / "m.pth")
+    save_weights(create_model(1, "fpn_resnet18", n_class=2, class_table=a, training=True), path)
+    with pytest.raises(CheckpointError, match="class 'road' has colour"):
+        create_model(1, "fpn_resnet18", n_class=2, pre_path=path,
+                     class_table=table(("bg", [0, 0, 0]), ("road", [0, 255, 0])))
