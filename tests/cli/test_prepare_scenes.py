@@ -96,8 +96,9 @@ def _frozen_files(folder, backbone: str, mode: int) -> list[str]:
 @pytest.mark.parametrize(("backbone", "mode"), [
     ("fpn_resnet18", 4),
     *[pytest.param("fpn_resnet18", m, marks=SLOW) for m in (0, 1, 2, 3, 5)],
-    # FCN8 through the command line in mode 1 only: its frozen encoders' files are 400 MB each (every
-    # mode of it reads four bands in tests/models/test_bands.py).
+    # FCN8 through the command line in mode 1: its weights and training states are hundreds of MB each
+    # and every further mode takes minutes and gigabytes of disk on a CPU; every FCN8 mode reads four
+    # bands in tests/models/test_bands.py.
     pytest.param("fcn8_vgg16", 1, marks=SLOW),
 ])
 def test_four_band_networks_train_evaluate_and_predict(four_bands, tmp_path, backbone, mode):

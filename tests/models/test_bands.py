@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -55,6 +57,8 @@ def test_every_mode_predicts_four_bands_and_its_file_keeps_them(backbone, tmp_pa
         again = create_model(mode, backbone, pre_path=path, bands=None)  # predicting: the file's bands
         assert again.bands == FOUR
         assert torch.equal(Predictor(again, PipelineConfig(64, 64, 2, 4)).logits(image), out)
+        del again
+        os.remove(path)  # FCN8's files are hundreds of MB each
 
 
 def test_a_file_of_other_bands_is_refused_and_statistics_come_from_the_file(tmp_path):
