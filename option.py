@@ -13,6 +13,7 @@ import enum
 import functools
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -72,7 +73,14 @@ def report_error(exc: FCtLError, parser: argparse.ArgumentParser | None = None) 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, except that a bad option is an OptionError: the entry script then prints it as every
-    other user error (``error: ...``, exit status 2), after the usage line."""
+    other user error (``error: ...``, exit status 2), after the usage line; and a value such as
+    ``-1020,1020`` (a negative number, alone or in a comma-separated list, as ``--input_range`` takes)
+    is a value, not an unknown option."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # argparse tells a negative number from an option by this pattern (no option here looks like one).
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)(,-?(\d+\.?\d*|\.\d+))*$")
 
     def error(self, message: str):
         self.print_usage(sys.stderr)

@@ -100,3 +100,12 @@ def test_mode_5_refuses_a_large_window_smaller_than_the_medium_one():
     assert parse_options([*five, "--context", "2", "--context2", "3"]).pipeline.context2 == 3
     four = ["--pre_path", "x.pth", "--mode", "4", "--c_path", "c.pth", "--glo_path", "g.pth"]
     assert parse_options([*four, "--context", "3", "--context2", "2"]).pipeline.context == 3  # no large window there
+
+
+def test_negative_values_of_input_range_are_values():
+    base = ["--pre_path", "x.pth", "--mode", "1", "--input", "scene.tif"]
+    assert parse_options([*base, "--input_range", "-1020,1020"]).scenes.input_range.pairs == ((-1020.0, 1020.0),)
+    three = parse_options([*base, "--input_range", "-1,1", "-2.5,2", "-.5,0.5", "--no_tta"]).scenes.input_range
+    assert three.pairs == ((-1.0, 1.0), (-2.5, 2.0), (-0.5, 0.5))
+    with pytest.raises(OptionError, match="unrecognized arguments: --nope"):
+        parse_options([*base, "--nope"])
