@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
-from utils.errors import DataError
+from utils.errors import DataError, reason
 from utils.files import atomic_path
+from utils.logging import native_diagnostics
 
 NODATA = 255
 TILE = 512
@@ -56,16 +58,15 @@ class GeoTiffBandWriter:
         self._stack = contextlib.ExitStack()
         self._dst = None
 
-    def _fail(self, exc: BaseException) -> DataError:
+    def _fail(self, exc: BaseException, diagnostics: Sequence[str] = ()) -> DataError:
         folder = os.path.dirname(os.path.abspath(self.path))
-        lines = str(exc).strip().splitlines()
-        text = getattr(exc, "strerror", None) or (lines[0] if lines else type(exc).__name__)
-        return DataError(f"cannot write {os.path.basename(self.path)} into folder {folder} ({text}); choose a "
-                         f"writable folder with free space")
+        return DataError(f"cannot write {os.path.basename(self.path)} into folder {folder} "
+                         f"({reason(exc, diagnostics)}); choose a writable folder with free space")
 
     def __enter__(self) -> GeoTiffBandWriter:
         import rasterio
 
+        diagnostics: list[str] = []
         try:
             self._final_tmp = self._stack.enter_context(atomic_path(self.path))
             self._tmp = self._final_tmp
@@ -78,8 +79,8 @@ class GeoTiffBandWriter:
                 georeferencing["gcps"], georeferencing["crs"] = self.profile["gcps"]
             if self.profile.get("rpcs") is not None:
                 georeferencing["rpcs"] = self.profile["rpcs"]
-            with warnings.catch_warnings():  # a mask of a plain image has no georeferencing, as its input
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with warnings.catch_warnings(), native_diagnostics() as diagnostics:
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)  # as its input has none
                 self._dst = rasterio.open(self._tmp, "w", driver="GTiff", height=self.height, width=self.width,
                                           count=self.count,
                                           dtype="uint8", nodata=self.nodata, tiled=tiled, compress="deflate",
@@ -93,7 +94,7 @@ class GeoTiffBandWriter:
             raise
         except Exception as exc:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
-            raise self._fail(exc) from None
+            raise self._fail(exc, diagnostics) from None
         return self
 
     def write(self, rows: np.ndarray) -> None:
@@ -121,10 +122,14 @@ class GeoTiffBandWriter:
         if not self._filled:
             return
         y0 = self._written
-        try:
-            self._dst.write(self._buffer[:, :self._filled], window=Window(0, y0, self.width, self._filled))
-        except Exception as exc:
-            raise self._fail(exc) from None
+        with native_diagnostics() as diagnostics:
+            try:
+                self._dst.write(self._buffer[:, :self._filled], window=Window(0, y0, self.width, self._filled))
+                failure = None
+            except Exception as exc:
+                failure = exc
+        if failure is not None:
+            raise self._fail(failure, diagnostics) from None
         self._written = y0 + self._filled
         self._filled = 0
 
@@ -134,11 +139,14 @@ class GeoTiffBandWriter:
                 self._flush()
                 if self._written != self.height:
                     raise ValueError(f"{self.path}: only {self._written} of {self.height} rows were written")
-            try:
-                self._dst.close()
-            except Exception as error:
-                if exc_type is None:
-                    raise self._fail(error) from None
+            with native_diagnostics() as diagnostics:
+                try:
+                    self._dst.close()
+                    failure = None
+                except Exception as error:
+                    failure = error
+            if failure is not None and exc_type is None:
+                raise self._fail(failure, diagnostics) from None
             if exc_type is None and self.cog:
                 _to_cog(self._tmp, self._final_tmp, self._fail)
         except BaseException as error:
@@ -160,8 +168,12 @@ def _scratch(path: str):
 def _to_cog(source: str, target: str, fail) -> None:
     from rasterio.shutil import copy
 
-    try:
-        copy(source, target, driver="COG", compress="DEFLATE", overview_resampling="NEAREST", blocksize=TILE,
-             BIGTIFF="IF_SAFER")
-    except Exception as exc:
-        raise fail(exc) from None
+    with native_diagnostics() as diagnostics:
+        try:
+            copy(source, target, driver="COG", compress="DEFLATE", overview_resampling="NEAREST", blocksize=TILE,
+                 BIGTIFF="IF_SAFER")
+            failure = None
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        raise fail(failure, diagnostics) from None

@@ -33,7 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from dataset.classes import ClassTable
-from utils.errors import ConfigError, DataError, InputFileError
+from dataset.scenes import missing_sources
+from utils.errors import ConfigError, DataError, InputFileError, reason
 from utils.labels import IGNORE_INDEX
 
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".geojson", ".json", ".fgb", ".gml", ".kml", ".sqlite")
@@ -79,10 +80,6 @@ def _meets(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
 
 def _fill(unlabelled: int | None) -> int:
     return IGNORE_INDEX if unlabelled is None else unlabelled
@@ -105,10 +102,14 @@ class RasterLabels:
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 self._src = rasterio.open(path)
         except rasterio.errors.RasterioError as exc:
-            raise InputFileError(f"label raster {path} is not readable by GDAL ({_first_line(exc)}); replace the file",
+            raise InputFileError(f"label raster {path} is not readable by GDAL ({reason(exc)}); replace the file",
                                  path=path) from None
         src = self._src
         try:
+            missing = missing_sources(src)
+            if missing:
+                raise InputFileError(f"label raster {path} reads the file {missing[0]}, which does not exist; restore it "
+                                     f"or correct the source file names in {os.path.basename(path)}", path=path)
             if src.count not in (1, 3, 4):
                 raise DataError(f"label raster {path} has {src.count} bands; labels are one band of class indices or "
                                 f"three of the class colours")
@@ -179,7 +180,7 @@ class RasterLabels:
             values = self._view.read(list(range(1, min(self._view.count, 3) + 1)), window=window)
             valid = self._view.read_masks(1, window=window) > 0
         except Exception as exc:
-            raise InputFileError(f"label raster {self.path}: rows {y0}..{y1} cannot be read ({_first_line(exc)}); "
+            raise InputFileError(f"label raster {self.path}: rows {y0}..{y1} cannot be read ({reason(exc)}); "
                                  f"the file is damaged: replace it", path=self.path) from None
         where = f"{self.path} (rows {y0}..{y1}, columns {x0}..{x1} of the scene's grid)"
         if self.colours:
@@ -222,7 +223,7 @@ class VectorLabels:
         try:
             info = pyogrio.read_info(path, force_total_bounds=True)
         except Exception as exc:
-            raise InputFileError(f"vector labels {path} are not readable by GDAL ({_first_line(exc)}); replace the file",
+            raise InputFileError(f"vector labels {path} are not readable by GDAL ({reason(exc)}); replace the file",
                                  path=path) from None
         fields = [str(f) for f in info["fields"]]
         if class_field not in fields:
@@ -250,7 +251,7 @@ class VectorLabels:
             _, _, _, (values,) = pyogrio.raw.read(self.path, columns=[self.class_field], read_geometry=False)[:4]
         except Exception as exc:
             raise InputFileError(f"vector labels {self.path}: field `{self.class_field}` cannot be read "
-                                 f"({_first_line(exc)})", path=self.path) from None
+                                 f"({reason(exc)})", path=self.path) from None
         lookup, bad = {}, []
         for value in dict.fromkeys(values.tolist()):
             index = self._class_of(value)
@@ -311,7 +312,7 @@ class VectorLabels:
         try:
             _, _, wkb, (values,) = pyogrio.raw.read(self.path, columns=[self.class_field], bbox=tuple(query))[:4]
         except Exception as exc:
-            raise InputFileError(f"vector labels {self.path} cannot be read ({_first_line(exc)}); replace the file",
+            raise InputFileError(f"vector labels {self.path} cannot be read ({reason(exc)}); replace the file",
                                  path=self.path) from None
         if len(wkb) == 0:
             return np.full((height, width), fill, dtype=np.uint8)

@@ -11,8 +11,10 @@ padded. What the network sees is fixed by three documented rules:
 
 - bands: ``bands`` picks the three bands (1-based, GDAL's numbering) used as R, G, B, and any further
   bands after them; by default the bands whose colour interpretation the file declares red, green and
-  blue, else the first three (with a warning when the file has more). A scene with fewer than three
-  bands needs ``bands`` (``1,1,1`` for a grey scene);
+  blue, else the first three (with a warning when the file has more). A single band with a colour
+  table (a paletted raster) is read through its table, as the colours a GIS shows (its transparent
+  entries are invalid pixels). Any other scene with fewer than three bands needs ``bands`` (``1,1,1``
+  for a grey scene);
 - values: uint8 scenes are used as they are. Every other data type needs an explicit ``input_range``
   (``InputRange``): value ``v`` of band ``b`` becomes ``round(clip((v - low_b) / (high_b - low_b), 0, 1) *
   255)``. The range is either given (one ``LOW,HIGH`` pair for all bands, or one per band) or computed by
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.errors import ConfigError, DataError, InputFileError
+from utils.errors import ConfigError, DataError, InputFileError, reason
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,25 @@ def declared_rgb(colorinterp: Sequence) -> tuple[int, int, int] | None:
     return tuple(names.index(colour) + 1 for colour in ("red", "green", "blue"))
 
 
+def missing_sources(src) -> list[str]:
+    """The local source files that an opened VRT (or any GDAL dataset made of other files) names but
+    that do not exist, as absolute paths; remote and ``/vsi`` sources are not checked."""
+    if src.driver != "VRT":
+        return []
+    return [os.path.abspath(name) for name in src.files[1:]
+            if not is_remote(name) and not os.path.exists(name)]
+
+
+def palette_table(colormap: dict[int, Sequence[int]], dtype: str) -> np.ndarray:
+    """(entries, 4) uint8 RGBA of a colour table, indexed by pixel value: every value of ``dtype``
+    (uint8 or uint16) has a row; values the table leaves out are transparent."""
+    table = np.zeros((1 << (8 * np.dtype(dtype).itemsize), 4), dtype=np.uint8)
+    for index, colour in colormap.items():
+        if 0 <= index < len(table):
+            table[index] = colour
+    return table
+
+
 def _rasterio():
     import rasterio
     from rasterio.env import set_gdal_config
@@ -242,12 +263,17 @@ class RasterScene:
                 self._src = rasterio.open(path)
         except rasterio.errors.RasterioError as exc:
             if remote:
-                raise InputFileError(f"remote scene {path} cannot be opened ({_first_line(exc)}); check the address, "
+                raise InputFileError(f"remote scene {path} cannot be opened ({reason(exc)}); check the address, "
                                      f"the network and the credentials (GDAL's and the cloud provider's environment "
                                      f"variables)", path=path) from None
-            raise InputFileError(f"image {path} is not readable by GDAL ({_first_line(exc)}); "
+            raise InputFileError(f"image {path} is not readable by GDAL ({reason(exc)}); "
                                  f"replace the file", path=path) from None
         try:
+            missing = missing_sources(self._src)
+            if missing:
+                raise InputFileError(f"image {path} reads the file {missing[0]}, which does not exist"
+                                     f"{f' (nor do {len(missing) - 1} more)' if len(missing) > 1 else ''}; restore it "
+                                     f"or correct the source file names in {os.path.basename(path)}", path=path)
             self._setup(bands, input_range)
         except BaseException:
             self._src.close()
@@ -263,6 +289,16 @@ class RasterScene:
         points, gcp_crs = src.gcps
         self.gcps = (points, gcp_crs) if points else None  # ground control points instead of a transform
         self.rpcs = src.rpcs  # rational polynomial coefficients, kept in the outputs
+        self._palette = None
+        if bands is None and self.count == 1 and src.colorinterp[0].name == "palette":
+            if src.dtypes[0] not in ("uint8", "uint16"):
+                raise InputFileError(f"image {path} has a colour table on {src.dtypes[0]} values; GDAL reads colour "
+                                     f"tables of uint8 and uint16 bands only", path=path)
+            if input_range is not None:
+                raise ConfigError(f"`input_range` does not apply to image {path}: its colour table gives the colours "
+                                  f"(0..255) of its single band; leave `input_range` out")
+            self._palette = palette_table(src.colormap(1), src.dtypes[0])
+            bands = (1, 1, 1)
         if bands is None:
             if self.count < 3:
                 raise InputFileError(f"image {path} has {self.count} band{'s' if self.count != 1 else ''}, fewer than 3; "
@@ -283,7 +319,7 @@ class RasterScene:
         if len(dtypes) != 1:
             raise InputFileError(f"image {path}: bands {self.bands} have different data types ({', '.join(sorted(dtypes))}); "
                                  f"choose bands of one type with `bands`", path=path)
-        self.dtype = dtypes.pop()
+        self.dtype = "uint8" if self._palette is not None else dtypes.pop()  # colours, whatever the index type
         if self.dtype not in SUPPORTED_DTYPES:
             raise InputFileError(f"image {path} has {self.dtype} pixels, which are not supported; convert it to "
                                  f"{', '.join(SUPPORTED_DTYPES)} first (e.g. with gdal_translate -ot)", path=path)
@@ -292,7 +328,8 @@ class RasterScene:
             log.warning("%s is not tiled (blocks of %dx%d px): every window decodes whole rows, which is slow for a "
                         "scene this wide; gdal_translate -co TILED=YES makes a tiled copy", path, block_cols, block_rows)
         flags = [src.mask_flag_enums[b - 1] for b in self.bands]
-        self.has_mask = not all(f == [MaskFlags.all_valid] for f in flags)
+        self._transparent = self._palette is not None and bool((self._palette[:, 3] == 0).any())
+        self.has_mask = not all(f == [MaskFlags.all_valid] for f in flags) or self._transparent
         self.range_rule = input_range
         if input_range is None and self.dtype != "uint8":
             raise InputFileError(f"image {path} has {self.dtype} pixels; pass `input_range` to say how they map to 0..255: "
@@ -335,6 +372,9 @@ class RasterScene:
         from rasterio.enums import MaskFlags
 
         flags = {flag for b in self.bands for flag in self._src.mask_flag_enums[b - 1]}
+        if self._transparent:
+            return "transparent colour-table entries" + (f" and nodata value {self._src.nodata:g}"
+                                                         if MaskFlags.nodata in flags else "")
         if MaskFlags.nodata in flags:
             return f"nodata value {self._src.nodata:g}"
         if MaskFlags.alpha in flags:
@@ -349,7 +389,10 @@ class RasterScene:
         georeferencing, and what masks pixels."""
         text = f"{self.width}x{self.height} px, {self.count} band{'s' if self.count != 1 else ''} {self.dtype}"
         extra = f" + {self.channels - 3} more" if self.channels > 3 else ""
-        text += f", bands {','.join(map(str, self.bands))} as R, G, B{extra}"
+        if self._palette is not None:
+            text += ", band 1 through its colour table as R, G, B"
+        else:
+            text += f", bands {','.join(map(str, self.bands))} as R, G, B{extra}"
         if self.crs is not None:
             text += f", {self.crs.to_string()}"
         elif self.gcps is not None:
@@ -370,10 +413,12 @@ class RasterScene:
         return Window(x0, y0, x1 - x0, y1 - y0)
 
     def _read_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+        """The selected bands' values (bands, h, w); a paletted band's indices once (1, h, w)."""
+        bands = [1] if self._palette is not None else self.bands
         try:
-            return self._src.read(self.bands, window=self._window(y0, x0, y1, x1))
+            return self._src.read(bands, window=self._window(y0, x0, y1, x1))
         except Exception as exc:  # GDAL reports damaged blocks only when they are read
-            raise InputFileError(f"image {self.path}: rows {y0}..{y1} cannot be read ({_first_line(exc)}); the file is "
+            raise InputFileError(f"image {self.path}: rows {y0}..{y1} cannot be read ({reason(exc)}); the file is "
                                  f"damaged or truncated: replace it", path=self.path) from None
 
     def _valid_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
@@ -382,7 +427,10 @@ class RasterScene:
         with warnings.catch_warnings():  # GDAL's rule (nodata wins over an alpha band) is the documented one
             warnings.simplefilter("ignore", NodataShadowWarning)
             masks = self._src.read_masks(self.bands, window=self._window(y0, x0, y1, x1))
-        return masks.any(axis=0)
+        valid = masks.any(axis=0)
+        if self._transparent:
+            valid &= self._palette[self._read_raw(y0, x0, y1, x1)[0], 3] > 0
+        return valid
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         """uint8 (bands, height, width): the window at (top, left), zeros outside the scene and at invalid pixels."""
@@ -392,11 +440,14 @@ class RasterScene:
             return out
         raw = self._read_raw(y0, x0, y1, x1)
         inside = out[:, y0 - top:y1 - top, x0 - left:x1 - left]
-        if self._scale is None:
+        if self._palette is not None:
+            inside[...] = np.moveaxis(self._palette[raw[0], :3], -1, 0)
+        elif self._scale is None:
             inside[...] = raw
         else:
             low, high = self._scale[:, 0, None, None], self._scale[:, 1, None, None]
             scaled = (raw.astype(np.float32) - low.astype(np.float32)) * (255.0 / (high - low)).astype(np.float32)
+            np.nan_to_num(scaled, copy=False, nan=0.0)  # NaN (a float scene's nodata) becomes the 0 of invalid pixels
             np.clip(scaled, 0, 255, out=scaled)
             np.rint(scaled, out=scaled)
             inside[...] = scaled.astype(np.uint8)
@@ -478,8 +529,3 @@ class RasterScene:
                 pairs[b, 1] = pairs[b, 0] + 1
         log.info("%s: percentiles over %d valid pixels", self.path, int(totals[0]))
         return pairs
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -530,9 +530,17 @@ def _check_correlation(target: FCtLNet, loaded: list[str], meta: dict, path: str
 
 
 def _check_classes(target: FCtLNet, meta: dict, path: str, what: str) -> None:
-    """A file that records its class table goes only into a model of the same classes (names, colours)."""
+    """A file that records its class table goes only into a model of the same classes (names, colours).
+    A table that differs only in its rules (the unscored class, the ignore value) is legal, since they
+    change scoring and training, not what the network predicts: one warning names the rule."""
     recorded, ours = meta.get("classes"), target.class_table
-    if not recorded or not ours or recorded.get("classes") == ours.get("classes"):
+    if not recorded or not ours:
+        return
+    if recorded.get("classes") == ours.get("classes"):
+        rules = rule_difference(recorded, ours)
+        if rules:
+            log.warning("%s %s was trained with the same classes but %s; scores and training follow this run's "
+                        "table", what, path, rules)
         return
 
     def names(table: dict) -> str:
@@ -543,6 +551,21 @@ def _check_classes(target: FCtLNet, meta: dict, path: str, what: str) -> None:
         f"but this run uses [{names(ours)}] ({ours.get('name', 'unnamed table')}): {table_difference(recorded, ours)}; "
         f"pass the file's `dataset`/`classes` or a checkpoint trained for this class table"
     )
+
+
+def rule_difference(recorded: dict, ours: dict) -> str:
+    """What differs between two recorded class tables' rules, in words ("" when nothing does): the
+    unscored class (left out of the means) and the ignore value (mask value of unlabelled pixels)."""
+    parts = []
+    for key, what in (("unscored", "the unscored class"), ("ignore", "the ignore value")):
+        theirs, mine = recorded.get(key), ours.get(key)
+        if theirs != mine:
+            parts.append(f"{what} is {_rule_value(theirs)} in the file, {_rule_value(mine)} here")
+    return " and ".join(parts)
+
+
+def _rule_value(value: Any) -> str:
+    return "none" if value is None else repr(value) if isinstance(value, str) else str(value)
 
 
 def table_difference(recorded: dict, ours: dict) -> str:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.checkpoint import META_KEY, atomic_save, load_file
+from models.checkpoint import META_KEY, atomic_save, load_file, table_difference
 from utils.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -68,9 +68,22 @@ class RefinementRecord:
         out = []
         for name, mine in asdict(self).items():
             theirs = getattr(other, name)
-            if mine != theirs:
-                out.append("another class table" if name == "classes" else f"{name} {mine}, not {theirs}")
+            if name == "classes":  # the classes themselves; the table's scoring rules do not change a network
+                if _entries(mine) != _entries(theirs):
+                    out.append(f"another class table ({_class_difference(mine, theirs)})")
+            elif mine != theirs:
+                out.append(f"{name} {mine}, not {theirs}")
         return out
+
+
+def _entries(table: dict | None) -> list | None:
+    return None if not table else table.get("classes")
+
+
+def _class_difference(recorded: dict | None, ours: dict | None) -> str:
+    if not recorded or not ours:
+        return "one of them records none"
+    return table_difference(recorded, ours)
 
 
 class ResidualBlock(nn.Module):

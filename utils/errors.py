@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 _SETTING = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
@@ -101,3 +101,34 @@ def user_message(exc: BaseException) -> str:
         if last.startswith(name + ": "):
             return last[len(name) + 2:]
     return last.split(": ", 1)[-1]
+
+
+_SEE_CAUSE = "See previous exception"
+
+
+_NATIVE_PREFIX = re.compile(r"^(?:(?:ERROR|Warning) \d+: )?(?:[A-Za-z_]\w*: )?")
+
+
+def reason(exc: BaseException, diagnostics: Sequence[str] = ()) -> str:
+    """The first line of what went wrong in ``exc``, for the parenthesis of a one-line message.
+
+    ``diagnostics``: what native libraries printed meanwhile (``utils.logging.native_diagnostics``);
+    the last of those lines, without its "function: " prefix, wins, since libtiff says "No space left on
+    device" there while the exception only says that a write failed. Otherwise an ``OSError`` gives its
+    ``strerror``, and rasterio's "Read failed. See previous exception for details." gives way to GDAL's
+    own error, its cause, so the message names the real culprit (a missing VRT source, a damaged tile)."""
+    lines = [line.strip() for line in diagnostics if line.strip()]
+    if lines:
+        return _NATIVE_PREFIX.sub("", lines[-1]).rstrip(".")
+    seen: set[int] = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        lines = str(exc).strip().splitlines()
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and (not lines or _SEE_CAUSE in lines[0]):
+            exc = cause
+            continue
+        if isinstance(exc, OSError) and exc.strerror:
+            return exc.strerror
+        return lines[0] if lines else type(exc).__name__
+    return type(exc).__name__

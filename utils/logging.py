@@ -15,8 +15,10 @@ import logging
 import os
 import resource
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -151,7 +153,96 @@ def setup_logging(rank: int = 0, log_file: str | None = None,
         child.handlers = root.handlers
         child.setLevel(logging.INFO)
         child.propagate = False
+    _route_library_loggers()
+    _route_runtime_warnings()
     return root
+
+
+_NATIVE_LOCK = threading.RLock()
+LIBRARY_LOGGERS = ("rasterio", "pyogrio", "fiona")
+
+
+def _route_library_loggers() -> None:
+    """GDAL's warnings and errors reach Python through rasterio's and pyogrio's loggers; without a
+    handler Python would print them raw on stderr. They go to the project's log at debug level: what
+    matters of them is folded into the project's own messages (``utils.errors.reason``)."""
+    forward = _DebugForward()
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers = [forward]
+        library.propagate = False
+
+
+def _route_runtime_warnings() -> None:
+    """numpy's floating-point diagnostics (``RuntimeWarning``: invalid value in a cast, overflow) go to
+    the log at debug level instead of being printed with their source line; other warnings are shown
+    as before."""
+    previous = warnings.showwarning
+    if getattr(previous, "routes_runtime_warnings", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, RuntimeWarning):
+            get_logger("native").debug("%s:%d: %s: %s", filename, lineno, category.__name__, message)
+            return
+        previous(message, category, filename, lineno, file, line)
+
+    show.routes_runtime_warnings = True
+    warnings.showwarning = show
+
+
+class _DebugForward(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        get_logger("native").debug("%s: %s", record.name, record.getMessage())
+
+
+@contextlib.contextmanager
+def native_diagnostics() -> Iterator[list[str]]:
+    """Catch what native libraries (libtiff, GDAL's drivers) print straight on file descriptor 2 inside
+    the block, instead of letting it reach the terminal around the project's one-line message.
+
+    Yields a list that holds those lines once the block has ended (for ``utils.errors.reason``); they
+    are also logged at debug level. Python's own stderr (log lines, progress) still reaches the
+    terminal meanwhile. Blocks in several threads take turns. Where file descriptor 2 cannot be
+    redirected (no temporary file), the block runs as it is.
+    """
+    lines: list[str] = []
+    with _NATIVE_LOCK:
+        try:
+            sink = tempfile.TemporaryFile()
+        except OSError:
+            yield lines
+            return
+        with sink:
+            for stream in (sys.stderr, sys.__stderr__):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            saved = os.dup(2)
+            previous = sys.stderr
+            try:
+                if _writes_to_fd2(previous):
+                    sys.stderr = open(saved, "w", buffering=1, closefd=False,
+                                      encoding=getattr(previous, "encoding", None) or "utf-8", errors="backslashreplace")
+                os.dup2(sink.fileno(), 2)
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                if sys.stderr is not previous:
+                    with contextlib.suppress(Exception):
+                        sys.stderr.close()
+                    sys.stderr = previous
+                os.close(saved)
+                sink.seek(0)
+                lines.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+                for line in lines:
+                    get_logger("native").debug("native: %s", line)
+
+
+def _writes_to_fd2(stream) -> bool:
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def get_logger(name: str | None = None) -> logging.Logger:

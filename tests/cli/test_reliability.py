@@ -122,9 +122,12 @@ def _can_unshare() -> bool:
 needs_namespace = pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --mount` (root) to mount a small tmpfs")
 
 
-def in_small_tmpfs(mount_point: str, size: str, argv: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``argv`` in a private mount namespace where ``mount_point`` is a fresh tmpfs of ``size``."""
-    script = f'mkdir -p "{mount_point}" && mount -t tmpfs -o size={size} tmpfs "{mount_point}" && exec "$@"'
+def in_small_tmpfs(mount_point: str, size: str, argv: list[str], timeout: float = 600,
+                   after: str = "") -> subprocess.CompletedProcess:
+    """Run ``argv`` in a private mount namespace where ``mount_point`` is a fresh tmpfs of ``size``; then
+    the shell command ``after`` (its output on stdout), in the same namespace, before the tmpfs is gone."""
+    run = f'"$@"; code=$?; {after}; exit $code' if after else 'exec "$@"'
+    script = f'mkdir -p "{mount_point}" && mount -t tmpfs -o size={size} tmpfs "{mount_point}" && {run}'
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -389,3 +389,22 @@ def test_a_class_table_mismatch_says_what_differs(tmp_path):
     with pytest.raises(CheckpointError, match="class 'road' has colour"):
         create_model(1, "fpn_resnet18", n_class=2, pre_path=path,
                      class_table=table(("bg", [0, 0, 0]), ("road", [0, 255, 0])))
+
+
+def test_a_class_table_that_differs_only_in_its_rules_loads_with_one_warning(tmp_path, monkeypatch):
+    from models import checkpoint
+    from models.checkpoint import rule_difference, save_weights
+    from models.setup import create_model
+
+    classes = [{"name": "bg", "colour": [0, 0, 0]}, {"name": "road", "colour": [255, 0, 0]}]
+    recorded = {"name": "t", "classes": classes, "unscored": "bg"}
+    ours = {"name": "t", "classes": classes, "unscored": None, "ignore": 255}
+    assert rule_difference(recorded, ours) == \
+        "the unscored class is 'bg' in the file, none here and the ignore value is none in the file, 255 here"
+    assert rule_difference(recorded, dict(recorded)) == ""
+    path = str(tmp_path / "m.pth")
+    save_weights(create_model(1, "fpn_resnet18", n_class=2, class_table=recorded, training=True), path)
+    lines: list[str] = []
+    monkeypatch.setattr(checkpoint.log, "warning", lambda text, *args: lines.append(text % args))
+    create_model(1, "fpn_resnet18", n_class=2, pre_path=path, class_table=ours)
+    assert len(lines) == 1 and "the unscored class is 'bg' in the file, none here" in lines[0]

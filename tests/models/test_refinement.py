@@ -12,7 +12,8 @@ from models.fctl import FCtLNet
 from models.refinement import RefinementNet, RefinementRecord, check_refines, read_refinement, save_refinement
 from utils.errors import CheckpointError
 
-BASE = RefinementRecord(4, "fpn_resnet18", 7, "centred", {"names": ["a"]}, "global")
+BASE = RefinementRecord(4, "fpn_resnet18", 7, "centred", {"name": "t", "classes": [{"name": "a", "colour": [0, 0, 0]}]},
+                        "global")
 
 
 def test_a_saved_refinement_reads_back_with_its_record_and_weights(tmp_path):
@@ -28,10 +29,14 @@ def test_a_saved_refinement_reads_back_with_its_record_and_weights(tmp_path):
 
 @pytest.mark.parametrize("change, says", [
     ({"mode": 1}, "mode 4, not 1"), ({"backbone": "fcn8_vgg16"}, "backbone fpn_resnet18, not fcn8_vgg16"),
-    ({"classes": None}, "another class table"), ({"correlation": "plain"}, "correlation centred, not plain"),
+    ({"classes": None}, "another class table (one of them records none)"),
+    ({"classes": {"name": "t", "classes": [{"name": "a", "colour": [9, 9, 9]}]}},
+     "another class table (class 'a' has colour [0, 0, 0] in the file, [9, 9, 9] here)"),
+    ({"correlation": "plain"}, "correlation centred, not plain"),
     ({"context": "none"}, "with the global model it reads as `glo_path`"),
 ])
 def test_a_refinement_for_another_base_is_refused(change, says):
+    """Each field that differs is named; for the class table, what in it differs."""
     other = dataclasses.replace(BASE, **change)
     with pytest.raises(CheckpointError, match="refinement r.pth refines a mode-4") as info:
         check_refines(RefinementNet(BASE), other, "r.pth")
