@@ -161,6 +161,15 @@ def _add_scene_options(p: argparse.ArgumentParser) -> None:
     own.add_argument("--save_probabilities", action="store_true",
                      help="also write <stem>_probabilities.tif: one uint8 band per class, softmax probability x 255 "
                           "(band descriptions: the class names)")
+    own.add_argument("--vectorize", choices=["gpkg", "geojson", "fgb"], default=None,
+                     help="also write <stem>_mask.<gpkg|geojson|fgb>: one polygon per connected region of each class "
+                          "(attributes class_index, class_name, area in CRS units, mean_confidence), in the scene's "
+                          "CRS, nodata left out")
+    own.add_argument("--vector_skip", choices=["unscored"], default=None,
+                     help="with --vectorize: leave the class table's unscored class out of the polygons")
+    own.add_argument("--simplify", type=float, default=None, metavar="TOL",
+                     help="with --vectorize: simplify polygons to this tolerance in CRS units (default 0: exact pixel "
+                          "edges)")
     own.add_argument("--quicklook", action="store_true",
                      help="also write <stem>_preview.png: the scene and the mask over it, side by side, <= 2048 px")
     own.add_argument("--bands", default=None, metavar="R,G,B",
@@ -317,6 +326,9 @@ class SceneSettings:
     save_confidence: bool
     save_probabilities: bool
     quicklook: bool
+    vectorize: str | None
+    vector_skip: tuple[int, ...]  # class indices
+    simplify: float
     bands: tuple[int, ...] | None
     input_range: InputRange | None
     skip_existing: bool
@@ -419,7 +431,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
                           f"one of --context2 {pipeline.context2} x size_p: the large window must not be the smaller; "
                           f"raise --context2 or lower --context")
     kind = _run_kind(args)
-    scenes = _scene_settings(args)
+    scenes = _scene_settings(args, dataset.classes)
     _check_checkpoints(args, kind)
     split = {RunKind.EVALUATE: args.split or "crossvali", RunKind.PREDICT_SPLIT: args.split or "test"}.get(kind)
     predicting = kind in (RunKind.PREDICT_SPLIT, RunKind.PREDICT_SCENES)
@@ -540,10 +552,29 @@ def _run_kind(args: argparse.Namespace) -> RunKind:
 
 
 SCENE_ONLY = ("output_format", "cog", "save_confidence", "save_probabilities", "quicklook", "bands", "input_range",
-              "skip_existing")
+              "skip_existing", "vectorize", "vector_skip", "simplify")
 
 
-def _scene_settings(args: argparse.Namespace) -> SceneSettings | None:
+def _vector_options(args: argparse.Namespace, classes: ClassTable) -> tuple[tuple[int, ...], float]:
+    """(class indices left out of the polygons, simplification tolerance) of --vectorize."""
+    if args.vectorize is None:
+        for name in ("vector_skip", "simplify"):
+            if getattr(args, name) is not None:
+                raise OptionError(f"--{name} applies to --vectorize; add --vectorize gpkg|geojson|fgb")
+        return (), 0.0
+    tolerance = 0.0 if args.simplify is None else args.simplify
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise OptionError(f"--simplify {args.simplify} must be a tolerance of 0 or more, in the scene's CRS units")
+    skip: tuple[int, ...] = ()
+    if args.vector_skip == "unscored":
+        if classes.unscored is None:
+            raise OptionError(f"--vector_skip unscored: the class table {classes.name} has no unscored class; drop "
+                              f"--vector_skip")
+        skip = (classes.unscored,)
+    return skip, tolerance
+
+
+def _scene_settings(args: argparse.Namespace, classes: ClassTable) -> SceneSettings | None:
     """The --input options, None without --input (where the other scene options are refused)."""
     from dataset.scenes import InputRange, parse_bands
 
@@ -556,9 +587,11 @@ def _scene_settings(args: argparse.Namespace) -> SceneSettings | None:
         raise OptionError("--input predicts unlabelled scenes in test mode; drop --train/--evaluate/--val")
     if args.split is not None:
         raise OptionError("--input replaces --split (and --data_path); drop --split")
+    vector_skip, simplify = _vector_options(args, classes)
     return SceneSettings(inputs=tuple(args.input), output_format=args.output_format, cog=args.cog,
                          save_confidence=args.save_confidence, save_probabilities=args.save_probabilities,
-                         quicklook=args.quicklook,
+                         quicklook=args.quicklook, vectorize=args.vectorize,
+                         vector_skip=vector_skip, simplify=simplify,
                          bands=None if args.bands is None else parse_bands(args.bands),
                          input_range=None if args.input_range is None else InputRange.parse(args.input_range),
                          skip_existing=args.skip_existing)

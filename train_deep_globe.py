@@ -254,7 +254,8 @@ def _predict_scenes(run: _Run, predictor: Predictor) -> None:
     folder = s.paths.prediction_path
     paths = expand_inputs(list(scenes.inputs), skip=is_output)
     outputs = SceneOutputs(folder, scenes.output_format, scenes.cog, scenes.save_confidence,
-                           scenes.save_probabilities, scenes.quicklook, scenes.skip_existing, s.dataset.classes)
+                           scenes.save_probabilities, scenes.quicklook, scenes.skip_existing, s.dataset.classes,
+                           vectorize=scenes.vectorize, vector_skip=scenes.vector_skip, simplify=scenes.simplify)
     reading = SceneReading(scenes.bands, scenes.input_range)
     check_outputs(paths, outputs, reading)
     run.output_folder(folder, "prediction_path", lambda: remove_stale_outputs(folder))

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from utils.errors import DataError, reason
-from utils.files import atomic_path
+from utils.files import atomic_path, scratch_path
 from utils.logging import native_diagnostics
 
 NODATA = 255
@@ -71,7 +71,7 @@ class GeoTiffBandWriter:
             self._final_tmp = self._stack.enter_context(atomic_path(self.path))
             self._tmp = self._final_tmp
             if self.cog:  # the plain GeoTIFF first, converted into the final temporary at the end
-                self._tmp = self._stack.enter_context(_scratch(self._final_tmp + ".tif"))
+                self._tmp = self._stack.enter_context(scratch_path(self._final_tmp + ".tif"))
             tiled = self.width >= TILE and self.height >= TILE
             options = dict(blockxsize=TILE, blockysize=TILE) if tiled else {}
             georeferencing = {key: self.profile[key] for key in ("crs", "transform") if self.profile.get(key) is not None}
@@ -153,16 +153,6 @@ class GeoTiffBandWriter:
             self._stack.__exit__(type(error), error, error.__traceback__)
             raise
         return bool(self._stack.__exit__(exc_type, exc, tb))
-
-
-@contextlib.contextmanager
-def _scratch(path: str):
-    """A scratch file name that is removed afterwards, whatever happens."""
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
 
 
 def _to_cog(source: str, target: str, fail) -> None:

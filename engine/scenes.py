@@ -12,7 +12,10 @@ memory. The prediction streams band by band into the outputs:
 - with ``probabilities``: ``<stem>_probabilities.tif``, one band per class (named after it):
   round(255 x the softmax of the mean logits), the confidence's definition for every class, same
   georeferencing (a COG with ``cog``); always a TIFF, whatever the mask's format;
-- with ``quicklook``: ``<stem>_preview.png`` (``pipeline.quicklook``).
+- with ``quicklook``: ``<stem>_preview.png`` (``pipeline.quicklook``);
+- with ``vectorize``: ``<stem>_mask.<gpkg|geojson|fgb>``, one polygon per connected region of each
+  class with its class, area and mean confidence (``dataset.vectors``), nodata and the ``vector_skip``
+  classes left out, regions merged across the bands as they stream.
 
 Pixels the scene marks as nodata get ``NODATA`` (255, declared as the GeoTIFF's nodata value) in a
 GeoTIFF mask, class 0 in a PNG mask, and confidence and probabilities 0. Every file is written under a temporary name
@@ -36,6 +39,8 @@ from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.geotiff import NODATA, GeoTiffBandWriter
 from dataset.io import PngBandWriter, read_image, write_image_png
 from dataset.scenes import InputRange, RasterScene, is_remote, stem_of, uses_pillow
+from dataset.vectors import FORMATS as VECTOR_FORMATS
+from dataset.vectors import VectorBandWriter
 from pipeline.inputs import largest_window
 from pipeline.predictor import Predictor
 from pipeline.quicklook import MaskThumbnail, compose, preview_size, scene_thumbnail
@@ -50,7 +55,7 @@ log = get_logger("scenes")
 FORMATS = ("png", "tif")
 BLOCK = 512  # side of the blocks a windowed scene is read and cached in
 OUTPUT_PATTERNS = ("*_mask.png", "*_mask.tif", "*_confidence.png", "*_confidence.tif", "*_probabilities.tif",
-                   "*_preview.png")
+                   "*_preview.png", *(f"*_mask.{ext}" for ext in VECTOR_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class SceneOutputs:
     quicklook: bool = False
     skip_existing: bool = False
     classes: ClassTable = DEEPGLOBE  # the colours of the masks and previews
+    vectorize: str | None = None  # a key of dataset.vectors.FORMATS
+    vector_skip: tuple[int, ...] = ()  # class indices left out of the polygons
+    simplify: float = 0.0  # polygon simplification tolerance, CRS units
 
     def format_of(self, path: str) -> str:
         if self.fmt is not None:
@@ -81,6 +89,8 @@ class SceneOutputs:
             out["probabilities"] = os.path.join(self.folder, f"{stem}_probabilities.tif")
         if self.quicklook:
             out["preview"] = os.path.join(self.folder, f"{stem}_preview.png")
+        if self.vectorize is not None:
+            out["vectors"] = os.path.join(self.folder, f"{stem}_mask.{self.vectorize}")
         return out
 
 
@@ -162,10 +172,10 @@ def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: t
 class _Outputs:
     """The writers of one scene, published together when the block succeeds."""
 
-    def __init__(self, paths: dict[str, str], fmt: str, profile: dict, nodata: bool, cog: bool,
-                 classes: ClassTable) -> None:
-        self.paths, self.fmt, self.profile, self.nodata, self.cog = paths, fmt, profile, nodata, cog
-        self.palette, self.names = classes.colours, list(classes.names)
+    def __init__(self, paths: dict[str, str], fmt: str, profile: dict, nodata: bool, outputs: SceneOutputs) -> None:
+        self.paths, self.fmt, self.profile, self.nodata, self.cog = paths, fmt, profile, nodata, outputs.cog
+        self.palette, self.names = outputs.classes.colours, list(outputs.classes.names)
+        self.settings = outputs
         self.stack = contextlib.ExitStack()
 
     def _writer(self, path: str, palette):
@@ -176,6 +186,11 @@ class _Outputs:
 
     def __enter__(self) -> _Outputs:
         with self.stack as stack:
+            self.vectors = None
+            if "vectors" in self.paths:  # first: it refuses a scene it cannot vectorize before any file is made
+                self.vectors = stack.enter_context(VectorBandWriter(
+                    self.paths["vectors"], self.profile, self.names, self.settings.vectorize,
+                    skip=self.settings.vector_skip, simplify=self.settings.simplify))
             self.mask = stack.enter_context(self._writer(self.paths["mask"], self.palette))
             self.confidence = None
             if "confidence" in self.paths:
@@ -209,12 +224,16 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
             thumbnail = MaskThumbnail(height, width, size)
             picture = scene_thumbnail(source, size)
         with progress(total=n, enabled=show and n > 0, desc=stem_of(path), unit="patch", leave=False) as bar, \
-                _Outputs(paths, fmt, profile, masked, outputs.cog, outputs.classes) as out:
-            scores = out.confidence is not None or out.probabilities is not None
-            for y0, band in predictor.mask_bands(source, tta=tta, progress=bar, confidence=out.confidence is not None,
+                _Outputs(paths, fmt, profile, masked, outputs) as out:
+            top_needed = out.confidence is not None or out.vectors is not None
+            scores = top_needed or out.probabilities is not None
+            for y0, band in predictor.mask_bands(source, tta=tta, progress=bar, confidence=top_needed,
                                                  probabilities=out.probabilities is not None):
                 classes = band[0] if scores else band
                 valid = scene.read_valid(y0, 0, classes.shape[0], width) if masked else None
+                if out.vectors is not None:  # the classes before nodata is written into them
+                    top = band[1] if out.probabilities is None else band[1:].max(dim=0).values
+                    out.vectors.write(y0, classes.cpu().numpy(), top.cpu().numpy(), valid)
                 if valid is not None:
                     invalid_pixels += int(valid.size - np.count_nonzero(valid))
                     invalid = torch.from_numpy(~valid).to(classes.device)

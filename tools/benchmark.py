@@ -39,6 +39,7 @@ works too. On CUDA the GPU's peak allocation is reported as well.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
@@ -190,16 +191,33 @@ def _scene_worker(opts: argparse.Namespace) -> dict:
                 for _, band in predictor.mask_bands(TensorSource(image), tta=opts.tta):
                     writer.write(band.cpu().numpy())
         else:
-            predict_scenes(predictor, [opts.scene], SceneOutputs(tmp), SceneReading(), device, DistInfo(),
-                           tta=opts.tta)
-    seconds = time.perf_counter() - started
-    peak = _status_mb("VmHWM")
+            predict_scenes(predictor, [opts.scene], SceneOutputs(tmp, vectorize=opts.vectorize), SceneReading(), device,
+                           DistInfo(), tta=opts.tta)
+        seconds = time.perf_counter() - started
+        peak = _status_mb("VmHWM")
+        polygons = _polygon_figures(glob.glob(os.path.join(tmp, "*_mask." + opts.vectorize))[0]) \
+            if opts.vectorize else {}
     with RasterScene(opts.scene) as scene:
         side = scene.width
     return {"scene": side, "in_memory": opts.in_memory, "backbone": opts.backbone, "mode": opts.mode, "tta": opts.tta,
             "patches": predictor.patches_per_image(side, side, opts.tta), "seconds": seconds,
             "rss_before_mb": before, "peak_rss_mb": peak, "pipeline_mb": peak - before,
-            "scene_mb": 3 * side * side / 2**20}
+            "scene_mb": 3 * side * side / 2**20, "vectorize": opts.vectorize, **polygons}
+
+
+def _polygon_figures(path: str) -> dict:
+    """Features in a vector file, their geometries' WKB bytes and the file's size (read in chunks)."""
+    import pyogrio
+
+    count = wkb = 0
+    chunk = 100000
+    while True:
+        _, _, geometries, _ = pyogrio.raw.read(path, skip_features=count, max_features=chunk, read_geometry=True)
+        wkb += sum(len(g) for g in geometries)
+        count += len(geometries)
+        if len(geometries) < chunk:
+            break
+    return {"polygons": count, "polygon_mb": wkb / 2**20, "vector_file_mb": os.path.getsize(path) / 2**20}
 
 
 def _worker(opts: argparse.Namespace) -> dict:
@@ -336,7 +354,7 @@ def _scenes(opts: argparse.Namespace) -> None:
     --in_memory, once more the in-memory way); prints the memory table (and writes --json)."""
     from dataset.synthetic import write_synthetic_raster
 
-    argv = _strip(_strip(_strip(sys.argv[1:], "--json", 1), "--scenes", 0), "--in_memory", 0)
+    argv = _strip(_strip(_strip(_strip(sys.argv[1:], "--json", 1), "--scenes", 0), "--in_memory", 0), "--vectorize", 1)
     if "--sizes" in argv:
         i = argv.index("--sizes")
         j = i + 1
@@ -347,7 +365,7 @@ def _scenes(opts: argparse.Namespace) -> None:
           f"{opts.sub_batch_size}; tiled deflate GeoTIFFs, one process per run; pipeline = peak RSS - RSS before "
           f"the scene", flush=True)
     print(f"{'side':>7} {'scene MB':>9} {'path':>10} {'patches':>8} {'seconds':>8} {'RSS before':>11} "
-          f"{'pipeline MB':>12}", flush=True)
+          f"{'pipeline MB':>12}" + (f" {'polygons':>9} {'WKB MB':>7}" if opts.vectorize else ""), flush=True)
     results = []
     for size in opts.sizes:
         with tempfile.TemporaryDirectory(dir=opts.scene_dir) as tmp:
@@ -356,14 +374,18 @@ def _scenes(opts: argparse.Namespace) -> None:
             write_synthetic_raster(path, size, size, tile=512)
             made = time.perf_counter() - started
             print(f"  (wrote {path}: {os.path.getsize(path) / 2**20:.0f} MB on disk in {made:.0f}s)", flush=True)
-            for in_memory in ([False, True] if opts.in_memory else [False]):
+            runs = [(True, None)] if opts.in_memory else []
+            runs = [(False, None)] + runs + ([(False, opts.vectorize)] if opts.vectorize else [])
+            for in_memory, vectorize in runs:
                 cmd = [sys.executable, "-m", "tools.benchmark", "--scene_worker", *argv, "--scene", path]
-                cmd += ["--in_memory"] if in_memory else []
+                cmd += (["--in_memory"] if in_memory else []) + (["--vectorize", vectorize] if vectorize else [])
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results.append(r)
-                print(f"{size:>7} {r['scene_mb']:>9.0f} {'in memory' if in_memory else 'windowed':>10} {r['patches']:>8} "
-                      f"{r['seconds']:>8.1f} {r['rss_before_mb']:>11.0f} {r['pipeline_mb']:>12.0f}", flush=True)
+                label = "in memory" if in_memory else f"+{vectorize}" if vectorize else "windowed"
+                extra = f" {r['polygons']:>9} {r['polygon_mb']:>7.1f}" if vectorize else ""
+                print(f"{size:>7} {r['scene_mb']:>9.0f} {label:>10} {r['patches']:>8} "
+                      f"{r['seconds']:>8.1f} {r['rss_before_mb']:>11.0f} {r['pipeline_mb']:>12.0f}{extra}", flush=True)
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(results, f, indent=2)
@@ -423,6 +445,8 @@ def main() -> None:
                         help="peak memory against scene size for GeoTIFF scenes read window by window (--input)")
     parser.add_argument("--in_memory", action="store_true",
                         help="with --scenes: also predict each scene read whole into memory, for comparison")
+    parser.add_argument("--vectorize", default=None, choices=["gpkg", "geojson", "fgb"],
+                        help="with --scenes: also predict each scene with --vectorize in this format (own process)")
     parser.add_argument("--scene_dir", default=None, help="with --scenes: where the GeoTIFFs are written (a temp folder)")
     parser.add_argument("--glibc_heap", action=argparse.BooleanOptionalAction, default=True,
                         help="fix glibc's mmap threshold as train_deep_globe.py does (--no-glibc_heap: glibc's default)")

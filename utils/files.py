@@ -104,6 +104,17 @@ def _sync_folder(folder: str) -> None:
         os.close(descriptor)
 
 
+@contextlib.contextmanager
+def scratch_path(path: str) -> Iterator[str]:
+    """A scratch file name (next to an ``atomic_path`` temporary: ``<temporary>.<ext>``, for writers that
+    need a format's own extension) that is removed afterwards, whatever happens."""
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def remove_stale_temporaries(folder: str, pattern: str) -> list[str]:
     """Delete the temporaries that interrupted ``atomic_open`` writes left in ``folder`` for final names
     matching the glob ``pattern`` (e.g. ``run.*.pth``); returns the removed paths.
@@ -112,7 +123,9 @@ def remove_stale_temporaries(folder: str, pattern: str) -> list[str]:
     before the other processes start writing).
     """
     removed = []
-    for path in sorted(glob.glob(os.path.join(glob.escape(folder), pattern + TEMP_SUFFIX_GLOB))):
+    found = {*glob.glob(os.path.join(glob.escape(folder), pattern + TEMP_SUFFIX_GLOB)),
+             *glob.glob(os.path.join(glob.escape(folder), pattern + TEMP_SUFFIX_GLOB + ".*"))}  # and their scratch files
+    for path in sorted(found):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
             removed.append(path)

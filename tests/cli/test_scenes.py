@@ -118,7 +118,7 @@ def test_same_stem_and_unwritable_folder(fpn_pre_folder, tmp_path, scene, capsys
 
 
 @pytest.mark.parametrize("cog", [False, True])
-def test_ground_control_points_and_rpcs_stay_with_the_outputs(fpn_pre_folder, tmp_path, cog):
+def test_ground_control_points_and_rpcs_stay_with_the_outputs(fpn_pre_folder, tmp_path, cog, capsys):
     from rasterio.control import GroundControlPoint
     from rasterio.rpc import RPC
 
@@ -147,6 +147,46 @@ def test_ground_control_points_and_rpcs_stay_with_the_outputs(fpn_pre_folder, tm
     for name in ("rpc_mask.tif", "rpc_confidence.tif"):
         with rasterio.open(out / name) as result:
             assert result.rpcs is not None and result.rpcs.lat_off == 48 and result.rpcs.samp_scale == 50
+    if not cog:  # polygons need a transform: one line, and no file of the scene is written
+        for name in ("gcp", "rpc"):
+            bare = tmp_path / f"vector_{name}"
+            code = run_cli(*_args(fpn_pre_folder, bare, tmp_path / "logs", "--input", str(tmp_path / "in" / f"{name}.tif"),
+                                  "--no_tta", "--vectorize", "gpkg"))
+            assert "warp it first" in _error_of(capsys, code) and list_files(bare) == []
+
+
+def test_polygons_next_to_the_mask_are_its_pixels(fpn_pre_folder, tmp_path, scene, capsys):
+    """--vectorize: the polygons, burnt back on the scene's grid, are the mask (nodata left out); the
+    file counts for --skip_existing."""
+    import pyogrio
+    import shapely
+    from rasterio.features import rasterize
+
+    out = tmp_path / "out"
+    args = _args(fpn_pre_folder, out, tmp_path / "logs", "--input", scene, "--no_tta", "--vectorize", "fgb",
+                 "--skip_existing")
+    assert run_cli(*args) == 0
+    assert list_files(out) == ["scene_mask.fgb", "scene_mask.tif"]
+    with rasterio.open(out / "scene_mask.tif") as mask:
+        classes, transform, crs = mask.read(1), mask.transform, mask.crs
+    _, _, geometries, (index, names, area, mean) = pyogrio.raw.read(out / "scene_mask.fgb")
+    assert rasterio.crs.CRS.from_user_input(pyogrio.read_info(out / "scene_mask.fgb")["crs"]) == crs
+    polygons = shapely.from_wkb(geometries)
+    burnt = rasterize([(p, int(i)) for p, i in zip(polygons, index)], out_shape=classes.shape, transform=transform,
+                      fill=255, dtype="uint8")
+    assert np.array_equal(burnt, classes)  # every class pixel covered once, nodata (255) by none
+    assert ((mean > 0) & (mean <= 1)).all() and np.allclose(area, [p.area for p in polygons])
+    capsys.readouterr()
+    assert run_cli(*args) == 0 and "1 already done" in capsys.readouterr().err
+    # Without --vectorize its options are refused, and the unscored class must exist to be skipped.
+    table = tmp_path / "two.json"
+    table.write_text('{"name": "two", "classes": [{"name": "a", "colour": [0, 0, 0]}, {"name": "b", "colour": [9, 9, 9]}]}')
+    for extra, words in ((["--simplify", "2"], "--simplify applies to --vectorize"),
+                         (["--vectorize", "gpkg", "--simplify", "-1"], "--simplify -1.0 must be a tolerance"),
+                         (["--vectorize", "gpkg", "--vector_skip", "unscored", "--dataset", "custom", "--classes",
+                           str(table)], "the class table two has no unscored class")):
+        code = run_cli(*_args(fpn_pre_folder, tmp_path / "o2", tmp_path / "logs", "--input", scene, *extra))
+        assert words in _error_of(capsys, code)
 
 
 def test_class_probabilities_one_band_per_class_next_to_the_same_mask(fpn_pre_folder, tmp_path, scene):
