@@ -348,6 +348,18 @@ class RasterScene:
             text = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, (lo, hi) in zip(self.bands, self._scale))
             log.info("%s: %s pixels mapped to 0..255 linearly (%s)", path, self.dtype, text)
 
+    def clone(self) -> RasterScene:
+        """Another handle on the same file with the same reading rules (bands, value mapping, palette),
+        for a reader thread: a GDAL dataset must not be read from two threads at once. No statistics
+        pass is repeated. Close it when done."""
+        rasterio = _rasterio()
+        twin = object.__new__(RasterScene)
+        twin.__dict__.update(self.__dict__)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            twin._src = rasterio.open(self.path)
+        return twin
+
     def __enter__(self) -> RasterScene:
         return self
 

@@ -38,6 +38,7 @@ from utils.logging import native_diagnostics
 FORMATS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 FIELDS = ("class_index", "class_name", "area", "mean_confidence")
 BATCH = 20000  # finished features written to the scratch file at a time
+CHUNK_PIXELS = 1 << 21  # pixels labelled and polygonized at a time (module doc)
 _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 
@@ -226,10 +227,17 @@ class VectorBandWriter:
         """The next band: (h, W) class indices from row ``y0``, its (h, W) uint8 confidence (None: the
         mean confidence is written as 0) and (h, W) bool of the pixels with data (None: all)."""
         classes = np.asarray(classes)
-        keep = ~self.skip[classes]
-        if valid is not None:
-            keep &= valid
-        self._batch.extend(self._tracker.add(y0, classes, confidence, keep))
+        # Labelling and polygonizing make several full-size copies of what they are given (labels, masks,
+        # GDAL's own): a band goes through in chunks of about CHUNK_PIXELS, so they stay small whatever
+        # the scene's width. The tracker joins the chunks as it joins bands.
+        rows = max(1, CHUNK_PIXELS // max(1, self.width))
+        for start in range(0, classes.shape[0], rows):
+            part = slice(start, start + rows)
+            keep = ~self.skip[classes[part]]
+            if valid is not None:
+                keep &= valid[part]
+            self._batch.extend(self._tracker.add(y0 + start, classes[part],
+                                                 None if confidence is None else confidence[part], keep))
         if len(self._batch) >= BATCH:
             self._flush()
 

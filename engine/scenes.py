@@ -54,6 +54,7 @@ log = get_logger("scenes")
 
 FORMATS = ("png", "tif")
 BLOCK = 512  # side of the blocks a windowed scene is read and cached in
+READERS = 4  # threads that read a windowed scene's blocks ahead of the patches (pipeline.sources)
 OUTPUT_PATTERNS = ("*_mask.png", "*_mask.tif", "*_confidence.png", "*_confidence.tif", "*_probabilities.tif",
                    "*_preview.png", *(f"*_mask.{ext}" for ext in VECTOR_FORMATS))
 
@@ -165,8 +166,9 @@ def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: t
         yield TensorSource(image), {"height": image.shape[-2], "width": image.shape[-1], "crs": None,
                                     "transform": None}, None
         return
-    with RasterScene(path, reading.bands_for(predictor.net.bands.count), reading.input_range) as scene:
-        yield WindowedSource(scene, device, BLOCK, cache_blocks(predictor)), scene.profile(), scene
+    with RasterScene(path, reading.bands_for(predictor.net.bands.count), reading.input_range) as scene, \
+            WindowedSource(scene, device, BLOCK, cache_blocks(predictor), readers=READERS) as source:
+        yield source, scene.profile(), scene
 
 
 class _Outputs:

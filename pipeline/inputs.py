@@ -22,7 +22,7 @@ from models.inputs import NetworkInputs
 from models.interfaces import SegmentationNetwork
 from models.modes import Mode
 from pipeline.config import PipelineConfig
-from pipeline.contexts import context_windows, global_view
+from pipeline.contexts import context_window, context_windows, global_view
 from pipeline.sources import ImageSource, TensorSource
 from pipeline.views import Job
 from utils.dihedral import View, to_view
@@ -81,6 +81,17 @@ class InputBuilder:
 
     def _formatted(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
+
+    def source_windows(self, jobs: Sequence[Job]) -> list[tuple[int, int, int, int]]:
+        """The (top, left, height, width) windows of the source that the patches at ``jobs`` and their
+        context windows read, in the order they are read: what a source may read ahead."""
+        p = self.cfg.size_p
+        out = [(t, l, p, p) for _, t, l in jobs]
+        for context in self.windows.values():
+            for _, t, l in jobs:
+                y0, x0, side = context_window(t, l, p, context)
+                out.append((y0, x0, side, side))
+        return out
 
     def __call__(self, jobs: Sequence[Job]) -> NetworkInputs:
         """The inputs of the patches at ``jobs`` ((view index, top, left) in the original frame), in order."""

@@ -44,6 +44,8 @@ from utils.dihedral import VIEWS, View, from_view, to_view
 from utils.distributed import unwrap
 from utils.errors import ConfigError, ResourceError
 
+READ_AHEAD = 2  # sub-batches whose windows a source is told about ahead of their turn
+
 
 def out_of_memory(device: torch.device, cfg: PipelineConfig) -> ResourceError:
     """The error for a forward pass that ran out of memory, with the settings that lower it."""
@@ -199,10 +201,11 @@ class Predictor:
         height, width = shape
         build = self._input_builder(source, views, shape)
         tagged = ((end, bottom, job) for end, bottom, row in job_rows(height, width, views, self.cfg.size_p) for job in row)
-        while True:
-            batch = list(itertools.islice(tagged, self.cfg.sub_batch_size))
-            if not batch:
-                return
+        upcoming = [list(itertools.islice(tagged, self.cfg.sub_batch_size)) for _ in range(1 + READ_AHEAD)]
+        while upcoming[0]:
+            source.prefetch(build.source_windows([job for batch in upcoming[1:] for _, _, job in batch]))
+            batch = upcoming.pop(0)
+            upcoming.append(list(itertools.islice(tagged, self.cfg.sub_batch_size)))
             yield batch, self._run(source, views, build, [job for _, _, job in batch], counts)
 
     @torch.inference_mode()

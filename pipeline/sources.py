@@ -13,12 +13,23 @@ pipeline's device, zeros where the window leaves the image. Two sources exist:
   is read again when a later row needs it after it was evicted (about (context x p) / stride times,
   3.5 for p = 508 and context 3).
 
+Reading ahead. With ``readers`` > 0 (and a reader that can ``clone`` itself: one GDAL handle per
+thread), ``prefetch(windows)`` starts reading, in a small pool of threads, the blocks under windows
+the pipeline will ask for next (the predictor announces the next sub-batches' patches and context
+windows), so that decoding, and over a network the round trips, overlap the computation. A block read
+ahead is held until it is asked for, then enters the cache exactly as if it had been read then: the
+pixels, and so every output bit, are the same with and without. At most ``capacity`` blocks are on
+their way at once, so memory stays bounded by about twice the cache.
+
 Both give the same pixels for the same image, so the pipeline's results do not depend on the source.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
@@ -40,6 +51,10 @@ class ImageSource(Protocol):
 
     def strip(self, top: int, bottom: int, width: int) -> torch.Tensor:
         """uint8 (channels, bottom - top, width): rows from column 0, for passes over the whole image."""
+        ...
+
+    def prefetch(self, windows: Iterable[tuple[int, int, int, int]]) -> None:
+        """A hint: these (top, left, height, width) windows are asked for next (a source may read ahead)."""
         ...
 
 
@@ -70,6 +85,15 @@ class TensorSource:
     def strip(self, top: int, bottom: int, width: int) -> torch.Tensor:
         return self.window(top, 0, bottom - top, width)
 
+    def prefetch(self, windows: Iterable[tuple[int, int, int, int]]) -> None:
+        """Nothing to read ahead: the image is in memory."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+Window = tuple[int, int, int, int]  # (top, left, height, width)
+
 
 class WindowReader(Protocol):
     height: int
@@ -83,21 +107,89 @@ class WindowReader(Protocol):
 class WindowedSource:
     """Windows of a file, read in ``block`` x ``block`` squares kept in an LRU cache of ``capacity`` blocks.
 
-    reader: anything with ``height``, ``width`` and a boundless ``read`` (``RasterScene``). Windows are
-    assembled on the CPU and moved to ``device`` once each. ``reads`` counts the blocks read so far.
+    reader: anything with ``height``, ``width`` and a boundless ``read`` (``RasterScene``); with
+    ``readers`` > 0 and a ``clone()`` method, blocks are also read ahead in that many threads
+    (module doc). Windows are assembled on the CPU and moved to ``device`` once each. ``reads`` counts
+    the blocks read so far (ahead or not). Call ``close`` (or use it as a context manager) to stop
+    the reader threads.
     """
 
     def __init__(self, reader: WindowReader, device: torch.device | str = "cpu", block: int = 512,
-                 capacity: int = 64) -> None:
-        if block < 1 or capacity < 1:
-            raise ValueError(f"block ({block}) and capacity ({capacity}) must be positive")
+                 capacity: int = 64, readers: int = 0) -> None:
+        if block < 1 or capacity < 1 or readers < 0:
+            raise ValueError(f"block ({block}) and capacity ({capacity}) must be positive, readers ({readers}) not "
+                             f"negative")
         self.reader = reader
         self.height, self.width = int(reader.height), int(reader.width)
         self.channels = int(getattr(reader, "channels", 3))
         self.device = torch.device(device)
         self.block, self.capacity = block, capacity
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self._pending: dict[tuple[int, int], Future] = {}
+        self._pool = None
+        if readers and hasattr(reader, "clone"):
+            self._pool = ThreadPoolExecutor(readers, thread_name_prefix="fctl-read-ahead")
+            self._local = threading.local()
+            self._clones: list = []
+            self._clones_lock = threading.Lock()
         self.reads = 0
+
+    def __enter__(self) -> WindowedSource:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading ahead: pending reads are cancelled or awaited, the threads' file handles closed."""
+        if self._pool is None:
+            return
+        for future in self._pending.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
+        for clone in self._clones:
+            clone.close()
+        self._clones.clear()
+        self._pool = None
+
+    def _read(self, by: int, bx: int) -> np.ndarray:
+        b = self.block
+        return self.reader.read(by * b, bx * b, b, b)
+
+    def _read_ahead(self, by: int, bx: int) -> np.ndarray:
+        """In a reader thread, through that thread's own handle on the file."""
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = self.reader.clone()
+            with self._clones_lock:
+                self._clones.append(reader)
+        b = self.block
+        return reader.read(by * b, bx * b, b, b)
+
+    def _keys(self, top: int, left: int, height: int, width: int) -> Iterable[tuple[int, int]]:
+        """The blocks under a window, row by row."""
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + height, self.height), min(left + width, self.width)
+        if y1 <= y0 or x1 <= x0:
+            return
+        b = self.block
+        for by in range(y0 // b, (y1 - 1) // b + 1):
+            for bx in range(x0 // b, (x1 - 1) // b + 1):
+                yield by, bx
+
+    def prefetch(self, windows: Iterable[Window]) -> None:
+        """Start reading the blocks under ``windows`` (top, left, height, width) that are neither cached
+        nor on their way, in order, while fewer than ``capacity`` are on their way."""
+        if self._pool is None:
+            return
+        for window in windows:
+            for key in self._keys(*window):
+                if key in self._cache or key in self._pending:
+                    continue
+                if len(self._pending) >= self.capacity:
+                    return
+                self._pending[key] = self._pool.submit(self._read_ahead, *key)
 
     def _block(self, by: int, bx: int) -> torch.Tensor:
         key = (by, bx)
@@ -105,8 +197,8 @@ class WindowedSource:
         if found is not None:
             self._cache.move_to_end(key)
             return found
-        b = self.block
-        data = torch.from_numpy(self.reader.read(by * b, bx * b, b, b))
+        ahead = self._pending.pop(key, None)
+        data = torch.from_numpy(ahead.result() if ahead is not None else self._read(by, bx))
         self.reads += 1
         self._cache[key] = data
         while len(self._cache) > self.capacity:
@@ -115,15 +207,14 @@ class WindowedSource:
 
     def window(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
         out = torch.zeros((self.channels, height, width), dtype=torch.uint8)
+        b = self.block
         y0, x0 = max(top, 0), max(left, 0)
         y1, x1 = min(top + height, self.height), min(left + width, self.width)
-        b = self.block
-        for by in range(y0 // b, (y1 - 1) // b + 1) if y1 > y0 else ():
-            for bx in range(x0 // b, (x1 - 1) // b + 1) if x1 > x0 else ():
-                data = self._block(by, bx)
-                r0, r1 = max(y0, by * b), min(y1, (by + 1) * b)
-                c0, c1 = max(x0, bx * b), min(x1, (bx + 1) * b)
-                out[:, r0 - top:r1 - top, c0 - left:c1 - left] = data[:, r0 - by * b:r1 - by * b, c0 - bx * b:c1 - bx * b]
+        for by, bx in self._keys(top, left, height, width):
+            data = self._block(by, bx)
+            r0, r1 = max(y0, by * b), min(y1, (by + 1) * b)
+            c0, c1 = max(x0, bx * b), min(x1, (bx + 1) * b)
+            out[:, r0 - top:r1 - top, c0 - left:c1 - left] = data[:, r0 - by * b:r1 - by * b, c0 - bx * b:c1 - bx * b]
         return out.to(self.device)
 
     def strip(self, top: int, bottom: int, width: int) -> torch.Tensor:

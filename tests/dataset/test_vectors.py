@@ -88,7 +88,10 @@ def _profile(crs="EPSG:32633", transform=from_origin(500000, 4650000, 0.5, 0.5),
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_vector_files_in_every_format_hold_the_scene_crs_and_the_attributes(tmp_path, fmt):
+def test_vector_files_in_every_format_hold_the_scene_crs_and_the_attributes(tmp_path, fmt, monkeypatch):
+    import dataset.vectors
+
+    monkeypatch.setattr(dataset.vectors, "CHUNK_PIXELS", 257 * 5)  # each 64-row band in chunks of 5 rows
     classes = _class_map(300, 257)
     valid = np.ones(classes.shape, dtype=bool)
     valid[:20, :30] = False

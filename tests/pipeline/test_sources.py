@@ -99,3 +99,58 @@ def test_spilling_the_carried_rows_changes_nothing(monkeypatch, tta):
     assert torch.equal(predictor.logits(image, tta=tta), reference)
     assert torch.equal(predictor.predict(WindowedSource(ArrayReader(image.numpy()), block=64), tta=tta),
                        reference.argmax(0).to(torch.uint8))
+
+
+class _SlowCloningReader(ArrayReader):
+    """An ArrayReader that can be cloned for reader threads and takes a while per read (a network)."""
+
+    def __init__(self, image, delay=0.0, threads=None):
+        super().__init__(image)
+        self.delay, self.threads = delay, threads if threads is not None else set()
+
+    def clone(self):
+        return _SlowCloningReader(self.image, self.delay, self.threads)
+
+    def read(self, top, left, height, width):
+        import threading
+        import time
+
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay)
+        return super().read(top, left, height, width)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("mode", [1, 4])
+def test_reading_ahead_changes_no_bit_and_reads_in_the_reader_threads(mode):
+    image = _scene(300, 340, seed=mode)
+    cfg = PipelineConfig(size_p=64, size_g=64, sub_batch_size=3)
+    predictor = Predictor(StandIn(mode), cfg)
+    plain = WindowedSource(ArrayReader(image), block=48, capacity=24)
+    reference = predictor.predict(plain, tta=False)
+    reader = _SlowCloningReader(image, delay=0.001)
+    with WindowedSource(reader, block=48, capacity=24, readers=3) as ahead:
+        assert torch.equal(predictor.predict(ahead, tta=False), reference)
+        assert ahead.reads == plain.reads  # every block is read as often, some of them ahead
+    assert any(name.startswith("fctl-read-ahead") for name in reader.threads)
+
+
+def test_a_read_error_ahead_is_raised_where_the_block_is_asked_for():
+    from utils.errors import InputFileError
+
+    class Broken(_SlowCloningReader):
+        def clone(self):
+            return Broken(self.image)
+
+        def read(self, top, left, height, width):
+            if top >= 128:
+                raise InputFileError("image x.tif: rows 128..192 cannot be read", path="x.tif")
+            return super().read(top, left, height, width)
+
+    with WindowedSource(Broken(_scene(256, 256)), block=64, capacity=8, readers=2) as source:
+        source.prefetch([(0, 0, 256, 256)])
+        assert source.window(0, 0, 64, 64).shape == (3, 64, 64)
+        with pytest.raises(InputFileError, match="rows 128..192"):
+            source.window(128, 0, 64, 64)
