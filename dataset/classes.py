@@ -253,7 +253,7 @@ def table_from_dict(raw: Any, source: str) -> ClassTable:
 def load_class_table(path: str) -> ClassTable:
     """Read and check a class-table JSON file; ConfigError naming the file and the problem."""
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:
             raw = json.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"class table {path} not found; pass an existing JSON file as `classes`") from None

@@ -39,7 +39,7 @@ from dataset.classes import ClassTable, table_from_dict
 from dataset.scene_labels import SceneGrid, open_labels
 from dataset.scenes import InputRange, RasterScene, stem_of
 from dataset.split_layout import IMAGE_SUFFIX, SPLIT_DIRS
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, reason
 from utils.files import atomic_path, atomic_write, ensure_writable_dir
 from utils.labels import IGNORE_INDEX
 
@@ -200,6 +200,18 @@ def _folders(dst: str, split: str) -> tuple[str, str]:
     return os.path.join(root, "Sat"), os.path.join(root, "Label")
 
 
+def _check_inputs_outside(dst: str, inputs: Sequence[tuple[str, str]]) -> None:
+    """ConfigError when an input (what, path) lies where preparing ``dst`` deletes or writes files: its
+    split folders or its ``dataset.json``. Nothing this tool writes may replace a file it reads."""
+    owned = [os.path.realpath(os.path.join(dst, DATASET_JSON))]
+    roots = [os.path.realpath(os.path.join(dst, SPLIT_DIRS[split])) for split in SPLITS]
+    for what, path in inputs:
+        real = os.path.realpath(path)
+        if real in owned or any(os.path.commonpath([real, root]) == root for root in roots):
+            raise ConfigError(f"{what} {path} lies in `dst` {dst}, whose split folders prepare_scenes clears and "
+                              f"rewrites; give a `dst` outside the inputs (e.g. a new folder)")
+
+
 def _clear_destination(dst: str) -> None:
     """Remove the tiles of an earlier preparation; ConfigError when ``dst`` holds files of something else."""
     ours = os.path.exists(os.path.join(dst, DATASET_JSON)) or os.path.exists(os.path.join(dst, MARKER))
@@ -228,8 +240,7 @@ def _write_tile(path: str, data: np.ndarray, grid: SceneGrid, top: int, left: in
         with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as out:
             out.write(data)
     except (OSError, rasterio.errors.RasterioError) as exc:
-        raise DataError(f"cannot write {path} ({str(exc).strip().splitlines()[0] if str(exc).strip() else exc}); "
-                        f"choose a writable `dst` with free space") from None
+        raise DataError(f"cannot write {path} ({reason(exc)}); choose a writable `dst` with free space") from None
 
 
 def _grid(path: str, bands: Sequence[int] | None) -> SceneGrid:
@@ -246,8 +257,7 @@ def _grid(path: str, bands: Sequence[int] | None) -> SceneGrid:
             georeferenced = src.crs is not None or not src.transform.is_identity
             return SceneGrid(src.height, src.width, src.crs, src.transform if georeferenced else None)
     except rasterio.errors.RasterioError as exc:
-        raise DataError(f"scene {path} is not readable by GDAL ({str(exc).strip().splitlines()[0]}); replace the "
-                        f"file") from None
+        raise DataError(f"scene {path} is not readable by GDAL ({reason(exc)}); replace the file") from None
 
 
 def prepare_scenes(scenes: Sequence[str], labels: Sequence[str], classes: ClassTable, dst: str,
@@ -260,6 +270,7 @@ def prepare_scenes(scenes: Sequence[str], labels: Sequence[str], classes: ClassT
     if not scenes:
         raise ConfigError("`scenes` names no file")
     label_paths = pair_labels(scenes, labels)
+    _check_inputs_outside(dst, [*(("scene", p) for p in scenes), *(("labels", p) for p in label_paths)])
     grids = [_grid(path, options.bands) for path in scenes]
     for grid, label_path in zip(grids, label_paths):  # every label source is checked before anything is written
         with open_labels(label_path, grid, classes, class_field=options.class_field, unlabelled=unlabelled):

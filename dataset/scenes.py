@@ -34,6 +34,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from utils.errors import ConfigError, DataError, InputFileError, reason
+from utils.logging import library_warnings
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,9 @@ SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "floa
 _STRIP_BYTES = 1 << 25  # raw bytes per strip of a statistics pass
 
 
+# GDAL warnings while reading pixels that mean the pixels are wrong (libjpeg, libtiff's decoders).
+_DAMAGE = re.compile(r"corrupt|premature end|decod|bogus|invalid|not enough data|JPEGLib|LZW|ZIP|deflate",
+                     re.IGNORECASE)
 REMOTE_PREFIXES = ("http://", "https://", "s3://", "gs://", "az://", "/vsi")
 
 
@@ -61,6 +66,35 @@ def is_remote(spec: str) -> bool:
     """Whether ``spec`` names a scene GDAL reads over the network or through a virtual file system:
     ``http(s)://`` URLs, ``s3://``, ``gs://`` and ``az://`` URIs, and ``/vsi...`` paths."""
     return spec.startswith(REMOTE_PREFIXES)
+
+
+_LOCAL_ARCHIVE = re.compile(r"^/vsi(zip|tar|gzip|7z|rar)/(?!/?vsi)(.+?\.(zip|tar|tgz|tar\.gz|gz|7z|rar))(/|$)",
+                            re.IGNORECASE)
+
+
+def local_archive(spec: str) -> str | None:
+    """The local archive a ``/vsizip/``-style path reads from (``/vsizip/a/b.zip/x.tif`` -> ``/a/b.zip``),
+    None for other paths (remote archives included)."""
+    match = _LOCAL_ARCHIVE.match(spec)
+    return None if match is None else match.group(2)
+
+
+def _read_list(path: str) -> list[str]:
+    """The lines of a ``.txt`` list: UTF-8 (with or without a byte-order mark), UTF-16 with its byte-order
+    mark (Windows Notepad's "Unicode", PowerShell's ``>``), else Latin-1."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = raw.decode("utf-16")
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+    if "\x00" in text:
+        raise DataError(f"`input` list {path} holds NUL characters: it looks like UTF-16 without a byte-order mark; "
+                        f"save it as UTF-8")
+    return [line.strip() for line in text.splitlines()]
 
 
 def stem_of(path: str) -> str:
@@ -76,25 +110,43 @@ def _has_glob(text: str) -> bool:
 
 
 def _expand_one(spec: str, base: str, origin: str, skip: Callable[[str], bool], skipped: list[str]) -> list[str]:
+    archive = local_archive(spec)
+    if archive is not None and not os.path.isfile(archive):
+        raise DataError(f"`input` {spec}{origin}: the archive {archive} does not exist; check the path")
     if is_remote(spec):  # read by GDAL as it is: no listing, no globbing, no existence check here
         return [spec]
     path = os.path.expanduser(spec if os.path.isabs(spec) else os.path.join(base, spec))
+    if origin and path.lower().endswith(".txt") and os.path.isfile(path):
+        raise DataError(f"`input` list{origin} names another list, {path}; lists do not nest: name its files in "
+                        f"the first list, or give both lists as `input`")
 
     def kept(found: list[str]) -> list[str]:
         skipped.extend(p for p in found if skip(p))
         return [p for p in found if not skip(p)]
 
-    if _has_glob(spec):
-        found = kept(sorted(p for p in glob.glob(path) if os.path.isfile(p)))
+    def none_left(what: str, found: list[str]) -> DataError:
+        outputs = [p for p in found if skip(p)]
+        if outputs:
+            return DataError(f"`input` {what}{origin} holds only files named like this tool's outputs (e.g. "
+                             f"{outputs[0]}), which folders and patterns leave out; name such a file on its own to "
+                             f"predict it")
+        if what.startswith("pattern"):
+            return DataError(f"`input` {what}{origin} matches no file; check the pattern")
+        return DataError(f"`input` {what}{origin} holds no image ({', '.join(FOLDER_SUFFIXES)}); name the files or "
+                         f"another folder")
+
+    if _has_glob(spec) and not os.path.isfile(path):  # a file whose name holds [ ] or ? is that file
+        matches = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+        found = kept(matches)
         if not found:
-            raise DataError(f"`input` pattern {spec}{origin} matches no file; check the pattern")
+            raise none_left(f"pattern {spec}", matches)
         return found
     if os.path.isdir(path):
-        found = kept(sorted(os.path.join(path, name) for name in os.listdir(path)
-                            if name.lower().endswith(FOLDER_SUFFIXES) and os.path.isfile(os.path.join(path, name))))
+        images = sorted(os.path.join(path, name) for name in os.listdir(path)
+                        if name.lower().endswith(FOLDER_SUFFIXES) and os.path.isfile(os.path.join(path, name)))
+        found = kept(images)
         if not found:
-            raise DataError(f"`input` folder {path}{origin} holds no image ({', '.join(FOLDER_SUFFIXES)}); "
-                            f"name the files or another folder")
+            raise none_left(f"folder {path}", images)
         return found
     if not os.path.exists(path):
         raise DataError(f"`input` file {path}{origin} not found; check the path")
@@ -105,8 +157,9 @@ def expand_inputs(specs: Sequence[str], skip: Callable[[str], bool] = lambda pat
     """The files named by ``specs``, in the order given (folders and patterns sorted by name).
 
     A ``.txt`` file is a list: one path or pattern per line, blank lines and ``#`` comments skipped,
-    relative paths taken relative to the list's folder (read as UTF-8, or as Latin-1 when it is not
-    UTF-8). A file named twice is kept once. Files that folders and patterns find and ``skip`` says yes
+    relative paths taken relative to the list's folder (read as UTF-8, UTF-16 with a byte-order mark,
+    or Latin-1; lists do not nest). A name that exists as a file is that file even when it holds glob
+    characters (``scene[1].tif``). A file named twice is kept once. Files that folders and patterns find and ``skip`` says yes
     to (e.g. the outputs of an earlier run) are left out, with one log line; a file named on its own is
     always kept. Raises DataError for a name that matches nothing and for two files with the same stem.
     """
@@ -115,13 +168,7 @@ def expand_inputs(specs: Sequence[str], skip: Callable[[str], bool] = lambda pat
     for spec in specs:
         if spec.lower().endswith(".txt") and os.path.isfile(spec):
             base = os.path.dirname(os.path.abspath(spec))
-            with open(spec, "rb") as handle:
-                raw = handle.read()
-            try:
-                text = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                text = raw.decode("latin-1")
-            lines = [line.strip() for line in text.splitlines()]
+            lines = _read_list(spec)
             for number, line in enumerate(lines, start=1):
                 if line and not line.startswith("#"):
                     files.extend(_expand_one(line, base, f" (line {number} of {spec})", skip, skipped))
@@ -213,6 +260,23 @@ def declared_rgb(colorinterp: Sequence) -> tuple[int, int, int] | None:
     return tuple(names.index(colour) + 1 for colour in ("red", "green", "blue"))
 
 
+def sidecar_georeferencing(path: str) -> dict:
+    """{"crs", "transform"} that GDAL finds for a JPEG or PNG (a world file, an ``.aux.xml``), both None
+    when it has none: the masks of such an image are placed where it is."""
+    rasterio = _rasterio()
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                if src.crs is not None or not src.transform.is_identity:
+                    return {"crs": src.crs, "transform": src.transform}
+    except RasterioError:  # Pillow read it; GDAL's view of its georeferencing is all this asks for
+        pass
+    return {"crs": None, "transform": None}
+
+
 def missing_sources(src) -> list[str]:
     """The local source files that an opened VRT (or any GDAL dataset made of other files) names but
     that do not exist, as absolute paths; remote and ``/vsi`` sources are not checked."""
@@ -248,9 +312,13 @@ class RasterScene:
     outside the scene.
     """
 
-    def __init__(self, path: str, bands: Sequence[int] | None = None, input_range: InputRange | None = None) -> None:
+    def __init__(self, path: str, bands: Sequence[int] | None = None, input_range: InputRange | None = None, *,
+                 bands_from: str | None = None) -> None:
+        """``bands_from``: where ``bands`` came from when the user did not give them (e.g. "the model
+        reads 4 bands"), for the message when the scene lacks some."""
         rasterio = _rasterio()
         self.path = path
+        self._bands_from = bands_from
         remote = is_remote(path)
         if not remote and not os.path.isfile(path):
             raise InputFileError(f"image {path} not found; check the path", path=path)
@@ -262,6 +330,9 @@ class RasterScene:
                 warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
                 self._src = rasterio.open(path)
         except rasterio.errors.RasterioError as exc:
+            if local_archive(path) is not None:
+                raise InputFileError(f"image {path} cannot be opened from its archive ({reason(exc)}); check the "
+                                     f"path inside the archive", path=path) from None
             if remote:
                 raise InputFileError(f"remote scene {path} cannot be opened ({reason(exc)}); check the address, "
                                      f"the network and the credentials (GDAL's and the cloud provider's environment "
@@ -289,6 +360,7 @@ class RasterScene:
         points, gcp_crs = src.gcps
         self.gcps = (points, gcp_crs) if points else None  # ground control points instead of a transform
         self.rpcs = src.rpcs  # rational polynomial coefficients, kept in the outputs
+        self._warned: set[str] = set()  # GDAL's warnings while reading, each logged once
         self._palette = None
         if bands is None and self.count == 1 and src.colorinterp[0].name == "palette":
             if src.dtypes[0] not in ("uint8", "uint16"):
@@ -310,6 +382,10 @@ class RasterScene:
                     log.warning("%s: %d bands, none declared red, green and blue; using bands 1,2,3 as R,G,B (pass "
                                 "`bands` to choose others)", path, self.count)
         for band in bands:
+            if not 1 <= band <= self.count and self._bands_from is not None:
+                raise InputFileError(f"image {path} has {self.count} band{'s' if self.count != 1 else ''} but "
+                                     f"{self._bands_from}; give a scene with all of them, or a model of "
+                                     f"{self.count} bands", path=path)
             if not 1 <= band <= self.count:
                 raise DataError(f"`bands` {','.join(map(str, bands))}: image {path} has bands 1..{self.count} only; "
                                 f"choose band numbers in that range")
@@ -330,6 +406,14 @@ class RasterScene:
         flags = [src.mask_flag_enums[b - 1] for b in self.bands]
         self._transparent = self._palette is not None and bool((self._palette[:, 3] == 0).any())
         self.has_mask = not all(f == [MaskFlags.all_valid] for f in flags) or self._transparent
+        alpha_read = [b for b in self.bands if src.colorinterp[b - 1].name == "alpha"]
+        self._alpha_is_data = bool(alpha_read) and not any(MaskFlags.nodata in f for f in flags)
+        if alpha_read:
+            log.warning("%s: band %d is declared alpha (GDAL's reading of a 4th uint8 band written without "
+                        "photometric options) but is read as a data band here, so it masks no pixel%s", path,
+                        alpha_read[0], "" if self._alpha_is_data else "; the nodata value does")
+        if self._alpha_is_data:
+            self.has_mask = any(f not in ([MaskFlags.all_valid], [MaskFlags.per_dataset, MaskFlags.alpha]) for f in flags)
         self.range_rule = input_range
         if input_range is None and self.dtype != "uint8":
             raise InputFileError(f"image {path} has {self.dtype} pixels; pass `input_range` to say how they map to 0..255: "
@@ -344,6 +428,9 @@ class RasterScene:
                 raise ConfigError(f"`input_range` gives {len(pairs)} pairs for {len(self.bands)} bands; give one pair "
                                   f"for all bands or one per band")
             self._scale = np.array(pairs * len(self.bands) if len(pairs) == 1 else pairs, dtype=np.float64)
+        if self._scale is not None and self.dtype == "uint8":
+            log.warning("%s: uint8 pixels, already 0..255, are remapped by `input_range`; leave it out for uint8 "
+                        "scenes (predict them in a run of their own)", path)
         if self._scale is not None:
             text = ", ".join(f"band {b}: {lo:g}..{hi:g}" for b, (lo, hi) in zip(self.bands, self._scale))
             log.info("%s: %s pixels mapped to 0..255 linearly (%s)", path, self.dtype, text)
@@ -384,6 +471,8 @@ class RasterScene:
         from rasterio.enums import MaskFlags
 
         flags = {flag for b in self.bands for flag in self._src.mask_flag_enums[b - 1]}
+        if self._alpha_is_data and not self.has_mask:
+            return "nothing (its alpha band is read as data)"
         if self._transparent:
             return "transparent colour-table entries" + (f" and nodata value {self._src.nodata:g}"
                                                          if MaskFlags.nodata in flags else "")
@@ -425,13 +514,28 @@ class RasterScene:
         return Window(x0, y0, x1 - x0, y1 - y0)
 
     def _read_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
-        """The selected bands' values (bands, h, w); a paletted band's indices once (1, h, w)."""
+        """The selected bands' values (bands, h, w); a paletted band's indices once (1, h, w).
+
+        GDAL reports damaged blocks only when they are read; a JPEG-compressed one may come back as
+        garbage with no more than a warning ("Corrupt JPEG data"), which is taken as the error it is."""
         bands = [1] if self._palette is not None else self.bands
-        try:
-            return self._src.read(bands, window=self._window(y0, x0, y1, x1))
-        except Exception as exc:  # GDAL reports damaged blocks only when they are read
-            raise InputFileError(f"image {self.path}: rows {y0}..{y1} cannot be read ({reason(exc)}); the file is "
-                                 f"damaged or truncated: replace it", path=self.path) from None
+        with library_warnings() as warned:
+            try:
+                data = self._src.read(bands, window=self._window(y0, x0, y1, x1))
+                failure = None
+            except Exception as exc:
+                failure = reason(exc)
+        warned = [re.sub(r"^CPLE_\w+:\s*", "", text) for text in warned]
+        if failure is None:
+            failure = next((text for text in warned if _DAMAGE.search(text)), None)
+        if failure is not None:
+            raise InputFileError(f"image {self.path}: rows {y0}..{y1} cannot be read ({failure}); the file is "
+                                 f"damaged or truncated: replace it", path=self.path)
+        for text in warned:
+            if text not in self._warned:
+                self._warned.add(text)
+                log.warning("%s: GDAL warned while reading rows %d..%d: %s", self.path, y0, y1, text)
+        return data
 
     def _valid_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
         from rasterio.errors import NodataShadowWarning

@@ -299,10 +299,13 @@ class VectorBandWriter:
         if self.fmt == "gpkg":
             os.replace(self._scratch, self._tmp)
             return
+        # GDAL's FlatGeobuf driver makes a folder of a name without its extension: the format's own
+        # extension on a scratch name first, then the temporary's name.
+        converted = self._stack.enter_context(scratch_path(f"{self._tmp}.{self.fmt}"))
         with native_diagnostics() as diagnostics:
             try:
                 with pyogrio.open_arrow(self._scratch, use_pyarrow=False) as (meta, stream):
-                    pyogrio.write_arrow(stream, self._tmp, driver=FORMATS[self.fmt], layer="polygons",
+                    pyogrio.write_arrow(stream, converted, driver=FORMATS[self.fmt], layer="polygons",
                                         geometry_name=meta["geometry_name"] or "geom", geometry_type="Polygon",
                                         crs=meta["crs"])
                 failure = None
@@ -310,6 +313,7 @@ class VectorBandWriter:
                 failure = exc
         if failure is not None:
             raise self._fail(failure, diagnostics) from None
+        os.replace(converted, self._tmp)
 
 
 def _crs_text(crs) -> str | None:

@@ -38,7 +38,7 @@ import torch
 from dataset.classes import DEEPGLOBE, ClassTable
 from dataset.geotiff import NODATA, GeoTiffBandWriter
 from dataset.io import PngBandWriter, read_image, write_image_png
-from dataset.scenes import InputRange, RasterScene, is_remote, stem_of, uses_pillow
+from dataset.scenes import InputRange, RasterScene, is_remote, sidecar_georeferencing, stem_of, uses_pillow
 from dataset.vectors import FORMATS as VECTOR_FORMATS
 from dataset.vectors import VectorBandWriter
 from pipeline.inputs import largest_window
@@ -130,6 +130,11 @@ def check_outputs(paths: list[str], outputs: SceneOutputs, reading: SceneReading
                 raise ConfigError(f"the output {output} of input {path} would replace the input "
                                   f"{inputs[os.path.realpath(output)]}; choose another `prediction_path` or rename "
                                   f"the input")
+    for path in paths:
+        folders = [output for output in outputs.paths(path).values() if os.path.isdir(output)]
+        if folders:
+            raise ConfigError(f"the output {folders[0]} of input {path} is the name of a folder; rename or remove "
+                              f"the folder, or choose another `prediction_path`")
     if outputs.cog and any(outputs.format_of(p) != "tif" for p in paths):
         raise ConfigError("`cog` writes GeoTIFF masks, but some inputs get PNG masks; pass `output_format` tif")
     if reading.bands is not None or reading.input_range is not None:
@@ -163,12 +168,18 @@ def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: t
             raise ConfigError(f"{path} is a JPEG/PNG, read as 8-bit RGB, but the model reads "
                               f"{predictor.net.bands.describe()}; give it a raster with all its bands")
         image = read_image(path).to(device)
-        yield TensorSource(image), {"height": image.shape[-2], "width": image.shape[-1], "crs": None,
-                                    "transform": None}, None
+        yield TensorSource(image), {"height": image.shape[-2], "width": image.shape[-1],
+                                    **sidecar_georeferencing(path)}, None
         return
-    with RasterScene(path, reading.bands_for(predictor.net.bands.count), reading.input_range) as scene, \
+    bands = predictor.net.bands
+    origin = None if reading.bands is not None else f"the model reads {bands.describe()}"
+    with RasterScene(path, reading.bands_for(bands.count), reading.input_range, bands_from=origin) as scene, \
             WindowedSource(scene, device, BLOCK, cache_blocks(predictor), readers=READERS) as source:
         yield source, scene.profile(), scene
+
+
+def _georeferenced(profile: dict) -> bool:
+    return any(profile.get(key) is not None for key in ("crs", "transform", "gcps", "rpcs"))
 
 
 class _Outputs:
@@ -217,6 +228,9 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
         height, width = source.height, source.width
         if scene is not None:
             log.info(f"{path}: {scene.describe()}")
+        if fmt == "png" and _georeferenced(profile):
+            log.warning(f"{path} is georeferenced but its PNG outputs cannot carry it: they will not lie on the map "
+                        f"in a GIS; pass `output_format` tif to keep the CRS and transform")
         n = predictor.patches_per_image(height, width, tta)
         masked = scene is not None and scene.has_mask
         invalid_pixels = 0
@@ -269,7 +283,7 @@ def predict_scenes(predictor: Predictor, paths: list[str], outputs: SceneOutputs
     predictor.net.eval()
     mine = [paths[i] for i in shard(list(range(len(paths))), info)]
     for path in progress(mine, enabled=info.is_main and len(mine) > 1, desc="scenes", unit="scene"):
-        if outputs.skip_existing and all(os.path.exists(p) for p in outputs.paths(path).values()):
+        if outputs.skip_existing and all(os.path.isfile(p) for p in outputs.paths(path).values()):
             existing += 1
             continue
         try:

@@ -427,9 +427,15 @@ def _check_class_count(target: nn.Module, receiver: _Receiver, meta: dict, path:
     """A file that records its class count (and, into an FCtLNet, its class table) fits the model's."""
     file_classes = meta.get("n_class")
     if receiver.n_class is not None and file_classes is not None and file_classes != receiver.n_class:
+        recorded, ours = meta.get("classes") or {}, getattr(target, "class_table", None) or {}
+
+        def named(table: dict, count: int) -> str:
+            names = [str(c.get("name")) for c in table.get("classes", [])]
+            return f"{count} classes" + (f" [{', '.join(names)}] ({table.get('name', 'unnamed table')})" if names else "")
+
         raise CheckpointError(
-            f"{what} {path} was trained for {file_classes} classes but the {receiver.role} has {receiver.n_class}; "
-            f"use the file's `dataset`/`classes` or a checkpoint of this class table"
+            f"{what} {path} was trained for {named(recorded, file_classes)} but the {receiver.role} has "
+            f"{named(ours, receiver.n_class)}; use the file's `dataset`/`classes` or a checkpoint of this class table"
         )
     if isinstance(target, FCtLNet):
         _check_classes(target, meta, path, what)

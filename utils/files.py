@@ -69,6 +69,9 @@ def atomic_path(path: str) -> Iterator[str]:
     """A temporary sibling path (also for writers that open files by name, such as GDAL); when the
     block succeeds the file is fsynced and renamed to ``path``, when it fails it is deleted."""
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise DataError(f"cannot write {path}: a folder has that name; rename or remove the folder, or write "
+                        f"elsewhere")
     try:
         fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=TEMP_SUFFIX, dir=folder)
     except OSError as exc:

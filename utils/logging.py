@@ -191,9 +191,31 @@ def _route_runtime_warnings() -> None:
     warnings.showwarning = show
 
 
+_COLLECTORS = threading.local()
+
+
 class _DebugForward(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
+        for collected in getattr(_COLLECTORS, "stack", ()):
+            if record.levelno >= logging.WARNING:
+                collected.append(record.getMessage())
         get_logger("native").debug("%s: %s", record.name, record.getMessage())
+
+
+@contextlib.contextmanager
+def library_warnings() -> Iterator[list[str]]:
+    """The warnings and errors GDAL reports through rasterio's and pyogrio's loggers in this thread
+    while the block runs (a damaged JPEG tile is only a warning to GDAL), for the caller to judge.
+    They are logged at debug level as always."""
+    stack = getattr(_COLLECTORS, "stack", None)
+    if stack is None:
+        stack = _COLLECTORS.stack = []
+    collected: list[str] = []
+    stack.append(collected)
+    try:
+        yield collected
+    finally:
+        stack.remove(collected)
 
 
 @contextlib.contextmanager

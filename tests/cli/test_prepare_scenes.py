@@ -50,6 +50,27 @@ def test_a_bad_input_is_one_error_line(tmp_path, capsys):
     assert err[-1].startswith("error: vector labels") and "--class_field" in err[-1]
 
 
+def test_inputs_inside_the_destination_are_refused_before_anything_is_deleted(tmp_path, capsys):
+    """Re-tiling an earlier preparation's tiles into the same folder would delete them first."""
+    import hashlib
+    import pathlib
+
+    source = make_scenes(str(tmp_path / "src"), n_scenes=2, size=128, cell=32, seed=2)
+    data = tmp_path / "data"
+    common = ["--class_field", "class", "--classes", source["classes"], "--tile_size", "64", "--split_by", "block",
+              "--block_tiles", "1", "--val", "0.3", "--bands", "1,2,3"]
+    assert prepare_scenes.main(["--scenes", str(tmp_path / "src" / "scenes"), "--labels", source["vector"],
+                                source["raster"], "--dst", str(data), *common]) == 0
+    before = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*") if p.is_file()}
+    tiles = sorted(glob.glob(str(data / "train" / "Sat" / "*.tif")))
+    capsys.readouterr()
+    assert prepare_scenes.main(["--scenes", *tiles, "--labels", source["vector"], "--dst", str(data), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: scene {tiles[0]} lies in --dst {data}") and len(err) == 1
+    after = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in data.rglob("*") if p.is_file()}
+    assert after == before and pathlib.Path(tiles[0]).exists()
+
+
 @pytest.fixture(scope="module")
 def four_bands(tmp_path_factory):
     """A folder prepared with the near-infrared band: (scenes, data folder)."""

@@ -206,3 +206,57 @@ def test_reason_prefers_native_lines_then_the_cause_then_the_first_line():
         assert reason(exc) == "gone.tif: No such file or directory"
     assert reason(OSError(28, "No space left on device")) == "No space left on device"
     assert reason(KeyError()) == "KeyError"
+
+
+def test_a_damaged_jpeg_tile_is_an_error_not_a_garbage_mask(fpn_pre_folder, tmp_path, capsys):
+    """libjpeg decodes a corrupt tile with a mere warning; GDAL passes it on as a warning too."""
+    path = tmp_path / "jpeg.tif"
+    rng = np.random.default_rng(1)
+    with rasterio.open(path, "w", driver="GTiff", height=256, width=256, count=3, dtype="uint8", tiled=True,
+                       blockxsize=256, blockysize=256, compress="jpeg", photometric="YCbCr",
+                       crs="EPSG:32633", transform=from_origin(5e5, 4e6, 1, 1)) as dst:
+        dst.write(rng.integers(0, 256, (3, 256, 256), dtype=np.uint8))
+    data = bytearray(path.read_bytes())
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    data[offset + size - 40:offset + size - 17] = b"\x00" * 23  # junk before the tile's end-of-image marker
+    path.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    code = run_cli(*_args(fpn_pre_folder, out, tmp_path / "logs", "--input", str(path)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith(f"error: image {path}: rows ") and "damaged" in err[-1], err[-3:]
+    assert "JPEG" in err[-1]  # libjpeg's own words, taken from its warning
+    assert list_files(out) == []
+
+
+def test_georeferencing_a_png_output_cannot_carry_is_a_warning_and_a_world_file_is_kept(fpn_pre_folder, tmp_path,
+                                                                                        capsys):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 70, 3), dtype=np.uint8)).save(tmp_path / "w.png")
+    (tmp_path / "w.pgw").write_text("0.5\n0\n0\n-0.5\n500000.25\n4650000.25\n")  # a world file
+    write_synthetic_raster(str(tmp_path / "geo.tif"), 64, 64)
+    assert run_cli(*_args(fpn_pre_folder, tmp_path / "tif", tmp_path / "logs", "--input", str(tmp_path / "w.png"),
+                          "--output_format", "tif")) == 0
+    with rasterio.open(tmp_path / "tif" / "w_mask.tif") as mask:
+        assert tuple(mask.transform)[:6] == (0.5, 0.0, 500000.0, 0.0, -0.5, 4650000.5)
+    capsys.readouterr()
+    assert run_cli(*_args(fpn_pre_folder, tmp_path / "png", tmp_path / "logs", "--input", str(tmp_path / "w.png"),
+                          str(tmp_path / "geo.tif"), "--output_format", "png")) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "PNG outputs cannot carry it" in line]
+    assert len(warned) == 2 and "--output_format tif" in warned[0]
+
+
+def test_unusual_but_legal_inputs_get_one_warning_and_impossible_outputs_one_error(fpn_pre_folder, tmp_path, capsys):
+    write_synthetic_raster(str(tmp_path / "a.tif"), 64, 64)
+    assert run_cli(*_args(fpn_pre_folder, tmp_path / "o1", tmp_path / "logs", "--input", str(tmp_path / "a.tif"),
+                          "--input_range", "0,3000")) == 0
+    assert "uint8 pixels, already 0..255, are remapped by --input_range" in capsys.readouterr().err
+    blocked = tmp_path / "o2"
+    (blocked / "a_mask.tif").mkdir(parents=True)  # a folder where the mask would go
+    for extra in ([], ["--skip_existing"]):
+        code = run_cli(*_args(fpn_pre_folder, blocked, tmp_path / "logs", "--input", str(tmp_path / "a.tif"), *extra))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err[-1].startswith(f"error: the output {blocked / 'a_mask.tif'} of input") and \
+            "is the name of a folder" in err[-1]

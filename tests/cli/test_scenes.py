@@ -298,3 +298,32 @@ def test_a_latin1_list_of_scenes_is_read(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_bytes("# scènes\ncafé.tif\n".encode("latin-1"))
     assert expand_inputs([str(listing)]) == [str(scene)]
+
+
+def test_lists_and_names_as_users_save_and_type_them(tmp_path):
+    """UTF-16 lists (Notepad's "Unicode"), file names holding glob characters, nested lists, local
+    archives that do not exist, and folders holding only output-like names."""
+    from dataset.scenes import expand_inputs
+    from utils.errors import DataError
+
+    odd = tmp_path / "scene[1].tif"
+    odd.write_bytes(b"x")
+    plain = tmp_path / "b.tif"
+    plain.write_bytes(b"x")
+    assert expand_inputs([str(odd)]) == [str(odd)]  # the file itself, not the pattern "scene1.tif"
+    listing = tmp_path / "list.txt"
+    listing.write_bytes("\ufeff# scènes\r\nscene[1].tif\r\nb.tif\r\n".encode("utf-16-le"))
+    assert expand_inputs([str(listing)]) == [str(odd), str(plain)]
+    (tmp_path / "bare.txt").write_bytes("b.tif\n".encode("utf-16-le"))  # no byte-order mark
+    with pytest.raises(DataError, match="UTF-16 without a byte-order mark; save it as UTF-8"):
+        expand_inputs([str(tmp_path / "bare.txt")])
+    (tmp_path / "outer.txt").write_text("list.txt\n")
+    with pytest.raises(DataError, match="names another list"):
+        expand_inputs([str(tmp_path / "outer.txt")])
+    with pytest.raises(DataError, match=f"the archive {tmp_path}/none.zip does not exist"):
+        expand_inputs([f"/vsizip/{tmp_path}/none.zip/a.tif"])
+    outputs = tmp_path / "outs"
+    outputs.mkdir()
+    (outputs / "field_mask.tif").write_bytes(b"x")
+    with pytest.raises(DataError, match="holds only files named like this tool's outputs.*name such a file on its own"):
+        expand_inputs([str(outputs)], skip=lambda p: p.endswith("_mask.tif"))

@@ -82,6 +82,28 @@ def test_multi_band_scenes_use_the_first_three_or_the_chosen_bands(tmp_path, cap
         RasterScene(path, bands=(1, 2, 5))
 
 
+def test_an_alpha_band_read_as_data_masks_nothing(tmp_path, monkeypatch):
+    """A near-infrared 4th band written with GDAL's defaults is declared alpha: read as RGB it masks (and
+    the log says so); read as a 4th data band it masks nothing, with one warning, the same pixels either way."""
+    import dataset.scenes
+
+    path = str(tmp_path / "rgbn.tif")
+    values = _raster_values(0, 0, 40, 50, 4, 0).astype(np.uint8)
+    values[3, :20] = 0  # near-infrared 0 in the top half: "transparent" to GDAL's alpha rule
+    with rasterio.open(path, "w", driver="GTiff", height=40, width=50, count=4, dtype="uint8") as dst:
+        dst.write(values)
+    warnings = []
+    monkeypatch.setattr(dataset.scenes.log, "warning", lambda text, *args: warnings.append(text % args))
+    with RasterScene(path) as rgb:
+        assert rgb.has_mask and not rgb.read_valid(0, 0, 40, 50)[:20].any()
+        assert "masked by alpha band 4" in rgb.describe() and warnings == []
+    with RasterScene(path, bands=(1, 2, 3, 4)) as rgbn:
+        assert not rgbn.has_mask and rgbn.read_valid(0, 0, 40, 50) is None
+        assert np.array_equal(rgbn.read(0, 0, 40, 50), values)
+        assert "masked by nothing (its alpha band is read as data)" in rgbn.describe()
+    assert len(warnings) == 1 and "band 4 is declared alpha" in warnings[0]
+
+
 def test_a_scene_of_fewer_than_three_bands_needs_bands(tmp_path):
     path = str(tmp_path / "grey.tif")
     write_synthetic_raster(path, 32, 32, bands=1)
@@ -270,11 +292,12 @@ def test_remote_inputs_pass_through_with_their_stems(tmp_path):
     from dataset.scenes import is_remote, stem_of, uses_pillow
 
     listing = tmp_path / "list.txt"
+    (tmp_path / "z.zip").write_bytes(b"PK")  # a local archive must exist; what is inside is GDAL's to read
     listing.write_text("https://example.org/a/scene_1.tif?sig=x\ns3://bucket/dir/scene_2.tif\n"
-                       "/vsizip//data/z.zip/scene_3.tif\n")
+                       f"/vsizip/{tmp_path}/z.zip/scene_3.tif\n")
     found = expand_inputs([str(listing), "gs://b/scene_4.jp2"])
     assert found == ["https://example.org/a/scene_1.tif?sig=x", "s3://bucket/dir/scene_2.tif",
-                     "/vsizip//data/z.zip/scene_3.tif", "gs://b/scene_4.jp2"]
+                     f"/vsizip/{tmp_path}/z.zip/scene_3.tif", "gs://b/scene_4.jp2"]
     assert [stem_of(f) for f in found] == ["scene_1", "scene_2", "scene_3", "scene_4"]
     assert all(is_remote(f) for f in found) and not uses_pillow("https://example.org/x.png")
     with pytest.raises(DataError, match="have the same name x"):

@@ -120,6 +120,7 @@ def test_vector_files_in_every_format_hold_the_scene_crs_and_the_attributes(tmp_
                           transform=transform, fill=0, dtype="uint8")
         assert np.array_equal(burnt == 1, (classes == c) & valid)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"s_mask.{fmt}"]  # no scratch file left
+    assert (tmp_path / f"s_mask.{fmt}").is_file()  # a file, not a folder of layers
 
 
 def test_simplify_pixel_coordinates_and_empty_files(tmp_path):

@@ -408,3 +408,18 @@ def test_a_class_table_that_differs_only_in_its_rules_loads_with_one_warning(tmp
     monkeypatch.setattr(checkpoint.log, "warning", lambda text, *args: lines.append(text % args))
     create_model(1, "fpn_resnet18", n_class=2, pre_path=path, class_table=ours)
     assert len(lines) == 1 and "the unscored class is 'bg' in the file, none here" in lines[0]
+
+
+def test_a_class_count_mismatch_names_both_tables(tmp_path):
+    from models.checkpoint import save_weights
+    from models.setup import create_model
+
+    def table(name, *names):
+        return {"name": name, "classes": [{"name": n, "colour": [i, i, i]} for i, n in enumerate(names)]}
+
+    path = str(tmp_path / "roads.pth")
+    save_weights(create_model(1, "fpn_resnet18", n_class=3, class_table=table("roads", "other", "road", "track"),
+                              training=True), path)
+    with pytest.raises(CheckpointError, match=r"trained for 3 classes \[other, road, track\] \(roads\) but the mode-1 "
+                                              r"model has 2 classes \[bg, building\] \(mine\)"):
+        create_model(1, "fpn_resnet18", n_class=2, pre_path=path, class_table=table("mine", "bg", "building"))
