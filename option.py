@@ -468,6 +468,11 @@ def _dataset_settings(args: argparse.Namespace) -> DatasetSettings:
     from dataset.classes import load_class_table
     from dataset.prepared import load_prepared
 
+    if args.data_path and args.input is not None and not os.path.isdir(args.data_path):
+        # With --input the data path only brings a prepared folder's classes and bands: a typo would
+        # silently fall back to DeepGlobe's.
+        raise OptionError(f"--data_path {args.data_path} does not exist; with --input it names a folder prepared by "
+                          f"tools.prepare_scenes (for its classes and bands): correct it or leave it out")
     prepared = load_prepared(args.data_path) if args.data_path else None
     name = DATASET_NUMBERS.get(args.dataset, args.dataset) or ("custom" if prepared is not None else "deepglobe")
     bands = RGB

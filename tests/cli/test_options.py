@@ -109,3 +109,12 @@ def test_negative_values_of_input_range_are_values():
     assert three.pairs == ((-1.0, 1.0), (-2.5, 2.0), (-0.5, 0.5))
     with pytest.raises(OptionError, match="unrecognized arguments: --nope"):
         parse_options([*base, "--nope"])
+
+
+def test_a_data_path_that_does_not_exist_is_refused_with_input(tmp_path):
+    """With --input the data path only brings a prepared folder's classes and bands: a typo must not
+    fall back to DeepGlobe's silently."""
+    base = ["--pre_path", "x.pth", "--mode", "1", "--input", "scene.tif"]
+    with pytest.raises(OptionError, match="--data_path .*nope does not exist; with --input it names a folder prepared"):
+        parse_options([*base, "--data_path", str(tmp_path / "nope")])
+    assert parse_options([*base, "--data_path", str(tmp_path)]).dataset.name == "deepglobe"

@@ -215,7 +215,7 @@ def test_class_probabilities_one_band_per_class_next_to_the_same_mask(fpn_pre_fo
 
 def test_remote_scenes_over_http_and_s3_give_the_masks_of_the_file(fpn_pre_folder, tmp_path, scene, monkeypatch,
                                                                    capsys):
-    from tests.range_server import serve
+    from tools.range_server import serve
 
     bucket = tmp_path / "served" / "bucket"
     os.makedirs(bucket)

@@ -1,4 +1,5 @@
-"""A local HTTP server with range requests, for the tests of remote scenes (GDAL's /vsicurl/ and /vsis3/).
+"""A local HTTP server with range requests (GDAL's /vsicurl/ and /vsis3/): for the remote-scene tests and
+the read-ahead benchmark.
 
 ``serve(folder)`` starts it on 127.0.0.1 (a free port) in a thread and yields its base URL; files are
 served from ``folder`` by path (``/bucket/key`` for S3-style addresses, path-style). ``requests``
