@@ -55,6 +55,7 @@ log = get_logger("scenes")
 FORMATS = ("png", "tif")
 BLOCK = 512  # side of the blocks a windowed scene is read and cached in
 READERS = 4  # threads that read a windowed scene's blocks ahead of the patches (pipeline.sources)
+REMOTE_READERS = 8  # the same for a remote scene, whose reads are mostly waiting for the network
 OUTPUT_PATTERNS = ("*_mask.png", "*_mask.tif", "*_confidence.png", "*_confidence.tif", "*_probabilities.tif",
                    "*_preview.png", *(f"*_mask.{ext}" for ext in VECTOR_FORMATS))
 
@@ -174,7 +175,8 @@ def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: t
     bands = predictor.net.bands
     origin = None if reading.bands is not None else f"the model reads {bands.describe()}"
     with RasterScene(path, reading.bands_for(bands.count), reading.input_range, bands_from=origin) as scene, \
-            WindowedSource(scene, device, BLOCK, cache_blocks(predictor), readers=READERS) as source:
+            WindowedSource(scene, device, BLOCK, cache_blocks(predictor),
+                           readers=REMOTE_READERS if is_remote(path) else READERS) as source:
         yield source, scene.profile(), scene
 
 

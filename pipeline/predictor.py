@@ -44,7 +44,7 @@ from utils.dihedral import VIEWS, View, from_view, to_view
 from utils.distributed import unwrap
 from utils.errors import ConfigError, ResourceError
 
-READ_AHEAD = 2  # sub-batches whose windows a source is told about ahead of their turn
+READ_AHEAD = 3  # sub-batches whose windows a source is told about ahead of their turn
 
 
 def out_of_memory(device: torch.device, cfg: PipelineConfig) -> ResourceError:

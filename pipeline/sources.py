@@ -16,10 +16,12 @@ pipeline's device, zeros where the window leaves the image. Two sources exist:
 Reading ahead. With ``readers`` > 0 (and a reader that can ``clone`` itself: one GDAL handle per
 thread), ``prefetch(windows)`` starts reading, in a small pool of threads, the blocks under windows
 the pipeline will ask for next (the predictor announces the next sub-batches' patches and context
-windows), so that decoding, and over a network the round trips, overlap the computation. A block read
-ahead is held until it is asked for, then enters the cache exactly as if it had been read then: the
-pixels, and so every output bit, are the same with and without. At most ``capacity`` blocks are on
-their way at once, so memory stays bounded by about twice the cache.
+windows); a strip pass reads each strip in pieces one block wide side by side, and the next strip
+meanwhile. Decoding, and over a network the round trips, thus overlap each other and the
+computation. A block read ahead is held until it is asked for, then enters the cache exactly as if
+it had been read then: the pixels, and so every output bit, are the same with and without. At most
+``capacity`` blocks (and one strip) are on their way at once, so memory stays bounded by about twice
+the cache.
 
 Both give the same pixels for the same image, so the pipeline's results do not depend on the source.
 """
@@ -126,6 +128,7 @@ class WindowedSource:
         self.block, self.capacity = block, capacity
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self._pending: dict[tuple[int, int], Future] = {}
+        self._strip_ahead: tuple[tuple[int, int, int], list[Future]] | None = None
         self._pool = None
         if readers and hasattr(reader, "clone"):
             self._pool = ThreadPoolExecutor(readers, thread_name_prefix="fctl-read-ahead")
@@ -146,8 +149,11 @@ class WindowedSource:
             return
         for future in self._pending.values():
             future.cancel()
+        for future in self._strip_ahead[1] if self._strip_ahead is not None else ():
+            future.cancel()
         self._pool.shutdown(wait=True)
         self._pending.clear()
+        self._strip_ahead = None
         for clone in self._clones:
             clone.close()
         self._clones.clear()
@@ -157,15 +163,14 @@ class WindowedSource:
         b = self.block
         return self.reader.read(by * b, bx * b, b, b)
 
-    def _read_ahead(self, by: int, bx: int) -> np.ndarray:
+    def _read_ahead(self, top: int, left: int, height: int, width: int) -> np.ndarray:
         """In a reader thread, through that thread's own handle on the file."""
         reader = getattr(self._local, "reader", None)
         if reader is None:
             reader = self._local.reader = self.reader.clone()
             with self._clones_lock:
                 self._clones.append(reader)
-        b = self.block
-        return reader.read(by * b, bx * b, b, b)
+        return reader.read(top, left, height, width)
 
     def _keys(self, top: int, left: int, height: int, width: int) -> Iterable[tuple[int, int]]:
         """The blocks under a window, row by row."""
@@ -189,7 +194,8 @@ class WindowedSource:
                     continue
                 if len(self._pending) >= self.capacity:
                     return
-                self._pending[key] = self._pool.submit(self._read_ahead, *key)
+                b = self.block
+                self._pending[key] = self._pool.submit(self._read_ahead, key[0] * b, key[1] * b, b, b)
 
     def _block(self, by: int, bx: int) -> torch.Tensor:
         key = (by, bx)
@@ -218,5 +224,25 @@ class WindowedSource:
         return out.to(self.device)
 
     def strip(self, top: int, bottom: int, width: int) -> torch.Tensor:
-        """Read straight from the file: a strip pass reads each row once, so the cache would not help."""
-        return torch.from_numpy(self.reader.read(top, 0, bottom - top, width)).to(self.device)
+        """Read straight from the file: a strip pass reads each row once, so the cache would not help.
+        With reader threads, the strip is read in pieces one block wide, side by side in the threads,
+        and the strip of the same height below is started meanwhile."""
+        if self._pool is None:
+            return torch.from_numpy(self.reader.read(top, 0, bottom - top, width)).to(self.device)
+        ahead, self._strip_ahead = self._strip_ahead, None
+        if ahead is not None and ahead[0] == (top, bottom, width):
+            pieces = ahead[1]
+        else:
+            for future in ahead[1] if ahead is not None else ():
+                future.cancel()
+            pieces = self._strip_pieces(top, bottom, width)
+        if bottom < self.height:
+            below = (bottom, min(self.height, 2 * bottom - top), width)
+            self._strip_ahead = (below, self._strip_pieces(*below))
+        data = np.concatenate([piece.result() for piece in pieces], axis=2)
+        return torch.from_numpy(data).to(self.device)
+
+    def _strip_pieces(self, top: int, bottom: int, width: int) -> list[Future]:
+        b = self.block
+        return [self._pool.submit(self._read_ahead, top, left, bottom - top, min(b, width - left))
+                for left in range(0, width, b)]

@@ -191,8 +191,9 @@ def _scene_worker(opts: argparse.Namespace) -> dict:
                 for _, band in predictor.mask_bands(TensorSource(image), tta=opts.tta):
                     writer.write(band.cpu().numpy())
         else:
-            predict_scenes(predictor, [opts.scene], SceneOutputs(tmp, vectorize=opts.vectorize), SceneReading(), device,
-                           DistInfo(), tta=opts.tta)
+            predict_scenes(predictor, [opts.scene], SceneOutputs(tmp, vectorize=opts.vectorize,
+                                                                 confidence=opts.confidence),
+                           SceneReading(), device, DistInfo(), tta=opts.tta)
         seconds = time.perf_counter() - started
         peak = _status_mb("VmHWM")
         polygons = _polygon_figures(glob.glob(os.path.join(tmp, "*_mask." + opts.vectorize))[0]) \
@@ -374,15 +375,19 @@ def _scenes(opts: argparse.Namespace) -> None:
             write_synthetic_raster(path, size, size, tile=512)
             made = time.perf_counter() - started
             print(f"  (wrote {path}: {os.path.getsize(path) / 2**20:.0f} MB on disk in {made:.0f}s)", flush=True)
-            runs = [(True, None)] if opts.in_memory else []
-            runs = [(False, None)] + runs + ([(False, opts.vectorize)] if opts.vectorize else [])
-            for in_memory, vectorize in runs:
+            # With --vectorize: also the run with the confidence alone, which the polygons' mean confidence needs.
+            runs = [(True, None, False)] if opts.in_memory else []
+            runs = [(False, None, False)] + runs + ([(False, None, True), (False, opts.vectorize, False)]
+                                                    if opts.vectorize else [])
+            for in_memory, vectorize, confidence in runs:
                 cmd = [sys.executable, "-m", "tools.benchmark", "--scene_worker", *argv, "--scene", path]
                 cmd += (["--in_memory"] if in_memory else []) + (["--vectorize", vectorize] if vectorize else [])
+                cmd += ["--confidence"] if confidence else []
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results.append(r)
-                label = "in memory" if in_memory else f"+{vectorize}" if vectorize else "windowed"
+                label = "in memory" if in_memory else f"+{vectorize}" if vectorize else \
+                    "+confidence" if confidence else "windowed"
                 extra = f" {r['polygons']:>9} {r['polygon_mb']:>7.1f}" if vectorize else ""
                 print(f"{size:>7} {r['scene_mb']:>9.0f} {label:>10} {r['patches']:>8} "
                       f"{r['seconds']:>8.1f} {r['rss_before_mb']:>11.0f} {r['pipeline_mb']:>12.0f}{extra}", flush=True)
@@ -445,6 +450,7 @@ def main() -> None:
                         help="peak memory against scene size for GeoTIFF scenes read window by window (--input)")
     parser.add_argument("--in_memory", action="store_true",
                         help="with --scenes: also predict each scene read whole into memory, for comparison")
+    parser.add_argument("--confidence", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vectorize", default=None, choices=["gpkg", "geojson", "fgb"],
                         help="with --scenes: also predict each scene with --vectorize in this format (own process)")
     parser.add_argument("--scene_dir", default=None, help="with --scenes: where the GeoTIFFs are written (a temp folder)")

@@ -69,7 +69,7 @@ def _worker(opts: argparse.Namespace) -> dict:
 
     fix_mmap_threshold()
     torch.set_num_threads(opts.threads)
-    engine.scenes.READERS = opts.readers
+    engine.scenes.READERS = engine.scenes.REMOTE_READERS = opts.readers
     model = StandIn(opts.mode, channels=1).eval().to(memory_format=torch.channels_last)
     predictor = Predictor(model, PipelineConfig(opts.size_p, opts.size_p, 3, opts.sub_batch_size))
     before = process_memory_mb("VmRSS")
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size_p", type=int, default=508)
     parser.add_argument("--sub_batch_size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--readers", type=int, default=4, help="read-ahead threads of the runs with read-ahead")
+    parser.add_argument("--readers", type=int, default=None,
+                        help="read-ahead threads of the runs with read-ahead (default: engine.scenes' READERS for the "
+                             "file, REMOTE_READERS over HTTP)")
     parser.add_argument("--remote_without", action="store_true", help="also the HTTP run without read-ahead")
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -113,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(path + ".part", path)
         print(f"wrote {path}: {os.path.getsize(path) / 2**20:.0f} MB in {time.perf_counter() - started:.0f}s",
               flush=True)
-    runs = [("local, no read-ahead", False, 0), ("local", False, opts.readers), ("http", True, opts.readers)]
+    from engine.scenes import READERS, REMOTE_READERS
+
+    runs = [("local, no read-ahead", False, 0), ("local", False, opts.readers or READERS),
+            ("http", True, opts.readers or REMOTE_READERS)]
     if opts.remote_without:
         runs.append(("http, no read-ahead", True, 0))
     print(f"{opts.size} px, stand-in mode {opts.mode}, p {opts.size_p}, {opts.threads} torch threads, HTTP delay "

@@ -154,3 +154,13 @@ def test_a_read_error_ahead_is_raised_where_the_block_is_asked_for():
         assert source.window(0, 0, 64, 64).shape == (3, 64, 64)
         with pytest.raises(InputFileError, match="rows 128..192"):
             source.window(128, 0, 64, 64)
+
+
+def test_strips_are_read_ahead_one_below_the_other():
+    image = _scene(100, 80)
+    reader = _SlowCloningReader(image)
+    with WindowedSource(reader, block=32, readers=2) as source:
+        strips = [source.strip(top, min(top + 30, 100), 80) for top in range(0, 100, 30)]
+        assert source.strip(5, 20, 80).shape == (3, 15, 80)  # out of sequence: read on the spot
+    assert torch.equal(torch.cat(strips, dim=1), torch.from_numpy(image))
+    assert any(name.startswith("fctl-read-ahead") for name in reader.threads)
