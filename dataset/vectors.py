@@ -145,9 +145,13 @@ class RegionTracker:
                 self._union(int(a), int(b))
         self._bottom = np.where(labels[-1] > 0, labels[-1] + offset, 0)
         self._bottom_classes = classes[-1].copy()
-        still_open = {self._find(int(label)) for label in np.unique(self._bottom) if label}
-        finished = [root for root in self._open if root not in still_open]
-        return [self._open.pop(root) for root in finished]
+        roots = {int(label): self._find(int(label)) for label in np.unique(self._bottom) if label}
+        finished = [root for root in self._open if root not in set(roots.values())]
+        regions = [self._open.pop(root) for root in finished]
+        # Only the labels of the newest row can be joined later: the label forest keeps those and the open
+        # roots, so it does not grow with the number of regions the scene has had.
+        self._parent = {**{root: root for root in self._open}, **roots}
+        return regions
 
     def finish(self) -> list[Region]:
         """The regions still open: call after the last band."""
@@ -160,6 +164,11 @@ class RegionTracker:
     @property
     def open_regions(self) -> int:
         return len(self._open)
+
+    @property
+    def labels_held(self) -> int:
+        """Labels the tracker keeps to join later bands: those of the newest row and the open regions'."""
+        return len(self._parent)
 
 
 def _polygonize(labels: np.ndarray, y0: int) -> tuple[list[int], np.ndarray]:

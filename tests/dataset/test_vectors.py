@@ -78,6 +78,7 @@ def test_regions_are_handed_back_as_soon_as_they_are_finished():
     tracker = RegionTracker(10)
     first = tracker.add(0, classes[:10], None, np.ones((10, 10), dtype=bool))
     assert [r.class_index for r in first] == [1] and tracker.open_regions == 1  # the background goes on
+    assert tracker.labels_held <= 10 + tracker.open_regions  # the newest row's labels and the open roots
     with pytest.raises(ValueError, match="does not follow row 10"):
         tracker.add(20, classes[20:30], None, np.ones((10, 10), dtype=bool))
 
