@@ -133,6 +133,7 @@ def test_four_band_networks_train_evaluate_and_predict(four_bands, tmp_path, bac
     assert run_cli(*common, "--evaluate", "--pre_path", "m.epoch.pth") == 0
     # Predicting without the prepared folder: the bands come from the checkpoint (the scene's first four).
     out = tmp_path / "pred"
+    (tmp_path / "none").mkdir()  # a data path that is no prepared folder
     elsewhere = tiny_args(str(tmp_path / "none"), models, logs, "--mode", str(mode), "--task_name", "m",
                           "--dataset", "custom", "--classes", source["classes"], *frozen)
     assert run_cli(*elsewhere, "--backbone", backbone, "--input", source["scenes"][2], "--pre_path", "m.epoch.pth",
