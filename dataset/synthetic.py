@@ -351,18 +351,23 @@ def _raster_values(top: int, left: int, height: int, width: int, bands: int, see
 def write_synthetic_raster(path: str, height: int, width: int, *, bands: int = 3, dtype: str = "uint8",
                            crs: str | None = "EPSG:32633", origin: tuple[float, float] = (500000.0, 4650000.0),
                            pixel: float = 0.5, nodata: float | None = None, nodata_box: tuple[int, int, int, int] | None = None,
-                           tile: int = 256, seed: int = 0) -> None:
+                           tile: int = 256, seed: int = 0, noise: int = 0) -> None:
     """A tiled, deflate-compressed GeoTIFF of synthetic imagery, written block row by block row (any size
     without the scene in memory): for tests and the benchmark.
 
     Values are ``_raster_values`` scaled to ``dtype`` (uint8 as is, uint16 x 40, float32 x 0.01). With
     ``nodata`` the file declares that value and ``nodata_box`` (top, left, bottom, right) holds it.
+    ``noise`` > 0 adds seeded per-pixel noise of up to that many grey levels (uint8 only), so that tiles
+    compress and decode as real imagery does rather than almost to nothing.
     """
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
 
     scale = {"uint8": 1, "uint16": 40, "int16": 40, "float32": 0.01}[dtype]
+    if noise and dtype != "uint8":
+        raise ValueError(f"noise applies to uint8 rasters, not {dtype}")
+    rng = np.random.default_rng(seed)
     transform = from_origin(origin[0], origin[1], pixel, pixel) if crs else None
     tiled = height >= tile and width >= tile
     options = dict(blockxsize=tile, blockysize=tile) if tiled else {}
@@ -372,7 +377,10 @@ def write_synthetic_raster(path: str, height: int, width: int, *, bands: int = 3
         step = tile if tiled else height
         for top in range(0, height, step):
             rows = min(step, height - top)
-            values = (_raster_values(top, 0, rows, width, bands, seed) * scale).astype(dtype)
+            values = _raster_values(top, 0, rows, width, bands, seed)
+            if noise:
+                values = np.clip(values + rng.integers(-noise, noise + 1, values.shape), 0, 255)
+            values = (values * scale).astype(dtype)
             if nodata_box is not None:
                 y0, x0, y1, x1 = nodata_box
                 r0, r1 = max(y0, top), min(y1, top + rows)

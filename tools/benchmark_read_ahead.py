@@ -31,25 +31,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_scene(path: str, size: int, seed: int = 0) -> None:
-    """A tiled (512 px) deflate GeoTIFF: the synthetic cells and texture plus +-24 of noise per pixel."""
-    import numpy as np
-    import rasterio
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
-
-    from dataset.synthetic import _raster_values
-
-    rng = np.random.default_rng(seed)
-    with rasterio.open(path, "w", driver="GTiff", height=size, width=size, count=3, dtype="uint8", tiled=True,
-                       blockxsize=512, blockysize=512, compress="deflate", crs="EPSG:32633",
-                       transform=from_origin(500000, 4650000, 0.5, 0.5), BIGTIFF="IF_SAFER") as dst:
-        for top in range(0, size, 512):
-            rows = min(512, size - top)
-            values = _raster_values(top, 0, rows, size, 3, seed) + rng.integers(-24, 25, (3, rows, size))
-            dst.write(np.clip(values, 0, 255).astype(np.uint8), window=Window(0, top, size, rows))
-
-
 def _worker(opts: argparse.Namespace) -> dict:
     """Predict ``opts.scene`` (a path or URL) into a temporary folder; the figures as a dict."""
     import tempfile
@@ -105,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_worker(opts)))
         return 0
 
+    from dataset.synthetic import write_synthetic_raster
     from tools.range_server import serve
 
     os.makedirs(opts.work, exist_ok=True)
     path = os.path.join(opts.work, f"scene_{opts.size}.tif")
     if not os.path.exists(path):
         started = time.perf_counter()
-        write_scene(path + ".part", opts.size)
+        write_synthetic_raster(path + ".part", opts.size, opts.size, tile=512, noise=24)
         os.replace(path + ".part", path)
         print(f"wrote {path}: {os.path.getsize(path) / 2**20:.0f} MB in {time.perf_counter() - started:.0f}s",
               flush=True)

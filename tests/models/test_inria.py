@@ -237,7 +237,9 @@ def test_mode5_forward_matches_the_spec(mode5_models: dict[str, FCtLNet], backbo
     for c in (c_m, c_l, c_s):  # every branch contributes something
         assert c.abs().mean() > 1e-2 * top.abs().mean()
     expected = top.double() + fusion_reference(model, [c_m, c_l, c_s])
-    tolerance = {"rtol": 1e-4, "atol": 1e-5 * float(expected.abs().max())}
+    # float32 against a float64 reference: sums over 512 channels differ in their last bits, and by how
+    # much depends on the CPU's vector width (1.6e-5 of 0.43 on one machine); a wrong fusion is off by O(1).
+    tolerance = {"rtol": 1e-4, "atol": 1e-4 * float(expected.abs().max())}
     torch.testing.assert_close(seen["top"].double(), expected, **tolerance)
     logits = model.backbone.decode(skips, expected.float(), (SIZE, SIZE))
     torch.testing.assert_close(got, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max()))
