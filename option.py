@@ -592,6 +592,8 @@ def _scene_settings(args: argparse.Namespace, classes: ClassTable) -> SceneSetti
         raise OptionError("--input predicts unlabelled scenes in test mode; drop --train/--evaluate/--val")
     if args.split is not None:
         raise OptionError("--input replaces --split (and --data_path); drop --split")
+    if args.max_images is not None:
+        raise OptionError("--max_images applies to the images of a split; with --input name the scenes to predict")
     vector_skip, simplify = _vector_options(args, classes)
     return SceneSettings(inputs=tuple(args.input), output_format=args.output_format, cog=args.cog,
                          save_confidence=args.save_confidence, save_probabilities=args.save_probabilities,

@@ -118,3 +118,8 @@ def test_a_data_path_that_does_not_exist_is_refused_with_input(tmp_path):
     with pytest.raises(OptionError, match="--data_path .*nope does not exist; with --input it names a folder prepared"):
         parse_options([*base, "--data_path", str(tmp_path / "nope")])
     assert parse_options([*base, "--data_path", str(tmp_path)]).dataset.name == "deepglobe"
+
+
+def test_max_images_does_not_apply_to_input_scenes():
+    with pytest.raises(OptionError, match="--max_images applies to the images of a split"):
+        parse_options(["--pre_path", "x.pth", "--mode", "1", "--input", "scene.tif", "--max_images", "1"])
