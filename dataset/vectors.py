@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -274,7 +275,9 @@ class VectorBandWriter:
         if not regions and self.written:
             return
         wkb, fields = self._features(regions)
-        with native_diagnostics() as diagnostics:
+        with native_diagnostics() as diagnostics, warnings.catch_warnings():
+            # A scene without georeferencing gets polygons in pixel coordinates, without a CRS, as documented.
+            warnings.filterwarnings("ignore", message=".*crs.*not provided", category=UserWarning)
             try:
                 raw.write(self._scratch, wkb, fields, fields=list(FIELDS), crs=_crs_text(self.crs), driver="GPKG",
                           layer="polygons", geometry_type="Polygon", append=bool(self.written))
