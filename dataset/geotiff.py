@@ -16,15 +16,14 @@ The file appears under its final name only when it is complete (``utils.files.at
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
-from utils.errors import DataError, reason
-from utils.files import atomic_path, scratch_path
-from utils.logging import native_diagnostics
+from utils.errors import DataError
+from utils.files import atomic_path, scratch_path, write_error
+from utils.logging import native_diagnostics, native_failures
 
 NODATA = 255
 TILE = 512
@@ -59,9 +58,7 @@ class GeoTiffBandWriter:
         self._dst = None
 
     def _fail(self, exc: BaseException, diagnostics: Sequence[str] = ()) -> DataError:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        return DataError(f"cannot write {os.path.basename(self.path)} into folder {folder} "
-                         f"({reason(exc, diagnostics)}); choose a writable folder with free space")
+        return write_error(self.path, exc, diagnostics)
 
     def __enter__(self) -> GeoTiffBandWriter:
         import rasterio
@@ -122,14 +119,8 @@ class GeoTiffBandWriter:
         if not self._filled:
             return
         y0 = self._written
-        with native_diagnostics() as diagnostics:
-            try:
-                self._dst.write(self._buffer[:, :self._filled], window=Window(0, y0, self.width, self._filled))
-                failure = None
-            except Exception as exc:
-                failure = exc
-        if failure is not None:
-            raise self._fail(failure, diagnostics) from None
+        with native_failures(self._fail):
+            self._dst.write(self._buffer[:, :self._filled], window=Window(0, y0, self.width, self._filled))
         self._written = y0 + self._filled
         self._filled = 0
 
@@ -139,14 +130,12 @@ class GeoTiffBandWriter:
                 self._flush()
                 if self._written != self.height:
                     raise ValueError(f"{self.path}: only {self._written} of {self.height} rows were written")
-            with native_diagnostics() as diagnostics:
-                try:
+            if exc_type is None:
+                with native_failures(self._fail):
                     self._dst.close()
-                    failure = None
-                except Exception as error:
-                    failure = error
-            if failure is not None and exc_type is None:
-                raise self._fail(failure, diagnostics) from None
+            else:  # the block's own error is what the caller reports
+                with native_diagnostics(), contextlib.suppress(Exception):
+                    self._dst.close()
             if exc_type is None and self.cog:
                 _to_cog(self._tmp, self._final_tmp, self._fail)
         except BaseException as error:
@@ -158,12 +147,6 @@ class GeoTiffBandWriter:
 def _to_cog(source: str, target: str, fail) -> None:
     from rasterio.shutil import copy
 
-    with native_diagnostics() as diagnostics:
-        try:
-            copy(source, target, driver="COG", compress="DEFLATE", overview_resampling="NEAREST", blocksize=TILE,
-                 BIGTIFF="IF_SAFER")
-            failure = None
-        except Exception as exc:
-            failure = exc
-    if failure is not None:
-        raise fail(failure, diagnostics) from None
+    with native_failures(fail):
+        copy(source, target, driver="COG", compress="DEFLATE", overview_resampling="NEAREST", blocksize=TILE,
+             BIGTIFF="IF_SAFER")

@@ -47,7 +47,7 @@ from torch.utils.data import get_worker_info
 
 from dataset.classes import DEEPGLOBE, ClassTable
 from utils.errors import DataError, InputFileError
-from utils.files import atomic_open
+from utils.files import atomic_open, write_error
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,7 @@ def _save_png_atomic(image: Image.Image, path: str) -> None:
         with atomic_open(path) as handle:
             image.save(handle, format="PNG")
     except OSError as error:
-        raise DataError(
-            f"cannot write {os.path.basename(path)} into folder {folder} ({error.strerror or error}); choose a "
-            f"writable folder with free space"
-        ) from None
+        raise write_error(path, error) from None
 
 
 class PngBandWriter:
@@ -359,9 +356,7 @@ class PngBandWriter:
         try:
             return bool(self._atomic.__exit__(exc_type, exc, tb))
         except OSError as error:
-            folder = os.path.dirname(os.path.abspath(self.path))
-            raise DataError(f"cannot write {os.path.basename(self.path)} into folder {folder} "
-                            f"({error.strerror or error}); choose a writable folder with free space") from None
+            raise write_error(self.path, error) from None
 
 
 def _as_numpy(array: np.ndarray | torch.Tensor) -> np.ndarray:

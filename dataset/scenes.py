@@ -537,7 +537,9 @@ class RasterScene:
                 log.warning("%s: GDAL warned while reading rows %d..%d: %s", self.path, y0, y1, text)
         return data
 
-    def _valid_raw(self, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    def _valid_raw(self, y0: int, x0: int, y1: int, x1: int, raw: np.ndarray | None = None) -> np.ndarray:
+        """bool (h, w) of the pixels with data; ``raw``: the window's values when the caller read them
+        already (a paletted scene's transparency is looked up in them rather than read again)."""
         from rasterio.errors import NodataShadowWarning
 
         with warnings.catch_warnings():  # GDAL's rule (nodata wins over an alpha band) is the documented one
@@ -545,7 +547,8 @@ class RasterScene:
             masks = self._src.read_masks(self.bands, window=self._window(y0, x0, y1, x1))
         valid = masks.any(axis=0)
         if self._transparent:
-            valid &= self._palette[self._read_raw(y0, x0, y1, x1)[0], 3] > 0
+            indices = self._read_raw(y0, x0, y1, x1) if raw is None else raw
+            valid &= self._palette[indices[0], 3] > 0
         return valid
 
     def read(self, top: int, left: int, height: int, width: int) -> np.ndarray:
@@ -568,7 +571,7 @@ class RasterScene:
             np.rint(scaled, out=scaled)
             inside[...] = scaled.astype(np.uint8)
         if self.has_mask:
-            inside[:, ~self._valid_raw(y0, x0, y1, x1)] = 0
+            inside[:, ~self._valid_raw(y0, x0, y1, x1, raw)] = 0
         return out
 
     def read_valid(self, top: int, left: int, height: int, width: int) -> np.ndarray | None:
@@ -594,7 +597,7 @@ class RasterScene:
         for y0 in range(0, self.height, rows):
             y1 = min(y0 + rows, self.height)
             raw = self._read_raw(y0, 0, y1, self.width)
-            yield raw, (self._valid_raw(y0, 0, y1, self.width) if self.has_mask else None)
+            yield raw, (self._valid_raw(y0, 0, y1, self.width, raw) if self.has_mask else None)
 
     def _percentile_pairs(self, low: float, high: float) -> np.ndarray:
         """(bands, 2) float64: the low and high percentiles of each selected band over its valid pixels.

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from utils.errors import DataError, reason
-from utils.files import atomic_path, scratch_path
-from utils.logging import native_diagnostics
+from utils.errors import DataError
+from utils.files import atomic_path, scratch_path, write_error
+from utils.logging import native_failures
 
 FORMATS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 FIELDS = ("class_index", "class_name", "area", "mean_confidence")
@@ -275,23 +275,15 @@ class VectorBandWriter:
         if not regions and self.written:
             return
         wkb, fields = self._features(regions)
-        with native_diagnostics() as diagnostics, warnings.catch_warnings():
+        with native_failures(self._fail), warnings.catch_warnings():
             # A scene without georeferencing gets polygons in pixel coordinates, without a CRS, as documented.
             warnings.filterwarnings("ignore", message=".*crs.*not provided", category=UserWarning)
-            try:
-                raw.write(self._scratch, wkb, fields, fields=list(FIELDS), crs=_crs_text(self.crs), driver="GPKG",
-                          layer="polygons", geometry_type="Polygon", append=bool(self.written))
-                failure = None
-            except Exception as exc:
-                failure = exc
-        if failure is not None:
-            raise self._fail(failure, diagnostics) from None
+            raw.write(self._scratch, wkb, fields, fields=list(FIELDS), crs=_crs_text(self.crs), driver="GPKG",
+                      layer="polygons", geometry_type="Polygon", append=bool(self.written))
         self.written += len(regions)
 
     def _fail(self, exc: BaseException, diagnostics: Sequence[str] = ()) -> DataError:
-        folder = os.path.dirname(os.path.abspath(self.path))
-        return DataError(f"cannot write {os.path.basename(self.path)} into folder {folder} "
-                         f"({reason(exc, diagnostics)}); choose a writable folder with free space")
+        return write_error(self.path, exc, diagnostics)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
@@ -314,17 +306,9 @@ class VectorBandWriter:
         # GDAL's FlatGeobuf driver makes a folder of a name without its extension: the format's own
         # extension on a scratch name first, then the temporary's name.
         converted = self._stack.enter_context(scratch_path(f"{self._tmp}.{self.fmt}"))
-        with native_diagnostics() as diagnostics:
-            try:
-                with pyogrio.open_arrow(self._scratch, use_pyarrow=False) as (meta, stream):
-                    pyogrio.write_arrow(stream, converted, driver=FORMATS[self.fmt], layer="polygons",
-                                        geometry_name=meta["geometry_name"] or "geom", geometry_type="Polygon",
-                                        crs=meta["crs"])
-                failure = None
-            except Exception as exc:
-                failure = exc
-        if failure is not None:
-            raise self._fail(failure, diagnostics) from None
+        with native_failures(self._fail), pyogrio.open_arrow(self._scratch, use_pyarrow=False) as (meta, stream):
+            pyogrio.write_arrow(stream, converted, driver=FORMATS[self.fmt], layer="polygons",
+                                geometry_name=meta["geometry_name"] or "geom", geometry_type="Polygon", crs=meta["crs"])
         os.replace(converted, self._tmp)
 
 

@@ -18,10 +18,10 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
-from utils.errors import DataError, ResourceError
+from utils.errors import DataError, ResourceError, reason
 
 TEMP_SUFFIX = ".tmp"
 TEMP_SUFFIX_GLOB = ".*" + TEMP_SUFFIX  # what atomic_open appends to the final name: ".<random>.tmp"
@@ -105,6 +105,13 @@ def _sync_folder(folder: str) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def write_error(path: str, exc: BaseException, diagnostics: Sequence[str] = ()) -> DataError:
+    """The one line for a file that could not be written: its name, its folder and why (``reason``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return DataError(f"cannot write {os.path.basename(path)} into folder {folder} ({reason(exc, diagnostics)}); "
+                     f"choose a writable folder with free space")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -258,6 +258,20 @@ def native_diagnostics() -> Iterator[list[str]]:
                 lines.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
                 for line in lines:
                     get_logger("native").debug("native: %s", line)
+
+
+@contextlib.contextmanager
+def native_failures(translate: Callable[[BaseException, Sequence[str]], BaseException]) -> Iterator[None]:
+    """``native_diagnostics`` around a native library call whose failure the caller reports in its own
+    words: an exception raised in the block is replaced by ``translate(exception, captured lines)``."""
+    failure = None
+    with native_diagnostics() as lines:
+        try:
+            yield
+        except Exception as exc:
+            failure = exc
+    if failure is not None:
+        raise translate(failure, lines) from None
 
 
 def _writes_to_fd2(stream) -> bool:
