@@ -225,9 +225,9 @@ class BandMerger:
     A band is a uint8 class map (h, W) (``output="mask"``), the float32 summed logits (C, h, W)
     (``output="logits"``), the float32 mean logits (C, h, W) (``output="mean"``) or, for
     ``output="confidence"``, uint8 (2, h, W): the class map and ``top_probability``. For ``mean`` and
-    ``confidence`` (``WEIGHTED``) every patch carries a last channel of weights (C + 1 channels): ones,
-    whose sum counts the logits summed at each pixel, or the ``HannWindows`` weights the logits were
-    multiplied by; the mean is the sums divided by that channel's sum.
+    ``confidence`` (``WEIGHTED``) the tiles hold a last channel of weights (C + 1 channels) that ``add``
+    fills beside the logits: 1 per patch, whose sum counts the logits summed at each pixel, or the
+    ``HannWindows`` weights the logits were multiplied by; the mean is the sums divided by that channel.
 
     Memory. The canvas is kept as column tiles of ``tile`` columns. A tile the current row has not yet
     reached holds only the rows carried over from earlier rows; when the row's first patch reaches it,
@@ -325,13 +325,20 @@ class BandMerger:
         self._band = torch.zeros(shape, dtype=torch.float32 if self.output in ("logits", "mean") else torch.uint8,
                                  device=self.device)
 
-    def add(self, logits: torch.Tensor, top: int, left: int) -> None:
-        """Add one patch (C, p, p) at (top, left) of the full canvas into the open row."""
+    def add(self, logits: torch.Tensor, top: int, left: int, weight: torch.Tensor | None = None) -> None:
+        """Add one patch (C, p, p) at (top, left) of the full canvas into the open row.
+
+        For the weighted outputs the patch's weight goes into the weight channel beside it: ``weight``
+        (p, p) float32 (the window ``logits`` were multiplied by), or 1 everywhere when None. The other
+        outputs take no weight."""
         if self._end is None:
             raise RuntimeError("add() outside a row; call begin_row() first")
-        if logits.dim() != 3 or logits.shape[0] != self.channels or logits.shape[1] != logits.shape[2]:
-            raise ValueError(f"a patch must be ({self.channels}, p, p), got {tuple(logits.shape)}")
+        if logits.dim() != 3 or logits.shape[0] != self.n_class or logits.shape[1] != logits.shape[2]:
+            raise ValueError(f"a patch must be ({self.n_class}, p, p), got {tuple(logits.shape)}")
         p = int(logits.shape[-1])
+        if weight is not None and (not self.weighted or weight.shape != (p, p)):
+            raise ValueError(f"a weight of shape {tuple(weight.shape)} for a ({p}, {p}) patch of the "
+                             f"{self.output!r} output" + ("" if self.weighted else ", which sums no weights"))
         top, left = int(top), int(left)
         if top < self.y0:
             raise ValueError(f"a patch at top {top} arrived after rows up to {self.y0} were released")
@@ -361,7 +368,10 @@ class BandMerger:
                 self._tiles[j] = tile = grown
             c0, c1 = max(left, x0), min(left + p, x1)
             r0 = top - self.y0
-            tile[:, r0 : r0 + p, c0 - x0 : c1 - x0].add_(logits[:, :, c0 - left : c1 - left])
+            tile[: self.n_class, r0 : r0 + p, c0 - x0 : c1 - x0].add_(logits[:, :, c0 - left : c1 - left])
+            if self.weighted:
+                weights = tile[self.n_class, r0 : r0 + p, c0 - x0 : c1 - x0]
+                weights.add_(1.0 if weight is None else weight[:, c0 - left : c1 - left])
 
     def _relayout(self, tile: torch.Tensor) -> torch.Tensor:
         out = self._zeros(tile.shape[1], tile.shape[2])

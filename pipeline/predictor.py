@@ -175,11 +175,8 @@ class Predictor:
         return InputBuilder(self.net, image, self.cfg, views=views, shape=shape, memory_format=self.memory_format,
                             autocast=True)
 
-    def _run(self, source: ImageSource, views: list[View], build: InputBuilder, jobs: list[Job],
-             counts: bool) -> list[torch.Tensor]:
-        """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them);
-        with ``counts`` a channel of ones is appended, so that the merged canvas counts the sums (or,
-        once multiplied by a patch's weights, sums the weights)."""
+    def _run(self, source: ImageSource, views: list[View], build: InputBuilder, jobs: list[Job]) -> list[torch.Tensor]:
+        """Logits (C, p, p) float32 of each job, in the ORIGINAL frame (one forward for all of them)."""
         p = self.cfg.size_p
         # One pass from the uint8 image into the float batch (in the network's memory format): each
         # crop is turned into its view as a strided view of the image and converted while copied.
@@ -192,11 +189,9 @@ class Predictor:
         with self.cfg.autocast(self.device):
             logits = self.model(x, inputs)
         logits = logits.float()
-        if counts:
-            logits = torch.cat([logits, logits.new_ones((logits.shape[0], 1, p, p))], dim=1)
         return [from_view(li, views[vi]) for li, (vi, _, _) in zip(logits, jobs)]
 
-    def _tagged_batches(self, source: ImageSource, shape: tuple[int, int], views: list[View], counts: bool):
+    def _tagged_batches(self, source: ImageSource, shape: tuple[int, int], views: list[View]):
         """(tags, logits) per sub-batch over the job rows; a tag is (row end, row bottom, job)."""
         height, width = shape
         build = self._input_builder(source, views, shape)
@@ -206,7 +201,7 @@ class Predictor:
             source.prefetch(build.source_windows([job for batch in upcoming[1:] for _, _, job in batch]))
             batch = upcoming.pop(0)
             upcoming.append(list(itertools.islice(tagged, self.cfg.sub_batch_size)))
-            yield batch, self._run(source, views, build, [job for _, _, job in batch], counts)
+            yield batch, self._run(source, views, build, [job for _, _, job in batch])
 
     @torch.inference_mode()
     def _bands(self, image: Image, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
@@ -267,16 +262,18 @@ class Predictor:
                 return None
             return y0, rows[..., :height - y0, :width]
 
-        for batch, logits in self._tagged_batches(source, (merger.height, merger.width), views, merger.weighted):
+        for batch, logits in self._tagged_batches(source, (merger.height, merger.width), views):
             for (end, bottom, (_, top, left)), patch in zip(batch, logits):
                 if end != row_end:
                     if row_end is not None and (band := cropped(merger.end_row())) is not None:
                         yield band
                     merger.begin_row(end, bottom)
                     row_end = end
-                if weights is not None:
-                    patch = patch * weights(top, left, merger.height, merger.width)
-                merger.add(patch, top, left)
+                if weights is None:
+                    merger.add(patch, top, left)
+                else:
+                    window = weights(top, left, merger.height, merger.width)
+                    merger.add(patch * window, top, left, window if merger.weighted else None)
             if progress is not None:
                 progress.update(len(batch))
         if row_end is not None and (band := cropped(merger.end_row())) is not None:

@@ -27,9 +27,9 @@ def test_autocast_runs_the_network_in_bf16_and_merges_in_float32(mode):
     merged = []
     add = BandMerger.add
 
-    def recording_add(self, logits, top, left):
+    def recording_add(self, logits, top, left, weight=None):
         merged.append(logits.dtype)
-        add(self, logits, top, left)
+        add(self, logits, top, left, weight)
 
     image = torch.randint(0, 256, (3, 64, 100), dtype=torch.uint8)  # 2 patches per view
     amp = Predictor(model, PipelineConfig(64, 48, 3, 5, amp=True, amp_dtype=torch.bfloat16))

@@ -208,8 +208,8 @@ class _Recording(Predictor):
     def start(self, height: int, width: int) -> None:
         self.canvas = torch.zeros(self.net.n_class, height, width)
 
-    def _run(self, source, views, contexts_g, jobs, counts):
-        logits = super()._run(source, views, contexts_g, jobs, counts)
+    def _run(self, source, views, contexts_g, jobs):
+        logits = super()._run(source, views, contexts_g, jobs)
         add_patches(self.canvas, torch.stack(logits), [t for _, t, _ in jobs], [l for _, _, l in jobs])
         return logits
 

@@ -86,11 +86,11 @@ def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill):
             merger.begin_row(end, bottom)
         for top, left in patches:
             w = windows(top, left, height, width)
-            patch = torch.cat([torch.randn(3, p, p, generator=gen), torch.ones(1, p, p)]) * w
-            add_patches(sums, patch[None, :3], [top], [left])
-            add_patches(weights[None], patch[None, 3:], [top], [left])
+            patch = torch.randn(3, p, p, generator=gen) * w
+            add_patches(sums, patch[None], [top], [left])
+            add_patches(weights[None], w[None, None], [top], [left])
             for merger in mergers.values():
-                merger.add(patch, top, left)
+                merger.add(patch, top, left, w)
         for output, merger in mergers.items():
             bands[output].append(merger.end_row()[1])
     for output, merger in mergers.items():
@@ -103,3 +103,21 @@ def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill):
     tiny = torch.finfo(torch.float32).tiny
     assert torch.equal(reached, top_probability(sums[:, :72], weights[:72].clamp(min=tiny)))
     assert torch.equal(confidence[0, :72], argmax_classes(sums[:, :72])) and not confidence[:, 72:].any()
+
+
+def test_band_merger_takes_weights_only_for_the_weighted_outputs():
+    """A patch carries the class logits alone; the weight channel is the merger's, filled by ``add``
+    (1 per patch without a window), so a mean of constant patches is that constant."""
+    merger = BandMerger(3, 40, 60, output="mean", tile=16)
+    merger.begin_row(40, 40)
+    with pytest.raises(ValueError, match=r"\(3, p, p\)"):
+        merger.add(torch.ones(4, 40, 40), 0, 0)
+    with pytest.raises(ValueError, match="weight of shape"):
+        merger.add(torch.ones(3, 40, 40), 0, 0, torch.ones(30, 30))
+    merger.add(torch.full((3, 40, 40), 2.0), 0, 0)
+    merger.add(torch.full((3, 40, 40), 2.0), 0, 20)
+    assert torch.equal(merger.end_row()[1], torch.full((3, 40, 60), 2.0))
+    masks = BandMerger(3, 40, 60, output="mask")
+    masks.begin_row(40, 40)
+    with pytest.raises(ValueError, match="sums no weights"):
+        masks.add(torch.ones(3, 40, 40), 0, 0, torch.ones(40, 40))
