@@ -26,7 +26,11 @@ padded. What the network sees is fixed by three documented rules:
 
 GDAL's block cache is set to ``GDAL_CACHE_BYTES`` (1 MB, one decoded 512 x 512 RGB tile) when a scene
 is opened: the blocks the pipeline reuses are kept by its own cache (``pipeline.sources``), and
-GDAL's default, 5% of the RAM, would otherwise fill up with blocks as a large scene is read.
+GDAL's default, 5% of the RAM, would otherwise fill up with blocks as a large scene is read. Before the
+first remote scene, GDAL's cache of downloaded bytes (``CPL_VSIL_CURL_CACHE_SIZE``, 16 MB by default)
+is raised to ``REMOTE_CACHE_BYTES`` unless the user set it: a block the pipeline's cache has evicted,
+or a tile that a strip of the whole-scene pass shares with the next strip, is then read again from
+memory, not fetched again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 # What a folder given as input contributes (any other file GDAL reads can still be named directly).
 FOLDER_SUFFIXES = PILLOW_SUFFIXES + TIFF_SUFFIXES + (".jp2", ".vrt", ".img")
 GDAL_CACHE_BYTES = 1 << 20
+# The compressed tiles of about four tile rows of a 16384 px deflate scene: what the patch rows revisit.
+REMOTE_CACHE_BYTES = 128 << 20
 SUPPORTED_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
 _STRIP_BYTES = 1 << 25  # raw bytes per strip of a statistics pass
 
@@ -304,6 +310,25 @@ def _rasterio():
     return rasterio
 
 
+def network_cache_bytes() -> int:
+    """Make sure GDAL's cache of downloaded bytes holds ``REMOTE_CACHE_BYTES``, unless the user chose its size
+    (``CPL_VSIL_CURL_CACHE_SIZE`` in the environment or GDAL's configuration); the size in force.
+
+    GDAL reads the option once, when its network file systems are first used in the process, so this is
+    called before every remote scene is opened (later calls change nothing)."""
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    chosen = os.environ.get("CPL_VSIL_CURL_CACHE_SIZE") or get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")
+    if chosen is None:
+        set_gdal_config("CPL_VSIL_CURL_CACHE_SIZE", str(REMOTE_CACHE_BYTES))
+        return REMOTE_CACHE_BYTES
+    try:
+        return int(chosen)
+    except ValueError:
+        raise ConfigError(f"CPL_VSIL_CURL_CACHE_SIZE={chosen!r} is no number of bytes; set it to an integer "
+                          f"(e.g. {REMOTE_CACHE_BYTES}) or unset it") from None
+
+
 class RasterScene:
     """A raster file opened for windowed reading (see the module doc for bands, values and nodata).
 
@@ -320,6 +345,8 @@ class RasterScene:
         self.path = path
         self._bands_from = bands_from
         remote = is_remote(path)
+        if remote:
+            network_cache_bytes()
         if not remote and not os.path.isfile(path):
             raise InputFileError(f"image {path} not found; check the path", path=path)
         if not remote and os.path.getsize(path) == 0:

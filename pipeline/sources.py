@@ -16,8 +16,8 @@ pipeline's device, zeros where the window leaves the image. Two sources exist:
 Reading ahead. With ``readers`` > 0 (and a reader that can ``clone`` itself: one GDAL handle per
 thread), ``prefetch(windows)`` starts reading, in a small pool of threads, the blocks under windows
 the pipeline will ask for next (the predictor announces the next sub-batches' patches and context
-windows); a strip pass reads each strip in pieces one block wide side by side, and the next strip
-meanwhile. Decoding, and over a network the round trips, thus overlap each other and the
+windows); a strip pass reads each strip in pieces of one block (one block wide, cut at the block
+rows) side by side, and the next strip meanwhile. Decoding, and over a network the round trips, thus overlap each other and the
 computation. A block read ahead is held until it is asked for, then enters the cache exactly as if
 it had been read then: the pixels, and so every output bit, are the same with and without. At most
 ``capacity`` blocks (and one strip) are on their way at once, so memory stays bounded by about twice
@@ -128,7 +128,7 @@ class WindowedSource:
         self.block, self.capacity = block, capacity
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self._pending: dict[tuple[int, int], Future] = {}
-        self._strip_ahead: tuple[tuple[int, int, int], list[Future]] | None = None
+        self._strip_ahead: tuple[tuple[int, int, int], list[list[Future]]] | None = None
         self._pool = None
         if readers and hasattr(reader, "clone"):
             self._pool = ThreadPoolExecutor(readers, thread_name_prefix="fctl-read-ahead")
@@ -149,7 +149,7 @@ class WindowedSource:
             return
         for future in self._pending.values():
             future.cancel()
-        for future in self._strip_ahead[1] if self._strip_ahead is not None else ():
+        for future in (f for column in self._strip_ahead[1] for f in column) if self._strip_ahead else ():
             future.cancel()
         self._pool.shutdown(wait=True)
         self._pending.clear()
@@ -225,24 +225,30 @@ class WindowedSource:
 
     def strip(self, top: int, bottom: int, width: int) -> torch.Tensor:
         """Read straight from the file: a strip pass reads each row once, so the cache would not help.
-        With reader threads, the strip is read in pieces one block wide, side by side in the threads,
-        and the strip of the same height below is started meanwhile."""
+        With reader threads, the strip is read in pieces of one block, side by side in the threads, and
+        the strip of the same height below is started meanwhile."""
         if self._pool is None:
             return torch.from_numpy(self.reader.read(top, 0, bottom - top, width)).to(self.device)
         ahead, self._strip_ahead = self._strip_ahead, None
         if ahead is not None and ahead[0] == (top, bottom, width):
             pieces = ahead[1]
         else:
-            for future in ahead[1] if ahead is not None else ():
+            for future in (f for column in ahead[1] for f in column) if ahead is not None else ():
                 future.cancel()
             pieces = self._strip_pieces(top, bottom, width)
         if bottom < self.height:
             below = (bottom, min(self.height, 2 * bottom - top), width)
             self._strip_ahead = (below, self._strip_pieces(*below))
-        data = np.concatenate([piece.result() for piece in pieces], axis=2)
+        data = np.concatenate([np.concatenate([piece.result() for piece in column], axis=1) for column in pieces],
+                              axis=2)
         return torch.from_numpy(data).to(self.device)
 
-    def _strip_pieces(self, top: int, bottom: int, width: int) -> list[Future]:
+    def _strip_pieces(self, top: int, bottom: int, width: int) -> list[list[Future]]:
+        """Reads of the strip's pieces, column by column: one block wide and cut at the block rows, so
+        that each read lies in one tile of a tiled file. A tile that two strips share is then read the
+        second time from the GDAL cache of downloaded bytes over a network (a read across two tiles goes
+        through GDAL's multi-range path, which fetches them again)."""
         b = self.block
-        return [self._pool.submit(self._read_ahead, top, left, bottom - top, min(b, width - left))
-                for left in range(0, width, b)]
+        cuts = [top, *range((top // b + 1) * b, bottom, b), bottom]
+        return [[self._pool.submit(self._read_ahead, y0, left, y1 - y0, min(b, width - left))
+                 for y0, y1 in zip(cuts, cuts[1:])] for left in range(0, width, b)]

@@ -11,8 +11,9 @@ tiles cost what real ones cost to fetch and decode), then predicts it with the s
   ``--delay`` seconds (default 0.05) to every request, with the read-ahead threads;
 - with ``--remote_without``, also ``http, no read-ahead``.
 
-It prints seconds, peak memory above the start of the scene, the number of HTTP requests and a
-checksum of each mask (all must be equal), and the ratio of the remote run to the local one.
+It prints seconds, peak memory above the start of the scene, the number of HTTP requests and the
+bytes they fetched, a checksum of each mask (all must be equal), and the ratio of the remote run to
+the local one.
 
     python -m tools.benchmark_read_ahead --size 16384 --work /tmp/read_ahead
 """
@@ -65,6 +66,20 @@ def _worker(opts: argparse.Namespace) -> dict:
     return {"seconds": seconds, "pipeline_mb": peak - before, "mask_sha256": digest}
 
 
+def _fetched_bytes(requests: list, size: int) -> int:
+    """Bytes the server sent for the logged (method, path, Range header) requests of a file of ``size`` bytes."""
+    total = 0
+    for method, _, wanted in requests:
+        if method != "GET":
+            continue
+        if not wanted:
+            total += size
+            continue
+        start, _, end = wanted.split("=", 1)[1].partition("-")
+        total += min(size - 1, int(end) if end else size - 1) - int(start) + 1
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=16384)
@@ -105,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(("http, no read-ahead", True, 0))
     print(f"{opts.size} px, stand-in mode {opts.mode}, p {opts.size_p}, {opts.threads} torch threads, HTTP delay "
           f"{1000 * opts.delay:.0f} ms per request; one process per run", flush=True)
-    print(f"{'run':<22}{'seconds':>9}{'pipeline MB':>13}{'requests':>10}  mask sha256", flush=True)
+    print(f"{'run':<22}{'seconds':>9}{'pipeline MB':>13}{'requests':>10}{'MB fetched':>12}  mask sha256", flush=True)
     results = []
     env = dict(os.environ, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", OMP_NUM_THREADS=str(opts.threads))
     with serve(opts.work, delay=opts.delay) as (url, requests):
@@ -117,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
                    str(opts.sub_batch_size), "--threads", str(opts.threads), "--readers", str(readers)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
             row = {"run": name, "readers": readers, "requests": len(requests) - first,
+                   "fetched_mb": _fetched_bytes(requests[first:], os.path.getsize(path)) / 2**20,
                    **json.loads(out.stdout.strip().splitlines()[-1])}
             results.append(row)
-            print(f"{name:<22}{row['seconds']:>9.1f}{row['pipeline_mb']:>13.0f}{row['requests']:>10}  "
-                  f"{row['mask_sha256'][:16]}", flush=True)
+            print(f"{name:<22}{row['seconds']:>9.1f}{row['pipeline_mb']:>13.0f}{row['requests']:>10}"
+                  f"{row['fetched_mb']:>12.0f}  {row['mask_sha256'][:16]}", flush=True)
     local = next(r for r in results if r["run"] == "local")
     remote = next(r for r in results if r["run"] == "http")
     before = next(r for r in results if r["run"] == "local, no read-ahead")

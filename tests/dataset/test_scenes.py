@@ -1,6 +1,8 @@
 """Scenes of your own: input lists, windowed raster reading (bands, value ranges, nodata) and GeoTIFF writing."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,8 @@ from dataset.geotiff import NODATA, GeoTiffBandWriter
 from dataset.scenes import InputRange, RasterScene, expand_inputs, parse_bands
 from dataset.synthetic import _raster_values, write_synthetic_raster
 from utils.errors import ConfigError, DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _touch(path):
@@ -302,3 +306,61 @@ def test_remote_inputs_pass_through_with_their_stems(tmp_path):
     assert all(is_remote(f) for f in found) and not uses_pillow("https://example.org/x.png")
     with pytest.raises(DataError, match="have the same name x"):
         expand_inputs(["https://a.org/x.tif", "s3://b/x.tif"])
+
+
+_READ_TWICE = """
+import sys
+from dataset.scenes import RasterScene
+with RasterScene(sys.argv[1]) as scene:
+    for _ in range(2):
+        for top in range(0, scene.height, 256):
+            for left in range(0, scene.width, 256):
+                scene.read(top, left, 256, 256)
+"""
+
+
+@pytest.mark.parametrize("user_bytes", [None, 1 << 20])
+def test_remote_blocks_are_read_again_from_gdals_network_cache(tmp_path, user_bytes):
+    """A remote scene read twice is fetched once (GDAL's download cache is raised before the first remote
+    scene), unless the user set a cache too small for it, which is respected."""
+    from tools.range_server import serve
+
+    (tmp_path / "served").mkdir()
+    write_synthetic_raster(str(tmp_path / "served" / "s.tif"), 1024, 1024, tile=256, noise=24)
+    assert os.path.getsize(tmp_path / "served" / "s.tif") > 2 << 20
+    env = {k: v for k, v in os.environ.items() if k != "CPL_VSIL_CURL_CACHE_SIZE"}
+    if user_bytes:
+        env["CPL_VSIL_CURL_CACHE_SIZE"] = str(user_bytes)
+    with serve(str(tmp_path / "served")) as (url, requests):
+        subprocess.run([sys.executable, "-c", _READ_TWICE, f"{url}/s.tif"], check=True, env=env, cwd=ROOT)
+    fetched = sum(int(r[2].split("-")[1]) - int(r[2].split("=")[1].split("-")[0]) + 1
+                  for r in requests if r[0] == "GET" and r[2])
+    size = os.path.getsize(tmp_path / "served" / "s.tif")
+    if user_bytes is None:
+        assert fetched < 1.2 * size
+    else:
+        assert fetched > 1.8 * size
+
+
+def test_the_network_cache_size_is_ours_unless_chosen(monkeypatch):
+    from rasterio._env import del_gdal_config  # rasterio.env has no public way to unset an option
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    from dataset.scenes import REMOTE_CACHE_BYTES, network_cache_bytes
+
+    previous = get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")
+    try:
+        monkeypatch.setenv("CPL_VSIL_CURL_CACHE_SIZE", "5000000")
+        assert network_cache_bytes() == 5000000
+        monkeypatch.setenv("CPL_VSIL_CURL_CACHE_SIZE", "lots")
+        with pytest.raises(ConfigError, match="CPL_VSIL_CURL_CACHE_SIZE='lots' is no number"):
+            network_cache_bytes()
+        monkeypatch.delenv("CPL_VSIL_CURL_CACHE_SIZE")
+        del_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")
+        assert network_cache_bytes() == REMOTE_CACHE_BYTES
+        assert int(get_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")) == REMOTE_CACHE_BYTES
+    finally:
+        if previous is None:
+            del_gdal_config("CPL_VSIL_CURL_CACHE_SIZE")
+        else:
+            set_gdal_config("CPL_VSIL_CURL_CACHE_SIZE", previous)

@@ -156,11 +156,25 @@ def test_a_read_error_ahead_is_raised_where_the_block_is_asked_for():
             source.window(128, 0, 64, 64)
 
 
-def test_strips_are_read_ahead_one_below_the_other():
+def test_strips_are_read_ahead_one_below_the_other_a_tile_at_a_time():
+    """Each read of a strip piece lies within one block (one tile of a tiled file: over a network a read
+    across two tiles would fetch both again instead of taking the shared one from GDAL's cache)."""
     image = _scene(100, 80)
-    reader = _SlowCloningReader(image)
+    windows = []
+
+    class Recording(_SlowCloningReader):
+        def clone(self):
+            return Recording(self.image, self.delay, self.threads)
+
+        def read(self, top, left, height, width):
+            windows.append((top, left, height, width))
+            return super().read(top, left, height, width)
+
+    reader = Recording(image)
     with WindowedSource(reader, block=32, readers=2) as source:
         strips = [source.strip(top, min(top + 30, 100), 80) for top in range(0, 100, 30)]
         assert source.strip(5, 20, 80).shape == (3, 15, 80)  # out of sequence: read on the spot
     assert torch.equal(torch.cat(strips, dim=1), torch.from_numpy(image))
     assert any(name.startswith("fctl-read-ahead") for name in reader.threads)
+    assert all(t // 32 == (t + h - 1) // 32 and l // 32 == (l + w - 1) // 32 for t, l, h, w in windows)
+    assert {(t, h) for t, _, h, _ in windows} >= {(30, 2), (32, 28), (60, 4), (64, 26), (90, 6), (96, 4)}
