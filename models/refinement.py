@@ -99,7 +99,7 @@ class ResidualBlock(nn.Module):
         self.dilation = dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+        return x + self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
 
 
 class RefinementNet(nn.Module):
@@ -144,8 +144,8 @@ class RefinementNet(nn.Module):
         parts = [image - 0.5, torch.softmax(logits.float(), dim=1).to(image.dtype)]
         if context is not None:
             parts.append(context.to(image.dtype))
-        features = self.blocks(F.relu(self.stem(torch.cat(parts, dim=1))))
-        return logits + self.head(F.relu(features))
+        features = self.blocks(F.relu(self.stem(torch.cat(parts, dim=1)), inplace=True))
+        return logits + self.head(F.relu(features, inplace=True))
 
 
 def export_refinement(net: RefinementNet) -> dict[str, Any]:
