@@ -99,7 +99,7 @@ class ResidualBlock(nn.Module):
         self.dilation = dilation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
+        return self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True)).add_(x)
 
 
 class RefinementNet(nn.Module):
