@@ -17,11 +17,11 @@ Reading ahead. With ``readers`` > 0 (and a reader that can ``clone`` itself: one
 thread), ``prefetch(windows)`` starts reading, in a small pool of threads, the blocks under windows
 the pipeline will ask for next (the predictor announces the next sub-batches' patches and context
 windows); a strip pass reads each strip in pieces of one block (one block wide, cut at the block
-rows) side by side, and the next strip meanwhile. Decoding, and over a network the round trips, thus overlap each other and the
-computation. A block read ahead is held until it is asked for, then enters the cache exactly as if
-it had been read then: the pixels, and so every output bit, are the same with and without. At most
-``capacity`` blocks (and one strip) are on their way at once, so memory stays bounded by about twice
-the cache.
+rows) side by side, and the next strip meanwhile. Decoding, and over a network the round trips,
+thus overlap each other and the computation. A block read ahead is held until it is asked for,
+then enters the cache exactly as if it had been read then: the pixels, and so every output bit, are
+the same with and without. At most ``capacity`` blocks (and one strip) are on their way at once, so
+memory stays bounded by about twice the cache.
 
 Both give the same pixels for the same image, so the pipeline's results do not depend on the source.
 """
