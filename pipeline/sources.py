@@ -106,6 +106,13 @@ class WindowReader(Protocol):
         ...
 
 
+def _cancel(pieces: list[list[Future]]) -> None:
+    """Cancel the reads of a strip's pieces that have not started."""
+    for column in pieces:
+        for future in column:
+            future.cancel()
+
+
 class WindowedSource:
     """Windows of a file, read in ``block`` x ``block`` squares kept in an LRU cache of ``capacity`` blocks.
 
@@ -149,8 +156,8 @@ class WindowedSource:
             return
         for future in self._pending.values():
             future.cancel()
-        for future in (f for column in self._strip_ahead[1] for f in column) if self._strip_ahead else ():
-            future.cancel()
+        if self._strip_ahead is not None:
+            _cancel(self._strip_ahead[1])
         self._pool.shutdown(wait=True)
         self._pending.clear()
         self._strip_ahead = None
@@ -233,8 +240,8 @@ class WindowedSource:
         if ahead is not None and ahead[0] == (top, bottom, width):
             pieces = ahead[1]
         else:
-            for future in (f for column in ahead[1] for f in column) if ahead is not None else ():
-                future.cancel()
+            if ahead is not None:
+                _cancel(ahead[1])
             pieces = self._strip_pieces(top, bottom, width)
         if bottom < self.height:
             below = (bottom, min(self.height, 2 * bottom - top), width)
