@@ -31,6 +31,7 @@ from pipeline.contexts import linear_taps
 from pipeline.merge import argmax_classes, class_output
 from pipeline.sources import ImageSource
 from utils.errors import ConfigError
+from utils.memory import reused_heap
 
 TILE = 256  # side of the refinement's windows (their cores); each is read with ``halo`` more on every side
 
@@ -151,15 +152,17 @@ class Refinement:
                               device=held.device)
         else:
             out = torch.empty((n_class, rows, width), dtype=torch.float32, device=held.device)
-        for left in range(0, width, tile):
-            right = min(width, left + tile)
-            x0, x1 = max(0, left - halo), min(width, right + halo)
-            refined = self._refine_window(source, held[:, y0 - held_top:y1 - held_top, x0:x1], context, y0, x0, cfg)
-            core = refined[:, top - y0:bottom - y0, left - x0:right - x0]
-            if output == "mask":
-                out[:, left:right] = argmax_classes(core)
-            elif output in ("confidence", "probabilities"):
-                out[:, :, left:right] = class_output(core, 1.0, output)
-            else:
-                out[:, :, left:right] = core
+        # The windows of a row have one shape: their buffers reuse the same memory (utils.memory).
+        with reused_heap():
+            for left in range(0, width, tile):
+                right = min(width, left + tile)
+                x0, x1 = max(0, left - halo), min(width, right + halo)
+                refined = self._refine_window(source, held[:, y0 - held_top:y1 - held_top, x0:x1], context, y0, x0, cfg)
+                core = refined[:, top - y0:bottom - y0, left - x0:right - x0]
+                if output == "mask":
+                    out[:, left:right] = argmax_classes(core)
+                elif output in ("confidence", "probabilities"):
+                    out[:, :, left:right] = class_output(core, 1.0, output)
+                else:
+                    out[:, :, left:right] = core
         return out

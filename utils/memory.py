@@ -9,15 +9,27 @@ sizes fragment it and are not returned, and the resident memory of a run over a 
 creeps up band after band (measured: from 170 MB to 480 MB over the first five bands of a 4096 px
 scene, flat at 170 MB with the fixed threshold; docs/scenes.md). ``fix_mmap_threshold`` pins the
 threshold, which also switches the dynamic raise off.
+
+The pin has a price where the same large buffers are made again and again: each is a fresh mapping
+whose pages the kernel zeroes and faults in on first touch. ``reused_heap`` lifts the pin for a stretch
+of such work (the refinement's windows of one row, all of one shape) and gives the freed memory back
+when it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Iterator
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
+_M_MMAP_THRESHOLD = -3
+_TRIM_DEFAULT = 128 * 1024  # glibc's M_TRIM_THRESHOLD while the mmap threshold is set by hand
+_HEAP_MAX = 32 << 20  # the largest mmap threshold glibc accepts on 64-bit systems
+_pinned: int | None = None  # the threshold fix_mmap_threshold set in this process (glibc has no getter)
+_lifted = 0  # reused_heap blocks open now
 _MADV_DONTNEED = 4  # Linux
 _PAGE = 4096
 
@@ -49,16 +61,53 @@ def release_file_pages(tensor) -> bool:
     return libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED) == 0
 
 
+def _mallopt():
+    """glibc's ``mallopt``, or None (not Linux, or a C library without it, e.g. musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt
+
+
 def fix_mmap_threshold(size: int = 1 << 20) -> bool:
     """Serve every allocation of ``size`` bytes or more with its own mapping (glibc only; the process
     keeps this setting). Returns whether it was applied (False on other C libraries)."""
-    if not sys.platform.startswith("linux"):
+    global _pinned
+    mallopt = _mallopt()
+    if mallopt is None or not mallopt(_M_MMAP_THRESHOLD, int(size)):
         return False
-    name = ctypes.util.find_library("c")
+    _pinned = int(size)
+    return True
+
+
+@contextlib.contextmanager
+def reused_heap() -> Iterator[None]:
+    """While ``fix_mmap_threshold`` pins the threshold, serve allocations of up to 32 MB from glibc's heap
+    inside the block and keep what is freed there, so that buffers made again and again reuse the same
+    memory instead of fresh mappings; on leaving, the pin is restored and the freed memory is given
+    back to the system (``malloc_trim``). Does nothing when no pin is set (glibc's own dynamic threshold
+    already reuses freed blocks) or on other C libraries; a block inside another one leaves the setting
+    to the outer block. The setting is the process's: other threads' allocations follow it too."""
+    global _lifted
+    mallopt = _mallopt() if _pinned is not None and _pinned < _HEAP_MAX else None
+    if mallopt is None or _lifted:
+        _lifted += 1
+        try:
+            yield
+        finally:
+            _lifted -= 1
+        return
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    mallopt(_M_MMAP_THRESHOLD, _HEAP_MAX)
+    _lifted += 1
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(size)))
+        yield
+    finally:
+        _lifted -= 1
+        mallopt(_M_MMAP_THRESHOLD, _pinned)
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_DEFAULT)
+        _libc().malloc_trim(0)
