@@ -16,10 +16,10 @@ squared: pixels x the pixel's area, exact) and ``mean_confidence`` (the region's
 0..1, from the confidence band). Nodata pixels and the classes in ``skip`` are left out. With
 ``simplify`` > 0 each polygon is simplified (shapely, topology kept within the polygon) to that
 tolerance in CRS units; neighbouring polygons are simplified independently, so their shared edges may
-then no longer match exactly. Features go to a scratch GeoPackage in batches as they finish; at the end
-it becomes the requested format (``FORMATS``: GeoPackage, GeoJSON with the scene's CRS, FlatGeobuf)
-through GDAL's streaming Arrow interface, and the file appears under its final name only when complete
-(``utils.files.atomic_path``).
+then no longer match exactly. Features go to a scratch GeoPackage with the band that finishes them; at
+the end it becomes the requested format (``FORMATS``: GeoPackage, GeoJSON with the scene's CRS,
+FlatGeobuf) through GDAL's streaming Arrow interface, and the file appears under its final name only
+when complete (``utils.files.atomic_path``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from utils.logging import native_failures
 
 FORMATS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 FIELDS = ("class_index", "class_name", "area", "mean_confidence")
-BATCH = 20000  # finished features written to the scratch file at a time
 CHUNK_PIXELS = 1 << 21  # pixels labelled and polygonized at a time (module doc)
 _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
@@ -248,7 +247,8 @@ class VectorBandWriter:
                 keep &= valid[part]
             self._batch.extend(self._tracker.add(y0 + start, classes[part],
                                                  None if confidence is None else confidence[part], keep))
-        if len(self._batch) >= BATCH:
+        # Finished regions leave memory with the band that finished them.
+        if self._batch:
             self._flush()
 
     def _features(self, regions: list[Region]):

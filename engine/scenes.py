@@ -244,28 +244,10 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
         with progress(total=n, enabled=show and n > 0, desc=stem_of(path), unit="patch", leave=False) as bar, \
                 _Outputs(paths, fmt, profile, masked, outputs) as out:
             top_needed = out.confidence is not None or out.vectors is not None
-            scores = top_needed or out.probabilities is not None
             for y0, band in predictor.mask_bands(source, tta=tta, progress=bar, confidence=top_needed,
                                                  probabilities=out.probabilities is not None):
-                classes = band[0] if scores else band
-                valid = scene.read_valid(y0, 0, classes.shape[0], width) if masked else None
-                if out.vectors is not None:  # the classes before nodata is written into them
-                    top = band[1] if out.probabilities is None else band[1:].max(dim=0).values
-                    out.vectors.write(y0, classes.cpu().numpy(), top.cpu().numpy(), valid)
-                if valid is not None:
-                    invalid_pixels += int(valid.size - np.count_nonzero(valid))
-                    invalid = torch.from_numpy(~valid).to(classes.device)
-                    classes = classes.masked_fill(invalid, NODATA if fmt == "tif" else 0)
-                out.mask.write(classes.cpu().numpy())
-                if out.confidence is not None:  # the top-1 probability: the largest class probability
-                    probability = band[1] if out.probabilities is None else band[1:].max(dim=0).values
-                    probability = probability if valid is None else probability.masked_fill(invalid, 0)
-                    out.confidence.write(probability.cpu().numpy())
-                if out.probabilities is not None:
-                    each = band[1:] if valid is None else band[1:].masked_fill(invalid, 0)
-                    out.probabilities.write(each.cpu().numpy())
-                if thumbnail is not None:
-                    thumbnail.add(y0, classes)
+                invalid_pixels += _write_band(out, y0, band, scene if masked else None, thumbnail)
+                del band  # gone before the next band is merged: one band in memory, not two
             if thumbnail is not None:
                 write_image_png(paths["preview"], compose(picture, thumbnail.image, outputs.classes.colours,
                                                           NODATA if fmt == "tif" and masked else None))
@@ -273,6 +255,35 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
             log.info(f"{path}: {100 * invalid_pixels / (height * width):.2f}% of the scene masked "
                      f"({scene.masking()}), written as nodata")
     return height * width, n
+
+
+def _write_band(out: _Outputs, y0: int, band: torch.Tensor, scene: RasterScene | None,
+                thumbnail: MaskThumbnail | None) -> int:
+    """Write one band of the predictor's class output into every output of a scene; ``scene``: the
+    raster whose mask marks nodata pixels (None: every pixel has data). Returns its nodata pixels."""
+    scores = out.confidence is not None or out.vectors is not None or out.probabilities is not None
+    classes = band[0] if scores else band
+    width = classes.shape[1]
+    valid = scene.read_valid(y0, 0, classes.shape[0], width) if scene is not None else None
+    top = None
+    if out.confidence is not None or out.vectors is not None:  # the top-1 probability: the largest one
+        top = band[1] if out.probabilities is None else band[1:].max(dim=0).values
+    if out.vectors is not None:  # the classes before nodata is written into them
+        out.vectors.write(y0, classes.cpu().numpy(), top.cpu().numpy(), valid)
+    invalid_pixels = 0
+    if valid is not None:
+        invalid_pixels = int(valid.size - np.count_nonzero(valid))
+        invalid = torch.from_numpy(~valid).to(classes.device)
+        classes = classes.masked_fill(invalid, NODATA if out.fmt == "tif" else 0)
+    out.mask.write(classes.cpu().numpy())
+    if out.confidence is not None:
+        out.confidence.write((top if valid is None else top.masked_fill(invalid, 0)).cpu().numpy())
+    if out.probabilities is not None:
+        each = band[1:] if valid is None else band[1:].masked_fill(invalid, 0)
+        out.probabilities.write(each.cpu().numpy())
+    if thumbnail is not None:
+        thumbnail.add(y0, classes)
+    return invalid_pixels
 
 
 def predict_scenes(predictor: Predictor, paths: list[str], outputs: SceneOutputs, reading: SceneReading,

@@ -43,6 +43,7 @@ from pipeline.views import Job, job_rows, view_shape
 from utils.dihedral import VIEWS, View, from_view, to_view
 from utils.distributed import unwrap
 from utils.errors import ConfigError, ResourceError
+from utils.steps import stepwise
 
 READ_AHEAD = 3  # sub-batches whose windows a source is told about ahead of their turn
 
@@ -203,8 +204,11 @@ class Predictor:
             upcoming.append(list(itertools.islice(tagged, self.cfg.sub_batch_size)))
             yield batch, self._run(source, views, build, [job for _, _, job in batch])
 
-    @torch.inference_mode()
     def _bands(self, image: Image, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
+        """The bands of ``output`` (see ``merge.OUTPUTS``), each made under ``torch.inference_mode``."""
+        return stepwise(self._band_steps(image, tta, progress, output), torch.inference_mode)
+
+    def _band_steps(self, image: Image, tta: bool, progress, output: str) -> Iterator[tuple[int, torch.Tensor]]:
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         views = self.views(tta)
@@ -256,17 +260,17 @@ class Predictor:
         row_end = None
         weights = self._windows(source.device) if self.cfg.merge == "hann" else None
 
-        def cropped(band: tuple[int, torch.Tensor]):
+        def cropped(band: tuple[int, torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+            # A generator, so that no variable of this one keeps the band once the consumer moves on.
             y0, rows = band
-            if y0 >= height:
-                return None
-            return y0, rows[..., :height - y0, :width]
+            if y0 < height:
+                yield y0, rows[..., :height - y0, :width]
 
         for batch, logits in self._tagged_batches(source, (merger.height, merger.width), views):
             for (end, bottom, (_, top, left)), patch in zip(batch, logits):
                 if end != row_end:
-                    if row_end is not None and (band := cropped(merger.end_row())) is not None:
-                        yield band
+                    if row_end is not None:
+                        yield from cropped(merger.end_row())
                     merger.begin_row(end, bottom)
                     row_end = end
                 if weights is None:
@@ -276,10 +280,11 @@ class Predictor:
                     merger.add(patch * window, top, left, window if merger.weighted else None)
             if progress is not None:
                 progress.update(len(batch))
-        if row_end is not None and (band := cropped(merger.end_row())) is not None:
-            yield band
-        if (rest := merger.finish()) is not None and (band := cropped(rest)) is not None:
-            yield band
+            logits = patch = None  # the sub-batch's logits are freed before the next forward, not after it
+        if row_end is not None:
+            yield from cropped(merger.end_row())
+        if (rest := merger.finish()) is not None:
+            yield from cropped(rest)
 
     def logit_bands(self, image: Image, tta: bool = False, progress=None) -> Iterator[tuple[int, torch.Tensor]]:
         """Merged logits of one image over the chosen views, as (first row, (C, h, W) float32) bands: the

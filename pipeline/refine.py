@@ -32,6 +32,7 @@ from pipeline.merge import argmax_classes, class_output
 from pipeline.sources import ImageSource
 from utils.errors import ConfigError
 from utils.memory import reused_heap
+from utils.steps import stepwise
 
 TILE = 256  # side of the refinement's windows (their cores); each is read with ``halo`` more on every side
 
@@ -106,7 +107,6 @@ class Refinement:
             refined = self.net(image, mean, ctx)
         return refined.float()[0]
 
-    @torch.no_grad()
     def bands(self, source: ImageSource, mean_bands: Iterator[tuple[int, torch.Tensor]], height: int, width: int,
               context: ContextProbabilities | None, cfg: PipelineConfig, output: str) -> Iterator[tuple[int, torch.Tensor]]:
         """Refined bands (first row, band) of an image from its merged mean-logit bands (see the module doc).
@@ -116,6 +116,11 @@ class Refinement:
         ``logits``/``mean`` (C, h, W) float32 refined logits. ``source``: the image (at least height x
         width); ``context``: the global probabilities when the network reads them.
         """
+        return stepwise(self._band_steps(source, mean_bands, height, width, context, cfg, output), torch.no_grad)
+
+    def _band_steps(self, source: ImageSource, mean_bands: Iterator[tuple[int, torch.Tensor]], height: int,
+                    width: int, context: ContextProbabilities | None, cfg: PipelineConfig,
+                    output: str) -> Iterator[tuple[int, torch.Tensor]]:
         tile, halo = self.tile, self.halo
         held: torch.Tensor | None = None  # merged rows [held_top, held_top + held rows)
         held_top = next_row = 0
@@ -125,6 +130,7 @@ class Refinement:
             else:
                 held = torch.cat([held, band], dim=1)
             received = y0 + band.shape[1]
+            del band  # copied into ``held``: not kept while the next band is merged
             while next_row < height and received >= min(height, next_row + tile + halo):
                 end = min(height, next_row + tile)
                 yield next_row, self._row(source, held, held_top, next_row, end, (height, width), context, cfg,

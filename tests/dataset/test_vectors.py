@@ -83,6 +83,20 @@ def test_regions_are_handed_back_as_soon_as_they_are_finished():
         tracker.add(20, classes[20:30], None, np.ones((10, 10), dtype=bool))
 
 
+def test_finished_regions_leave_memory_with_the_band_that_finishes_them(tmp_path):
+    classes = np.zeros((40, 10), dtype=np.uint8)
+    classes[2:4, 2:4] = 1  # finished by the first band
+    classes[12:14, 5:7] = 2  # by the second
+    with VectorBandWriter(str(tmp_path / "m_mask.gpkg"), _profile(height=40, width=10), ["a", "b", "c"], "gpkg") as w:
+        w.write(0, classes[:10])
+        assert w.written == 1  # in the scratch file, not held
+        w.write(10, classes[10:20])
+        assert w.written == 2
+        w.write(20, classes[20:])
+    assert w.written == 3  # the background, open to the end
+    assert len(pyogrio.raw.read(str(tmp_path / "m_mask.gpkg"))[2]) == 3
+
+
 def _profile(crs="EPSG:32633", transform=from_origin(500000, 4650000, 0.5, 0.5), height=300, width=257):
     return {"height": height, "width": width, "crs": None if crs is None else CRS.from_string(crs),
             "transform": transform}

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+import weakref
 import zlib
 
 import numpy as np
@@ -23,11 +24,13 @@ import torch.nn.functional as F
 
 from dataset.classes import PALETTE, pack_rgb
 from models.inputs import NetworkInputs
+from models.refinement import RefinementNet, RefinementRecord
 from pipeline.config import PipelineConfig
 from pipeline.contexts import global_view
 from pipeline.grid import patch_starts
 from pipeline.merge import BandMerger, add_patches, argmax_classes
 from pipeline.predictor import Predictor
+from pipeline.refine import Refinement
 from pipeline.views import job_rows
 from tools.stand_in import StandIn
 from utils.logging import process_memory_mb
@@ -261,6 +264,35 @@ def test_schedule_runs_every_patch_of_every_view_once_in_rows():
         previous_end = end
     # With TTA the mirrored views' grid lines fall into the same rows: as many rows as one view has lines.
     assert len(rows) == len(patch_starts(height, 64))
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_the_predictor_keeps_no_band_and_no_logits_past_their_turn(refine):
+    """A consumer that drops each band holds one band at a time: no forward runs beside a band already
+    handed out, nor beside the previous sub-batch's logits (nothing of the predictor keeps them)."""
+    model = StandIn(4, channels=1).eval()
+    refinement = None
+    if refine:
+        record = RefinementRecord(4, "stand_in", 7, "centred", None, "global")
+        refinement = Refinement(RefinementNet(record).eval(), StandIn(0, channels=1).eval(), tile=64)
+    logits_refs, band_refs, alive_at_forward = [], [], []
+
+    class Watching(Predictor):
+        def _run(self, source, views, build, jobs):
+            alive_at_forward.append((sum(ref() is not None for ref in logits_refs),
+                                     sum(ref() is not None for ref in band_refs)))
+            logits = super()._run(source, views, build, jobs)
+            logits_refs.extend(weakref.ref(patch) for patch in logits)
+            return logits
+
+    predictor = Watching(model, PipelineConfig(64, 48, 3, 3), refinement)
+    image = torch.randint(0, 256, (3, 300, 170), dtype=torch.uint8)
+    for output in ("mask", "confidence"):
+        for _, band in predictor.mask_bands(image, confidence=output == "confidence"):
+            band_refs.append(weakref.ref(band))
+            del band
+    assert len(band_refs) >= 8 and len(alive_at_forward) >= 10
+    assert max(alive_at_forward) == (0, 0)
 
 
 @pytest.mark.slow  # a wide image through the merger
