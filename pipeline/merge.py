@@ -6,9 +6,9 @@ of the canvas is the prediction, so only the sums matter and the order of the ad
 (apart from float rounding).
 
 The ``hann`` merge rule (``PipelineConfig.merge``) multiplies each patch's logits by a window that falls
-to 0 towards the patch's edges (``HannWindows``) before they are added; the weights are summed along (a
-last channel), and the weighted mean is the sums divided by them. A positive scale per pixel leaves the
-argmax alone, so class maps need only the weighted sums.
+to 0 towards the patch's edges (``HannWindows``) before they are added; the weights are summed too (from
+the patches' boxes, when their rows are final), and the weighted mean is the sums divided by them. A
+positive scale per pixel leaves the argmax alone, so class maps need only the weighted sums.
 
 Two ways to hold the canvas:
 - ``add_patches`` fills a whole canvas (C x H x W float32: about 168 MB for a 2448 px image with 7
@@ -128,7 +128,7 @@ class HannWindows:
 
 
 OUTPUTS = ("mask", "logits", "mean", "confidence", "probabilities")
-WEIGHTED = ("mean", "confidence", "probabilities")  # the outputs whose patches carry a last channel of weights
+WEIGHTED = ("mean", "confidence", "probabilities")  # the outputs that divide by the summed patch weights
 
 
 class SpillFile:
@@ -224,10 +224,12 @@ class BandMerger:
     ``end_row()`` returns ``(y0, band)`` with the final rows [y0, end) and moves ``y0`` to ``end``.
     A band is a uint8 class map (h, W) (``output="mask"``), the float32 summed logits (C, h, W)
     (``output="logits"``), the float32 mean logits (C, h, W) (``output="mean"``) or, for
-    ``output="confidence"``, uint8 (2, h, W): the class map and ``top_probability``. For ``mean`` and
-    ``confidence`` (``WEIGHTED``) the tiles hold a last channel of weights (C + 1 channels) that ``add``
-    fills beside the logits: 1 per patch, whose sum counts the logits summed at each pixel, or the
-    ``HannWindows`` weights the logits were multiplied by; the mean is the sums divided by that channel.
+    ``output="confidence"``, uint8 (2, h, W): the class map and ``top_probability``. For the ``WEIGHTED``
+    outputs the merger also keeps the box of every patch whose rows are not all final, with its weight:
+    1 per patch, whose sum counts the logits summed at each pixel, or the ``HannWindows`` weights the
+    logits were multiplied by. When rows become final their summed weights are made from those boxes,
+    added in the order the patches came (the same float32 sums a channel of weights beside the logits
+    would hold, without its memory), and the mean is the sums divided by them.
 
     Memory. The canvas is kept as column tiles of ``tile`` columns. A tile the current row has not yet
     reached holds only the rows carried over from earlier rows; when the row's first patch reaches it,
@@ -256,7 +258,8 @@ class BandMerger:
             raise ValueError(f"tile width must be positive, got {tile}")
         self.n_class, self.height, self.width = n_class, height, width
         self.weighted = output in WEIGHTED
-        self.channels = n_class + 1 if self.weighted else n_class
+        self.channels = n_class
+        self._boxes: list[tuple[int, int, int, torch.Tensor | None]] = []  # (top, left, p, weight) of each patch
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.output, self.tile = output, tile
         self.y0 = 0  # first row not yet handed out
@@ -328,8 +331,8 @@ class BandMerger:
     def add(self, logits: torch.Tensor, top: int, left: int, weight: torch.Tensor | None = None) -> None:
         """Add one patch (C, p, p) at (top, left) of the full canvas into the open row.
 
-        For the weighted outputs the patch's weight goes into the weight channel beside it: ``weight``
-        (p, p) float32 (the window ``logits`` were multiplied by), or 1 everywhere when None. The other
+        For the weighted outputs the patch's weight is kept with its box: ``weight`` (p, p) float32 (the
+        window ``logits`` were multiplied by, kept by reference), or 1 everywhere when None. The other
         outputs take no weight."""
         if self._end is None:
             raise RuntimeError("add() outside a row; call begin_row() first")
@@ -368,10 +371,9 @@ class BandMerger:
                 self._tiles[j] = tile = grown
             c0, c1 = max(left, x0), min(left + p, x1)
             r0 = top - self.y0
-            tile[: self.n_class, r0 : r0 + p, c0 - x0 : c1 - x0].add_(logits[:, :, c0 - left : c1 - left])
-            if self.weighted:
-                weights = tile[self.n_class, r0 : r0 + p, c0 - x0 : c1 - x0]
-                weights.add_(1.0 if weight is None else weight[:, c0 - left : c1 - left])
+            tile[:, r0 : r0 + p, c0 - x0 : c1 - x0].add_(logits[:, :, c0 - left : c1 - left])
+        if self.weighted:
+            self._boxes.append((top, left, p, weight))
 
     def _relayout(self, tile: torch.Tensor) -> torch.Tensor:
         out = self._zeros(tile.shape[1], tile.shape[2])
@@ -392,14 +394,26 @@ class BandMerger:
             if self.output == "mask":
                 self._band[:done, x0:x1] = argmax_classes(head)
             elif self.output in ("confidence", "probabilities"):
-                self._band[:, :done, x0:x1] = class_output(head[: self.n_class], head[self.n_class].clamp(min=_TINY),
+                self._band[:, :done, x0:x1] = class_output(head, self._weights(done, x0, x1).clamp_(min=_TINY),
                                                            self.output)
             elif self.output == "mean":
-                self._band[:, :done, x0:x1] = head[: self.n_class] / head[self.n_class].clamp(min=_TINY)
+                self._band[:, :done, x0:x1] = head / self._weights(done, x0, x1).clamp_(min=_TINY)
             else:
                 self._band[:, :done, x0:x1] = head
         # A clone, not a view: the head's memory is given back.
         self._park(j, tile[:, rows:].clone() if tile.shape[1] > rows else self._zeros(0, x1 - x0))
+
+    def _weights(self, rows: int, x0: int, x1: int) -> torch.Tensor:
+        """(rows, x1 - x0) float32: the summed weights of the patches over the canvas rows [y0, y0 + rows)
+        and columns [x0, x1), added in the order the patches came."""
+        out = torch.zeros((rows, x1 - x0), dtype=torch.float32, device=self.device)
+        y0 = self.y0
+        for top, left, p, weight in self._boxes:
+            r0, r1, c0, c1 = max(top, y0), min(top + p, y0 + rows), max(left, x0), min(left + p, x1)
+            if r0 < r1 and c0 < c1:
+                out[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0].add_(
+                    1.0 if weight is None else weight[r0 - top : r1 - top, c0 - left : c1 - left])
+        return out
 
     def end_row(self) -> tuple[int, torch.Tensor]:
         """Close the open row: (first row, band of rows [y0, end))."""
@@ -409,6 +423,7 @@ class BandMerger:
             self._finalise(j)
         start, band = self.y0, self._band
         self.y0, self._end, self._band = self._end, None, None
+        self._boxes = [box for box in self._boxes if box[0] + box[2] > self.y0]  # boxes with rows still open
         return start, band
 
     def finish(self) -> tuple[int, torch.Tensor] | None:
