@@ -258,7 +258,6 @@ class BandMerger:
             raise ValueError(f"tile width must be positive, got {tile}")
         self.n_class, self.height, self.width = n_class, height, width
         self.weighted = output in WEIGHTED
-        self.channels = n_class
         self._boxes: list[tuple[int, int, int, torch.Tensor | None]] = []  # (top, left, p, weight) of each patch
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.output, self.tile = output, tile
@@ -303,8 +302,8 @@ class BandMerger:
 
     def _zeros(self, rows: int, cols: int) -> torch.Tensor:
         if self._channels_last:
-            return torch.zeros((rows, cols, self.channels), dtype=torch.float32, device=self.device).permute(2, 0, 1)
-        return torch.zeros((self.channels, rows, cols), dtype=torch.float32, device=self.device)
+            return torch.zeros((rows, cols, self.n_class), dtype=torch.float32, device=self.device).permute(2, 0, 1)
+        return torch.zeros((self.n_class, rows, cols), dtype=torch.float32, device=self.device)
 
     @property
     def held_values(self) -> int:
@@ -352,7 +351,7 @@ class BandMerger:
             raise ValueError(f"patches of a row must come left to right: {left} after {self._last_left}")
         self._last_left = left
         if self._channels_last is None:
-            self._channels_last = logits.stride(0) == 1 and self.channels > 1
+            self._channels_last = logits.stride(0) == 1 and self.n_class > 1
             if self._channels_last:
                 self._tiles = [self._relayout(t) for t in self._tiles]
         # Tiles wholly left of this patch are final for this row: no later patch of it reaches them.

@@ -94,20 +94,16 @@ def reused_heap() -> Iterator[None]:
     to the outer block. The setting is the process's: other threads' allocations follow it too."""
     global _lifted
     mallopt = _mallopt() if _pinned is not None and _pinned < _HEAP_MAX else None
-    if mallopt is None or _lifted:
-        _lifted += 1
-        try:
-            yield
-        finally:
-            _lifted -= 1
-        return
-    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    mallopt(_M_MMAP_THRESHOLD, _HEAP_MAX)
+    outer = mallopt is not None and not _lifted  # only the outermost block changes the setting
+    if outer:
+        mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+        mallopt(_M_MMAP_THRESHOLD, _HEAP_MAX)
     _lifted += 1
     try:
         yield
     finally:
         _lifted -= 1
-        mallopt(_M_MMAP_THRESHOLD, _pinned)
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_DEFAULT)
-        _libc().malloc_trim(0)
+        if outer:
+            mallopt(_M_MMAP_THRESHOLD, _pinned)
+            mallopt(_M_TRIM_THRESHOLD, _TRIM_DEFAULT)
+            _libc().malloc_trim(0)
