@@ -49,6 +49,7 @@ from utils.distributed import DistInfo, all_reduce_max, all_reduce_sum, shard
 from utils.errors import ConfigError, DataError, InputFileError
 from utils.files import remove_stale_temporaries
 from utils.logging import get_logger, peak_memory_mb, progress
+from utils.memory import give_back_heap
 
 log = get_logger("scenes")
 
@@ -248,6 +249,7 @@ def _predict_scene(predictor: Predictor, path: str, outputs: SceneOutputs, readi
                                                  probabilities=out.probabilities is not None):
                 invalid_pixels += _write_band(out, y0, band, scene if masked else None, thumbnail)
                 del band  # gone before the next band is merged: one band in memory, not two
+                give_back_heap()  # what writing it freed is not held through the next forward
             if thumbnail is not None:
                 write_image_png(paths["preview"], compose(picture, thumbnail.image, outputs.classes.colours,
                                                           NODATA if fmt == "tif" and masked else None))

@@ -45,6 +45,17 @@ def test_geotiff_in_geotiff_out_with_confidence_and_preview(fpn_pre_folder, tmp_
     assert "predicted 1 scenes" in capsys.readouterr().err
 
 
+def test_the_heap_freed_by_each_band_is_given_back_before_the_next(fpn_pre_folder, tmp_path, scene, monkeypatch):
+    import engine.scenes
+
+    calls = []
+    write_band = engine.scenes._write_band
+    monkeypatch.setattr(engine.scenes, "_write_band", lambda *a: calls.append("band") or write_band(*a))
+    monkeypatch.setattr(engine.scenes, "give_back_heap", lambda: calls.append("trim"))
+    assert run_cli(*_args(fpn_pre_folder, tmp_path / "out", tmp_path / "logs", "--input", scene, "--no_tta")) == 0
+    assert len(calls) > 2 and calls == ["band", "trim"] * (len(calls) // 2)
+
+
 @pytest.mark.slow  # two full CLI prediction runs
 def test_windowed_geotiff_gives_the_mask_of_the_same_pixels_as_png(fpn_pre_folder, tmp_path):
     tif = str(tmp_path / "a.tif")

@@ -88,3 +88,43 @@ def test_without_a_pin_a_block_changes_nothing():
     # glibc's dynamic threshold: the first 8 MB buffer is mapped, and its release raises the threshold
     # above 8 MB, so the next ones come from the heap, inside a block or not.
     assert r["before"] and not r["inside"] and not r["after"]
+
+
+_HOLES = """
+import ctypes, ctypes.util, json, os
+from utils.memory import fix_mmap_threshold, give_back_heap
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+fix_mmap_threshold()
+# 24 MB of 64 kB heap blocks, written to; all are freed but the last, which keeps the heap's top in
+# place, so glibc's own trimming (from the top only) cannot give the freed memory back.
+blocks = [libc.malloc(64 << 10) for _ in range(384)]
+for block in blocks:
+    ctypes.memset(block, 1, 64 << 10)
+for block in blocks[:-1]:
+    libc.free(block)
+held = rss()
+ran = TRIM and give_back_heap()
+print(json.dumps({"ran": bool(ran), "given_back_mb": (held - rss()) / 2**20}))
+"""
+
+
+def _holes(trim: bool) -> dict:
+    import json
+
+    out = subprocess.run([sys.executable, "-c", _HOLES.replace("TRIM", str(trim))], cwd=ROOT, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def test_give_back_heap_returns_freed_memory_below_the_heaps_top():
+    assert _holes(trim=False)["given_back_mb"] < 4  # freed heap blocks stay resident by themselves
+    r = _holes(trim=True)
+    assert r["ran"] and r["given_back_mb"] >= 16
