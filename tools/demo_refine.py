@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} must be at least 1")
     if args.size < MIN_SIZE:
         parser.error(f"--size must be at least {MIN_SIZE}")
+    if not args.detail >= 0:
+        parser.error("--detail must be 0 or more")
     try:
         _demo(args)
     except FCtLError as error:

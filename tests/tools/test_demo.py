@@ -24,6 +24,16 @@ def test_counts_below_one(option, tmp_path, capsys):
     assert f"{option} must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module", ["demo", "demo_refine"])
+def test_negative_detail(module, tmp_path, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"tools.{module}").main(["--out", str(tmp_path), "--detail", "-1"])
+    assert stop.value.code == 2
+    assert "--detail must be 0 or more" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # runs training stages through the command line
 def test_failing_stage_stops_with_one_line_and_data_follows_the_options(tmp_path, capsys):
     # A patch size the backbone rejects: the first stage exits 2 after the data is written.
