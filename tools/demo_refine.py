@@ -1,13 +1,13 @@
 """The refinement demo behind ``make demo-refine``: base stages, the refinement stage, and one table.
 
-On the CPU demo's synthetic data (dataset/synthetic.py) it trains the staged recipe as ``tools.demo``
-does (global, pre, medium, all), then the refinement stage on top of the full model (``--refine``,
-what train_refine.sh runs), and scores held-out images three ways: the released merge (``sum``), the
-Hann-window merge (``hann``) and the refined prediction (``refined``, on the ``sum`` merge), after
-rows for the other base stages. It prints mIoU, Boundary IoU (3 px) and seam-band accuracy (8 px from
-a patch edge) of each, writes each row's metrics JSON and a figure (image | ground truth | sum |
-refined, the patch grid drawn in white) under ``--out``. The refinement is our design after the
-paper's description (docs/refinement.md).
+On the CPU demo's synthetic data (dataset/synthetic.py: fine, ragged class borders, a global view of a
+quarter of the side) it trains the staged recipe as ``tools.demo`` does (global, pre, medium, all),
+then the refinement stage on top of the full model (``--refine``, what train_refine.sh runs), and
+scores held-out images three ways: the released merge (``sum``), the Hann-window merge (``hann``) and
+the refined prediction (``refined``, on the ``sum`` merge), after rows for the other base stages. It
+prints mIoU, Boundary IoU (3 px) and seam-band accuracy (8 px from a patch edge) of each, writes each
+row's metrics JSON and a figure (image | ground truth | sum | refined, the patch grid drawn in white)
+under ``--out``. The refinement is our design after the paper's description (docs/refinement.md).
 """
 
 from __future__ import annotations
@@ -47,17 +47,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="data, initial weights and training order")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the pre, medium and all stages")
     parser.add_argument("--global_epochs", type=int, default=4, help="epochs of the global stage")
-    parser.add_argument("--refine_epochs", type=int, default=2, help="epochs of the refinement stage")
+    parser.add_argument("--refine_epochs", type=int, default=4, help="epochs of the refinement stage")
     parser.add_argument("--size", type=int, default=200, help="side of the synthetic images")
     parser.add_argument("--train_images", type=int, default=224)
     parser.add_argument("--test_images", type=int, default=16, help="held-out images of the table")
     parser.add_argument("--size_p", type=int, default=100)
-    parser.add_argument("--size_g", type=int, default=100)
+    parser.add_argument("--size_g", type=int, default=50,
+                        help="side of the global view: a quarter of the image's, so that it loses the borders' detail")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--refine_lr", type=float, default=1e-3)
     parser.add_argument("--refine_crop", type=int, default=96)
     parser.add_argument("--refine_crops", type=int, default=4)
-    parser.add_argument("--detail", type=float, default=0.0,
+    parser.add_argument("--detail", type=float, default=0.5,
                         help="fine, ragged class borders in the synthetic scenes (dataset/synthetic.py; 0: none)")
     parser.add_argument("--backbone", default="fpn_resnet18")
     args = parser.parse_args(argv)
