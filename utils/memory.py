@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import sys
 from collections.abc import Iterator
 
@@ -34,7 +35,9 @@ _MADV_DONTNEED = 4  # Linux
 _PAGE = 4096
 
 
+@functools.cache
 def _libc():
+    """The C library, loaded once: ``find_library`` runs a subprocess, and the callers run per band."""
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     except OSError:
