@@ -75,6 +75,24 @@ def _figure(data: str, predictions: str, out: str, count: int = 4) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(out)
 
 
+def add_scene_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the synthetic scenes and the views the demos train on (``check_scene_options``)."""
+    parser.add_argument("--size", type=int, default=200, help="side of the synthetic images")
+    parser.add_argument("--size_p", type=int, default=100, help="patch side (3 x 3 patches on a 200 px image)")
+    parser.add_argument("--size_g", type=int, default=50,
+                        help="side of the global view: a quarter of the image's, so that it loses the borders' detail")
+    parser.add_argument("--detail", type=float, default=0.5,
+                        help="fine, ragged class borders in the synthetic scenes (dataset/synthetic.py; 0: none)")
+
+
+def check_scene_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """A usage error (``parser.error``) for scene options the generator cannot make."""
+    if args.size < MIN_SIZE:
+        parser.error(f"--size must be at least {MIN_SIZE}")
+    if not args.detail >= 0:
+        parser.error("--detail must be 0 or more")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "demo"), help="folder for data, checkpoints, logs")
@@ -82,27 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global_epochs", type=int, default=4,
                         help="epochs of the global stage: its head features are the large context, and after one "
                              "epoch they barely tell the scene types apart (README)")
-    parser.add_argument("--size", type=int, default=200, help="side of the synthetic images")
     parser.add_argument("--train_images", type=int, default=224,
                         help="many scenes seen once rather than few seen often: with 32 scenes the models "
                              "memorised them instead of learning the scene rule")
     parser.add_argument("--val_images", type=int, default=16)
-    parser.add_argument("--size_p", type=int, default=100, help="patch side (3 x 3 patches on a 200 px image)")
-    parser.add_argument("--size_g", type=int, default=50,
-                        help="side of the global view: a quarter of the image's, so that it loses the borders' detail")
+    add_scene_options(parser)
     parser.add_argument("--lr", type=float, default=1e-3, help="higher than the paper's 5e-5: few steps, no ImageNet")
     parser.add_argument("--backbone", default="fpn_resnet18")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detail", type=float, default=0.5,
-                        help="fine, ragged class borders in the synthetic scenes (dataset/synthetic.py; 0: none)")
     args = parser.parse_args(argv)
     for name in ("epochs", "global_epochs", "train_images", "val_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.size < MIN_SIZE:
-        parser.error(f"--size must be at least {MIN_SIZE}")
-    if not args.detail >= 0:
-        parser.error("--detail must be 0 or more")
+    check_scene_options(parser, args)
     try:
         _demo(args)
     except FCtLError as error:

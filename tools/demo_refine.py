@@ -23,11 +23,11 @@ from PIL import Image
 
 from dataset.classes import index_to_colour
 from dataset.io import read_image, read_mask
-from dataset.synthetic import MIN_SIZE, generate
+from dataset.synthetic import generate
 from models.modes import mode_spec
 from option import report_error
 from pipeline.grid import patch_starts
-from tools.demo import SHORT_RUN, STAGES, run_step
+from tools.demo import SHORT_RUN, STAGES, add_scene_options, check_scene_options, run_step
 from utils.errors import FCtLError
 from utils.files import ensure_writable_dir
 
@@ -48,28 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the pre, medium and all stages")
     parser.add_argument("--global_epochs", type=int, default=4, help="epochs of the global stage")
     parser.add_argument("--refine_epochs", type=int, default=4, help="epochs of the refinement stage")
-    parser.add_argument("--size", type=int, default=200, help="side of the synthetic images")
     parser.add_argument("--train_images", type=int, default=224)
     parser.add_argument("--test_images", type=int, default=16, help="held-out images of the table")
-    parser.add_argument("--size_p", type=int, default=100)
-    parser.add_argument("--size_g", type=int, default=50,
-                        help="side of the global view: a quarter of the image's, so that it loses the borders' detail")
+    add_scene_options(parser)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--refine_lr", type=float, default=1e-3)
     parser.add_argument("--refine_crop", type=int, default=96)
     parser.add_argument("--refine_crops", type=int, default=4)
-    parser.add_argument("--detail", type=float, default=0.5,
-                        help="fine, ragged class borders in the synthetic scenes (dataset/synthetic.py; 0: none)")
     parser.add_argument("--backbone", default="fpn_resnet18")
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join(ROOT, "demo", f"refine_seed{args.seed}")
     for name in ("epochs", "global_epochs", "refine_epochs", "train_images", "test_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.size < MIN_SIZE:
-        parser.error(f"--size must be at least {MIN_SIZE}")
-    if not args.detail >= 0:
-        parser.error("--detail must be 0 or more")
+    check_scene_options(parser, args)
     try:
         _demo(args)
     except FCtLError as error:
