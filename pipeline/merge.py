@@ -35,6 +35,7 @@ import torch
 from pipeline.contexts import Positions, as_list
 
 _TINY = torch.finfo(torch.float32).tiny
+SCORE_ROWS = 64  # rows of a tile turned into scores at a time (BandMerger._score)
 
 
 def add_patches(canvas: torch.Tensor, logits: torch.Tensor, tops: Positions, lefts: Positions) -> None:
@@ -132,7 +133,7 @@ WEIGHTED = ("mean", "confidence", "probabilities")  # the outputs that divide by
 
 
 class SpillFile:
-    """Float32 CPU tiles parked in an unlinked temporary file (page cache, not the process's memory).
+    """CPU tiles parked in an unlinked temporary file (page cache, not the process's memory).
 
     Each key keeps one slot, reused while its tile fits and moved to the end of the file when it
     grows, so the file stays about as large as what is parked. Values come back bit for bit.
@@ -145,7 +146,7 @@ class SpillFile:
         self._slots: dict[int, tuple[int, int]] = {}  # key -> (offset, capacity in bytes)
 
     def put(self, key: int, values: torch.Tensor) -> None:
-        """Store a contiguous float32 CPU tensor under ``key``."""
+        """Store a contiguous CPU tensor under ``key`` (its bytes: any dtype)."""
         if not values.is_contiguous():
             raise ValueError("only contiguous tensors can be spilled")
         data = values.numpy().reshape(-1).view(np.uint8)
@@ -159,7 +160,7 @@ class SpillFile:
             written += os.pwrite(self._fd, data[written:], offset + written)
 
     def get(self, key: int, out: torch.Tensor) -> None:
-        """Fill the contiguous float32 CPU tensor ``out`` with what ``put`` stored under ``key``."""
+        """Fill the contiguous CPU tensor ``out`` (the dtype and size ``put`` had) with what it stored under ``key``."""
         if not out.is_contiguous():
             raise ValueError("only contiguous tensors can be filled from the spill file")
         data = out.numpy().reshape(-1).view(np.uint8)
@@ -242,7 +243,10 @@ class BandMerger:
 
     With ``spill`` (CPU only) the tiles waiting for the next row, the rows carried across the whole
     width, are parked in a ``SpillFile`` between rows, so what stays in memory does not grow with the
-    width either: for a 32768 px wide canvas with 7 classes that is about 50 MB.
+    width either: for a 32768 px wide canvas with 7 classes that is about 50 MB. The score channels of
+    the ``confidence`` and ``probabilities`` bands wait there too, tile by tile as they are finalised,
+    and join the class map only when ``end_row`` hands the band out: while the row's patches are
+    computed the band in memory is the class map alone (h x W bytes), as for ``mask``.
 
     The sums are made in the order the patches are added, so the result equals ``add_patches`` over
     the same patches in the same order bit for bit, and the class maps equal its ``argmax_classes``.
@@ -276,6 +280,8 @@ class BandMerger:
             raise ValueError(f"only CPU tiles can be spilled to a file, not tiles on {self.device}")
         self._spill = SpillFile() if spill else None
         self._parked: dict[int, tuple[int, int]] = {}  # tile index -> (rows, columns) of a parked tile
+        self._park_scores = spill and output in ("confidence", "probabilities")
+        self._scored: dict[int, int] = {}  # tile index -> rows of its score channels parked in this row
 
     def _park(self, j: int, tile: torch.Tensor) -> None:
         """Keep tile j (its rows carried to the next row) in the spill file, or in memory without one."""
@@ -310,6 +316,11 @@ class BandMerger:
         """Float values held in the tiles now (for tests and memory accounting)."""
         return sum(t.numel() for t in self._tiles)
 
+    @property
+    def band_bytes(self) -> int:
+        """Bytes of the band being filled in the open row (for tests and memory accounting)."""
+        return 0 if self._band is None else self._band.numel() * self._band.element_size()
+
     def begin_row(self, end: int, bottom: int) -> None:
         """Open a row whose patches reach at most row ``bottom``; rows above ``end`` are final after it."""
         if self._end is not None:
@@ -321,11 +332,18 @@ class BandMerger:
         self._end, self._bottom = end, max(bottom, end)
         self._next, self._last_left = 0, 0
         rows = end - self.y0
-        shape = {"mask": (rows, self.width), "logits": (self.n_class, rows, self.width),
-                 "mean": (self.n_class, rows, self.width), "confidence": (2, rows, self.width),
-                 "probabilities": (1 + self.n_class, rows, self.width)}[self.output]
+        if self.output in ("logits", "mean"):
+            shape = (self.n_class, rows, self.width)
+        elif self.output == "mask" or self._park_scores:  # parked score channels join it in end_row
+            shape = (rows, self.width)
+        else:
+            shape = (self._channels(), rows, self.width)
         self._band = torch.zeros(shape, dtype=torch.float32 if self.output in ("logits", "mean") else torch.uint8,
                                  device=self.device)
+
+    def _channels(self) -> int:
+        """Channels of a uint8 band with scores: the class map and the top-1 or every class's probability."""
+        return 2 if self.output == "confidence" else 1 + self.n_class
 
     def add(self, logits: torch.Tensor, top: int, left: int, weight: torch.Tensor | None = None) -> None:
         """Add one patch (C, p, p) at (top, left) of the full canvas into the open row.
@@ -393,22 +411,42 @@ class BandMerger:
             if self.output == "mask":
                 self._band[:done, x0:x1] = argmax_classes(head)
             elif self.output in ("confidence", "probabilities"):
-                self._band[:, :done, x0:x1] = class_output(head, self._weights(done, x0, x1).clamp_(min=_TINY),
-                                                           self.output)
+                self._score(j, head)
             elif self.output == "mean":
-                self._band[:, :done, x0:x1] = head / self._weights(done, x0, x1).clamp_(min=_TINY)
+                self._band[:, :done, x0:x1] = head / self._weights(0, done, x0, x1).clamp_(min=_TINY)
             else:
                 self._band[:, :done, x0:x1] = head
         # A clone, not a view: the head's memory is given back.
         self._park(j, tile[:, rows:].clone() if tile.shape[1] > rows else self._zeros(0, x1 - x0))
 
-    def _weights(self, rows: int, x0: int, x1: int) -> torch.Tensor:
-        """(rows, x1 - x0) float32: the summed weights of the patches over the canvas rows [y0, y0 + rows)
-        and columns [x0, x1), added in the order the patches came."""
-        out = torch.zeros((rows, x1 - x0), dtype=torch.float32, device=self.device)
-        y0 = self.y0
+    def _score(self, j: int, head: torch.Tensor) -> None:
+        """The class map and scores of tile j's final rows ``head`` (C, rows, w) into the band (the
+        scores into the spill file when they are parked there), ``SCORE_ROWS`` rows at a time: the
+        softmax's float32 temporaries are a few rows' worth, not the tile's."""
+        x0, x1 = self._cols[j]
+        done = head.shape[1]
+        scores = None
+        if self._park_scores:
+            scores = torch.empty((self._channels() - 1, done, x1 - x0), dtype=torch.uint8, device=self.device)
+        for r0 in range(0, done, SCORE_ROWS):
+            r1 = min(done, r0 + SCORE_ROWS)
+            scored = class_output(head[:, r0:r1], self._weights(r0, r1, x0, x1).clamp_(min=_TINY), self.output)
+            if scores is None:
+                self._band[:, r0:r1, x0:x1] = scored
+            else:
+                self._band[r0:r1, x0:x1] = scored[0]
+                scores[:, r0:r1] = scored[1:]
+        if scores is not None:
+            self._spill.put(len(self._cols) + j, scores)
+            self._scored[j] = done
+
+    def _weights(self, start: int, stop: int, x0: int, x1: int) -> torch.Tensor:
+        """(stop - start, x1 - x0) float32: the summed weights of the patches over the canvas rows
+        [y0 + start, y0 + stop) and columns [x0, x1), added in the order the patches came."""
+        out = torch.zeros((stop - start, x1 - x0), dtype=torch.float32, device=self.device)
+        y0 = self.y0 + start
         for top, left, p, weight in self._boxes:
-            r0, r1, c0, c1 = max(top, y0), min(top + p, y0 + rows), max(left, x0), min(left + p, x1)
+            r0, r1, c0, c1 = max(top, y0), min(top + p, self.y0 + stop), max(left, x0), min(left + p, x1)
             if r0 < r1 and c0 < c1:
                 out[r0 - y0 : r1 - y0, c0 - x0 : c1 - x0].add_(
                     1.0 if weight is None else weight[r0 - top : r1 - top, c0 - left : c1 - left])
@@ -421,9 +459,24 @@ class BandMerger:
         for j in range(self._next, len(self._cols)):
             self._finalise(j)
         start, band = self.y0, self._band
+        if self._park_scores:
+            band = self._with_scores(band)
         self.y0, self._end, self._band = self._end, None, None
         self._boxes = [box for box in self._boxes if box[0] + box[2] > self.y0]  # boxes with rows still open
         return start, band
+
+    def _with_scores(self, classes: torch.Tensor) -> torch.Tensor:
+        """The band (channels, h, W) of the class map (h, W) and the score channels parked in this row
+        (rows no patch reached stay 0)."""
+        band = torch.zeros((self._channels(), *classes.shape), dtype=torch.uint8, device=self.device)
+        band[0] = classes
+        for j, rows in self._scored.items():
+            x0, x1 = self._cols[j]
+            scores = torch.empty((band.shape[0] - 1, rows, x1 - x0), dtype=torch.uint8, device=self.device)
+            self._spill.get(len(self._cols) + j, scores)
+            band[1:, :rows, x0:x1] = scores
+        self._scored.clear()
+        return band
 
     def finish(self) -> tuple[int, torch.Tensor] | None:
         """Hand out whatever rows are left (carried values or zeros) as a last band; None if none."""

@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 
+from pipeline import merge
 from pipeline.grid import make_grid
 from pipeline.merge import BandMerger, HannWindows, add_patches, argmax_classes, top_probability
 
@@ -69,9 +70,11 @@ def test_hann_windows_taper_every_edge_but_those_on_the_canvas_border(p):
 
 
 @pytest.mark.parametrize("spill", [False, True])
-def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill):
+@pytest.mark.parametrize("score_rows", [64, 7])
+def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill, score_rows, monkeypatch):
     """Weighted patches with their weights as last channel, streamed in rows, against one whole canvas;
-    pixels no weight reached come out 0, not NaN."""
+    pixels no weight reached come out 0, not NaN. The scores are the same made a few rows at a time."""
+    monkeypatch.setattr(merge, "SCORE_ROWS", score_rows)
     gen = torch.Generator().manual_seed(3)
     height, width, p = 110, 300, 40
     windows = HannWindows(p)
@@ -103,6 +106,44 @@ def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill):
     tiny = torch.finfo(torch.float32).tiny
     assert torch.equal(reached, top_probability(sums[:, :72], weights[:72].clamp(min=tiny)))
     assert torch.equal(confidence[0, :72], argmax_classes(sums[:, :72])) and not confidence[:, 72:].any()
+
+
+@pytest.mark.parametrize("output", ["confidence", "probabilities"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_spilled_score_channels_wait_on_disk_until_the_band_is_handed_out(output, channels_last, monkeypatch):
+    """With a spill file the score channels of a row are parked as its tiles are finalised: while the
+    row's patches come the band in memory is the class map alone, and the bands handed out are those
+    of the merger that keeps everything in memory, bit for bit (rows no patch reached included)."""
+    monkeypatch.setattr(merge, "SCORE_ROWS", 16)  # several pieces per tile and row
+    gen = torch.Generator().manual_seed(5)
+    height, width, p = 100, 230, 40
+    windows = HannWindows(p)
+    rows = [(30, 40, [(0, 0), (0, 60), (0, 120), (0, 190)]), (64, 70, [(30, 0), (30, 70), (30, 150), (30, 190)])]
+    mergers = {spill: BandMerger(4, height, width, output=output, tile=64, spill=spill) for spill in (False, True)}
+    bands = {spill: [] for spill in mergers}
+    channels = 2 if output == "confidence" else 5
+    for end, bottom, patches in rows:
+        for merger in mergers.values():
+            merger.begin_row(end, bottom)
+        for top, left in patches:
+            w = windows(top, left, height, width)
+            patch = torch.randn(4, p, p, generator=gen) * w
+            if channels_last:
+                patch = patch.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+            for merger in mergers.values():
+                merger.add(patch, top, left, w)
+            rows_open = end - mergers[True].y0
+            assert mergers[True].band_bytes == rows_open * width
+            assert mergers[False].band_bytes == channels * rows_open * width
+        for spill, merger in mergers.items():
+            bands[spill].append(merger.end_row())
+            assert merger.band_bytes == 0
+    for spill, merger in mergers.items():
+        bands[spill].append(merger.finish())
+    for (y_kept, kept), (y_spilled, spilled) in zip(bands[False], bands[True]):
+        assert y_kept == y_spilled and spilled.shape == kept.shape == (channels, kept.shape[1], width)
+        assert torch.equal(spilled, kept)
+    assert bands[True][0][1][1:].any() and not bands[True][-1][1][:, 70 - 64:].any()
 
 
 def test_band_merger_takes_weights_only_for_the_weighted_outputs():

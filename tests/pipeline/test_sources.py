@@ -95,8 +95,13 @@ def test_spilling_the_carried_rows_changes_nothing(monkeypatch, tta):
     image = torch.from_numpy(_scene(230, 270))
     predictor = Predictor(StandIn(4).eval(), PipelineConfig(size_p=64, size_g=48, context=3, sub_batch_size=5))
     reference = predictor.logits(image, tta=tta)
+    scores = {kind: torch.cat([b for _, b in predictor.mask_bands(image, tta=tta, **{kind: True})], dim=1)
+              for kind in ("confidence", "probabilities")}
     monkeypatch.setattr(Predictor, "spill_width", 100)
     assert torch.equal(predictor.logits(image, tta=tta), reference)
+    for kind, expected in scores.items():  # their score channels wait in the spill file too
+        assert torch.equal(torch.cat([b for _, b in predictor.mask_bands(image, tta=tta, **{kind: True})], dim=1),
+                           expected)
     assert torch.equal(predictor.predict(WindowedSource(ArrayReader(image.numpy()), block=64), tta=tta),
                        reference.argmax(0).to(torch.uint8))
 
