@@ -100,10 +100,23 @@ class SceneOutputs:
 @dataclass(frozen=True)
 class SceneReading:
     """How scene pixels become the network's input (``dataset.scenes``): ``bands`` (R, G, B, then any
-    further bands the network reads; None: the first three, or the first N for a network of N bands)."""
+    further bands the network reads; None: the first three, or the first N for a network of N bands),
+    and ``readers``, the threads that read a raster's blocks ahead of the patches (None: ``READERS``,
+    ``REMOTE_READERS`` for a remote scene; 0: every block is read in the main thread when needed)."""
 
     bands: tuple[int, ...] | None = None
     input_range: InputRange | None = None
+    readers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.readers is not None and self.readers < 0:
+            raise ConfigError(f"`readers` must be 0 or more, got {self.readers}")
+
+    def readers_for(self, path: str) -> int:
+        """The reader threads of the scene ``path``."""
+        if self.readers is not None:
+            return self.readers
+        return REMOTE_READERS if is_remote(path) else READERS
 
     def bands_for(self, count: int) -> tuple[int, ...] | None:
         """The scene bands a network of ``count`` bands reads (None: RasterScene's default, bands 1, 2, 3);
@@ -177,7 +190,7 @@ def open_scene(path: str, reading: SceneReading, predictor: Predictor, device: t
     origin = None if reading.bands is not None else f"the model reads {bands.describe()}"
     with RasterScene(path, reading.bands_for(bands.count), reading.input_range, bands_from=origin) as scene, \
             WindowedSource(scene, device, BLOCK, cache_blocks(predictor),
-                           readers=REMOTE_READERS if is_remote(path) else READERS) as source:
+                           readers=reading.readers_for(path)) as source:
         yield source, scene.profile(), scene
 
 

@@ -118,9 +118,9 @@ class WindowedSource:
 
     reader: anything with ``height``, ``width`` and a boundless ``read`` (``RasterScene``); with
     ``readers`` > 0 and a ``clone()`` method, blocks are also read ahead in that many threads
-    (module doc). Windows are assembled on the CPU and moved to ``device`` once each. ``reads`` counts
-    the blocks read so far (ahead or not). Call ``close`` (or use it as a context manager) to stop
-    the reader threads.
+    (module doc); ``self.readers`` is how many threads read ahead (0: none). Windows are assembled on
+    the CPU and moved to ``device`` once each. ``reads`` counts the blocks read so far (ahead or not).
+    Call ``close`` (or use it as a context manager) to stop the reader threads.
     """
 
     def __init__(self, reader: WindowReader, device: torch.device | str = "cpu", block: int = 512,
@@ -142,6 +142,7 @@ class WindowedSource:
             self._local = threading.local()
             self._clones: list = []
             self._clones_lock = threading.Lock()
+        self.readers = readers if self._pool is not None else 0
         self.reads = 0
 
     def __enter__(self) -> WindowedSource:

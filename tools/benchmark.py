@@ -22,7 +22,8 @@ loading them the way real released files are loaded.
 Scenes (``--scenes``): for each of ``--sizes`` a tiled GeoTIFF of that side is written on the fly and
 predicted in a fresh process exactly as ``train_deep_globe.py --input`` does (read window by window,
 GeoTIFF mask written band by band); ``--in_memory`` adds, for comparison, a run that reads the scene
-whole first. The figure is peak RSS minus the RSS before the scene (model loaded):
+whole first. The figure is peak RSS minus the RSS before the scene (model loaded); ``--readers 0``
+reads without read-ahead threads, for memory comparisons that repeat:
 
     python -m tools.benchmark --scenes --sizes 4096 16384 32768 --backbone stand_in --mode 4 --no-tta \
         --size_p 508 --size_g 508 --threads 2 --channels_last
@@ -195,7 +196,7 @@ def _scene_worker(opts: argparse.Namespace) -> dict:
         else:
             predict_scenes(predictor, [opts.scene], SceneOutputs(tmp, vectorize=opts.vectorize,
                                                                  confidence=opts.confidence),
-                           SceneReading(), device, DistInfo(), tta=opts.tta)
+                           SceneReading(readers=opts.readers), device, DistInfo(), tta=opts.tta)
         seconds = time.perf_counter() - started
         peak = _status_mb("VmHWM")
         polygons = _polygon_figures(glob.glob(os.path.join(tmp, "*_mask." + opts.vectorize))[0]) \
@@ -473,6 +474,9 @@ def main() -> None:
     parser.add_argument("--vectorize", default=None, choices=["gpkg", "geojson", "fgb"],
                         help="with --scenes: also predict each scene with --vectorize in this format (own process)")
     parser.add_argument("--scene_dir", default=None, help="with --scenes: where the GeoTIFFs are written (a temp folder)")
+    parser.add_argument("--readers", type=int, default=None,
+                        help="with --scenes: threads reading the scene ahead (default: the pipeline's; 0: none, so "
+                             "that no thread's timing moves the peak memory and runs repeat it closely)")
     parser.add_argument("--glibc_heap", action=argparse.BooleanOptionalAction, default=True,
                         help="fix glibc's mmap threshold as train_deep_globe.py does (--no-glibc_heap: glibc's default)")
     parser.add_argument("--scene_worker", action="store_true", help=argparse.SUPPRESS)
@@ -492,6 +496,8 @@ def main() -> None:
     parser.add_argument("--stream_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--paths", default=None, help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.readers is not None and opts.readers < 0:
+        parser.error("--readers must be 0 or more")
 
     if opts.worker:
         print(json.dumps(_worker(opts)))

@@ -261,6 +261,27 @@ def test_scene_reading_gives_a_model_its_bands():
         SceneReading((1, 2, 3)).bands_for(4)
 
 
+@pytest.mark.parametrize("readers", [None, 0, 2])
+def test_scene_reading_sets_the_threads_that_read_ahead(tmp_path, readers):
+    import torch
+
+    from engine.scenes import READERS, SceneReading, open_scene
+    from pipeline.config import PipelineConfig
+    from pipeline.predictor import Predictor
+    from tools.stand_in import StandIn
+
+    path = str(tmp_path / "scene.tif")
+    write_synthetic_raster(path, 90, 110, tile=64)
+    predictor = Predictor(StandIn(1).eval(), PipelineConfig(size_p=64, size_g=48))
+    with open_scene(path, SceneReading(readers=readers), predictor, torch.device("cpu")) as (source, _, _):
+        assert source.readers == (READERS if readers is None else readers)
+        whole = source.window(0, 0, 90, 110)
+    with rasterio.open(path) as raster:
+        assert np.array_equal(whole.numpy(), raster.read((1, 2, 3)))
+    with pytest.raises(ConfigError, match="readers"):
+        SceneReading(readers=-1)
+
+
 def test_declared_colours_choose_the_default_bands_and_gcps_rpcs_are_kept(tmp_path, caplog):
     import rasterio
     from rasterio.control import GroundControlPoint
