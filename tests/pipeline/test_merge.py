@@ -69,6 +69,27 @@ def test_hann_windows_taper_every_edge_but_those_on_the_canvas_border(p):
     assert torch.equal(windows(0, 0, p, p), torch.ones(p, p))  # a canvas of one patch: nothing tapered
 
 
+def _stream(mergers, rows, patch_at, after_patch=None):
+    """Every merger of ``mergers`` fed the same rows of (end, bottom, [(top, left), ...]), each patch and
+    weight made by ``patch_at(top, left)``; ``after_patch(end)`` is called after each patch. Returns
+    each merger's (first row, band) list, the ``finish`` band last."""
+    bands = {key: [] for key in mergers}
+    for end, bottom, patches in rows:
+        for merger in mergers.values():
+            merger.begin_row(end, bottom)
+        for top, left in patches:
+            patch, weight = patch_at(top, left)
+            for merger in mergers.values():
+                merger.add(patch, top, left, weight)
+            if after_patch is not None:
+                after_patch(end)
+        for key, merger in mergers.items():
+            bands[key].append(merger.end_row())
+    for key, merger in mergers.items():
+        bands[key].append(merger.finish())
+    return bands
+
+
 @pytest.mark.parametrize("spill", [False, True])
 @pytest.mark.parametrize("score_rows", [64, 7])
 def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill, score_rows, monkeypatch):
@@ -83,22 +104,16 @@ def test_band_merger_mean_is_the_weighted_sums_over_the_summed_weights(spill, sc
     sums, weights = torch.zeros(3, height, width), torch.zeros(height, width)
     mergers = {output: BandMerger(3, height, width, output=output, tile=64, spill=spill)
                for output in ("mean", "confidence")}
-    bands = {output: [] for output in mergers}
-    for end, bottom, patches in rows:
-        for merger in mergers.values():
-            merger.begin_row(end, bottom)
-        for top, left in patches:
-            w = windows(top, left, height, width)
-            patch = torch.randn(3, p, p, generator=gen) * w
-            add_patches(sums, patch[None], [top], [left])
-            add_patches(weights[None], w[None, None], [top], [left])
-            for merger in mergers.values():
-                merger.add(patch, top, left, w)
-        for output, merger in mergers.items():
-            bands[output].append(merger.end_row()[1])
-    for output, merger in mergers.items():
-        bands[output].append(merger.finish()[1])
-    mean, confidence = (torch.cat(bands[output], dim=-2) for output in mergers)
+
+    def patch_at(top, left):
+        w = windows(top, left, height, width)
+        patch = torch.randn(3, p, p, generator=gen) * w
+        add_patches(sums, patch[None], [top], [left])
+        add_patches(weights[None], w[None, None], [top], [left])
+        return patch, w
+
+    bands = _stream(mergers, rows, patch_at)
+    mean, confidence = (torch.cat([band for _, band in bands[output]], dim=-2) for output in mergers)
     weighed = weights > 0  # not every covered pixel: this layout is no grid, so gaps and tapered edges stay 0
     assert weighed[:72].any() and not weighed[72:].any()
     assert torch.equal(mean, torch.where(weighed, sums / weights, torch.zeros(())))
@@ -120,26 +135,20 @@ def test_spilled_score_channels_wait_on_disk_until_the_band_is_handed_out(output
     windows = HannWindows(p)
     rows = [(30, 40, [(0, 0), (0, 60), (0, 120), (0, 190)]), (64, 70, [(30, 0), (30, 70), (30, 150), (30, 190)])]
     mergers = {spill: BandMerger(4, height, width, output=output, tile=64, spill=spill) for spill in (False, True)}
-    bands = {spill: [] for spill in mergers}
     channels = 2 if output == "confidence" else 5
-    for end, bottom, patches in rows:
-        for merger in mergers.values():
-            merger.begin_row(end, bottom)
-        for top, left in patches:
-            w = windows(top, left, height, width)
-            patch = torch.randn(4, p, p, generator=gen) * w
-            if channels_last:
-                patch = patch.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-            for merger in mergers.values():
-                merger.add(patch, top, left, w)
-            rows_open = end - mergers[True].y0
-            assert mergers[True].band_bytes == rows_open * width
-            assert mergers[False].band_bytes == channels * rows_open * width
-        for spill, merger in mergers.items():
-            bands[spill].append(merger.end_row())
-            assert merger.band_bytes == 0
-    for spill, merger in mergers.items():
-        bands[spill].append(merger.finish())
+
+    def patch_at(top, left):
+        w = windows(top, left, height, width)
+        patch = torch.randn(4, p, p, generator=gen) * w
+        return (patch.permute(1, 2, 0).contiguous().permute(2, 0, 1) if channels_last else patch), w
+
+    def held(end):
+        rows_open = end - mergers[True].y0
+        assert mergers[True].band_bytes == rows_open * width
+        assert mergers[False].band_bytes == channels * rows_open * width
+
+    bands = _stream(mergers, rows, patch_at, held)
+    assert mergers[True].band_bytes == mergers[False].band_bytes == 0
     for (y_kept, kept), (y_spilled, spilled) in zip(bands[False], bands[True]):
         assert y_kept == y_spilled and spilled.shape == kept.shape == (channels, kept.shape[1], width)
         assert torch.equal(spilled, kept)
