@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from pipeline.contexts import Positions, as_list
+from utils.errors import ResourceError, reason
 
 _TINY = torch.finfo(torch.float32).tiny
 SCORE_ROWS = 64  # rows of a tile turned into scores at a time (BandMerger._score)
@@ -136,11 +137,16 @@ class SpillFile:
     """CPU tiles parked in an unlinked temporary file (page cache, not the process's memory).
 
     Each key keeps one slot, reused while its tile fits and moved to the end of the file when it
-    grows, so the file stays about as large as what is parked. Values come back bit for bit.
+    grows, so the file stays about as large as what is parked. Values come back bit for bit. A file
+    that cannot be made or written (a full or read-only temporary folder) is a ``ResourceError``.
     """
 
     def __init__(self, folder: str | None = None) -> None:
-        self._file = tempfile.TemporaryFile(dir=folder)
+        self._folder = folder or tempfile.gettempdir()
+        try:
+            self._file = tempfile.TemporaryFile(dir=folder)
+        except OSError as exc:
+            raise self._error(exc) from exc
         self._fd = self._file.fileno()
         self._end = 0
         self._slots: dict[int, tuple[int, int]] = {}  # key -> (offset, capacity in bytes)
@@ -155,9 +161,16 @@ class SpillFile:
             offset, capacity = self._end, data.nbytes
             self._end += data.nbytes
         self._slots[key] = (offset, capacity)
-        written = os.pwrite(self._fd, data, offset)
-        while written < data.nbytes:  # pwrite may write less than asked
-            written += os.pwrite(self._fd, data[written:], offset + written)
+        try:
+            written = os.pwrite(self._fd, data, offset)
+            while written < data.nbytes:  # pwrite may write less than asked
+                written += os.pwrite(self._fd, data[written:], offset + written)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> ResourceError:
+        return ResourceError(f"cannot park the merger's tiles in a temporary file in {self._folder} ({reason(exc)}); "
+                             f"free space there or set TMPDIR to a folder with room")
 
     def get(self, key: int, out: torch.Tensor) -> None:
         """Fill the contiguous CPU tensor ``out`` (the dtype and size ``put`` had) with what it stored under ``key``."""

@@ -1,3 +1,4 @@
+import os
 import random
 
 import pytest
@@ -153,6 +154,24 @@ def test_spilled_score_channels_wait_on_disk_until_the_band_is_handed_out(output
         assert y_kept == y_spilled and spilled.shape == kept.shape == (channels, kept.shape[1], width)
         assert torch.equal(spilled, kept)
     assert bands[True][0][1][1:].any() and not bands[True][-1][1][:, 70 - 64:].any()
+
+
+def test_a_spill_file_that_cannot_be_made_or_written_is_a_resource_error(tmp_path, monkeypatch):
+    import errno
+
+    from utils.errors import ResourceError
+
+    with pytest.raises(ResourceError, match="missing .*TMPDIR"):
+        merge.SpillFile(str(tmp_path / "missing"))
+    spill = merge.SpillFile(str(tmp_path))
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(merge.os, "pwrite", full)
+    with pytest.raises(ResourceError, match=f"in {tmp_path} .No space left on device.; free space there or set TMPDIR"):
+        spill.put(0, torch.zeros(4, dtype=torch.uint8))
+    spill.close()
 
 
 def test_band_merger_takes_weights_only_for_the_weighted_outputs():
