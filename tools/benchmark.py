@@ -43,6 +43,7 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -211,19 +212,30 @@ def _scene_worker(opts: argparse.Namespace) -> dict:
 
 def _load_vector_libraries() -> None:
     """Load what ``--vectorize`` runs on (pyogrio's own GDAL with its GeoPackage driver, shapely's GEOS,
-    scipy's labelling, rasterio's polygonize) by vectorizing a 2 x 2 class map into a throwaway file,
+    scipy's labelling, rasterio's polygonize) by vectorizing a small class map into a throwaway file,
     so that every run's baseline holds these libraries, as it holds torch and rasterio: the figure is
-    then what a scene costs, and the libraries' own cost is reported apart (``vector_libraries_mb``)."""
+    then what a scene costs, and the libraries' own cost is reported apart (``vector_libraries_mb``).
+    The map takes every step a scene takes (several bands, a region joined across them, holes, pixels
+    without data, appends to the file), so that the libraries' code that a scene runs is loaded too."""
     import numpy as np
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
     from dataset.vectors import VectorBandWriter
 
-    profile = {"height": 2, "width": 2, "crs": CRS.from_epsg(3857), "transform": Affine(1, 0, 0, 0, -1, 2)}
+    side, rows = 64, 16
+    classes = np.zeros((side, side), dtype=np.uint8)
+    classes[8:56, 8:56] = 1  # a ring of class 1 around a block of class 2: a polygon with a hole
+    classes[16:48, 16:48] = 2
+    classes[:8, 32:] = np.indices((8, 32)).sum(axis=0) % 2  # regions that touch only at corners
+    valid = np.ones_like(classes, dtype=bool)
+    valid[56:, 56:] = False
+    profile = {"height": side, "width": side, "crs": CRS.from_epsg(3857), "transform": Affine(1, 0, 0, 0, -1, side)}
     with tempfile.TemporaryDirectory() as tmp:
-        with VectorBandWriter(os.path.join(tmp, "warm_mask.gpkg"), profile, ["a", "b"], "gpkg") as writer:
-            writer.write(0, np.array([[0, 1], [1, 1]], dtype=np.uint8), np.full((2, 2), 255, dtype=np.uint8))
+        with VectorBandWriter(os.path.join(tmp, "warm_mask.gpkg"), profile, ["a", "b", "c"], "gpkg") as writer:
+            for y0 in range(0, side, rows):
+                writer.write(y0, classes[y0:y0 + rows], np.full((rows, side), 200, dtype=np.uint8),
+                             valid[y0:y0 + rows])
 
 
 def _polygon_figures(path: str) -> dict:
@@ -399,21 +411,46 @@ def _scenes(opts: argparse.Namespace) -> None:
             runs = [(True, None, False)] if opts.in_memory else []
             runs = [(False, None, False)] + runs + ([(False, None, True), (False, opts.vectorize, False)]
                                                     if opts.vectorize else [])
-            for in_memory, vectorize, confidence in runs:
-                cmd = [sys.executable, "-m", "tools.benchmark", "--scene_worker", *argv, "--scene", path]
-                cmd += (["--in_memory"] if in_memory else []) + (["--vectorize", vectorize] if vectorize else [])
-                cmd += ["--confidence"] if confidence else []
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                results.append(r)
-                label = "in memory" if in_memory else f"+{vectorize}" if vectorize else \
-                    "+confidence" if confidence else "windowed"
-                extra = f" {r['polygons']:>9} {r['polygon_mb']:>7.1f}" if vectorize else ""
-                print(f"{size:>7} {r['scene_mb']:>9.0f} {label:>10} {r['patches']:>8} "
-                      f"{r['seconds']:>8.1f} {r['rss_before_mb']:>11.0f} {r['pipeline_mb']:>12.0f}{extra}", flush=True)
+            # Repeats take turns (mask, confidence, polygons, mask, ...) so that a slow spell of a shared machine
+            # falls on every configuration alike.
+            rows = []
+            for _ in range(opts.repeat):
+                for in_memory, vectorize, confidence in runs:
+                    cmd = [sys.executable, "-m", "tools.benchmark", "--scene_worker", *argv, "--scene", path]
+                    cmd += (["--in_memory"] if in_memory else []) + (["--vectorize", vectorize] if vectorize else [])
+                    cmd += ["--confidence"] if confidence else []
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    r["run"] = "in memory" if in_memory else f"+{vectorize}" if vectorize else \
+                        "+confidence" if confidence else "windowed"
+                    rows.append(r)
+                    _print_scene_row(r)
+            if opts.repeat > 1:
+                for label in dict.fromkeys(r["run"] for r in rows):
+                    _print_scene_row(_median_row([r for r in rows if r["run"] == label]))
+            results += rows
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def _print_scene_row(r: dict) -> None:
+    """One row of the scenes table: a run's figures, or with ``spread`` the median of several and their range."""
+    extra = f" {r['polygons']:>9} {r['polygon_mb']:>7.1f}" if r["vectorize"] else ""
+    spread = f"  median of {r['runs']}, pipeline MB {r['spread'][0]:.0f}..{r['spread'][1]:.0f}" if "spread" in r else ""
+    print(f"{r['scene']:>7} {r['scene_mb']:>9.0f} {r['run']:>10} {r['patches']:>8} {r['seconds']:>8.1f} "
+          f"{r['rss_before_mb']:>11.0f} {r['pipeline_mb']:>12.0f}{extra}{spread}", flush=True)
+
+
+def _median_row(runs: list[dict]) -> dict:
+    """The median seconds, RSS before and pipeline MB of repeated runs of one configuration, and the range of
+    the pipeline MB (``spread``)."""
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    mb = [r["pipeline_mb"] for r in runs]
+    return {**runs[0], "seconds": median("seconds"), "rss_before_mb": median("rss_before_mb"),
+            "pipeline_mb": median("pipeline_mb"), "runs": len(runs), "spread": (min(mb), max(mb))}
 
 
 def _print_extra(result: dict) -> None:
@@ -455,7 +492,9 @@ def main() -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--amp_dtype", default="bf16", choices=["bf16", "fp16"])
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="timed repeats of each image (with --scenes: runs of each configuration, taking turns, "
+                             "with their median)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -473,7 +512,9 @@ def main() -> None:
     parser.add_argument("--confidence", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--vectorize", default=None, choices=["gpkg", "geojson", "fgb"],
                         help="with --scenes: also predict each scene with --vectorize in this format (own process)")
-    parser.add_argument("--scene_dir", default=None, help="with --scenes: where the GeoTIFFs are written (a temp folder)")
+    parser.add_argument("--scene_dir", default=None,
+                        help="with --scenes: the folder (made if missing) in which each size's GeoTIFF is written, "
+                             "in a temporary folder of its own (default: the system's temporary folder)")
     parser.add_argument("--readers", type=int, default=None,
                         help="with --scenes: threads reading the scene ahead (default: the pipeline's; 0: none, so "
                              "that no thread's timing moves the peak memory and runs repeat it closely)")
@@ -498,6 +539,11 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.readers is not None and opts.readers < 0:
         parser.error("--readers must be 0 or more")
+    if opts.scene_dir is not None:
+        try:
+            os.makedirs(opts.scene_dir, exist_ok=True)
+        except OSError as exc:
+            parser.error(f"--scene_dir {opts.scene_dir} cannot be made ({exc.strerror}); give a folder that can be written")
 
     if opts.worker:
         print(json.dumps(_worker(opts)))
