@@ -34,6 +34,7 @@ import torch
 
 from pipeline.contexts import Positions, as_list
 from utils.errors import ResourceError, reason
+from utils.memory import give_back_heap
 
 _TINY = torch.finfo(torch.float32).tiny
 SCORE_ROWS = 64  # rows of a tile turned into scores at a time (BandMerger._score)
@@ -435,7 +436,8 @@ class BandMerger:
     def _score(self, j: int, head: torch.Tensor) -> None:
         """The class map and scores of tile j's final rows ``head`` (C, rows, w) into the band (the
         scores into the spill file when they are parked there), ``SCORE_ROWS`` rows at a time: the
-        softmax's float32 temporaries are a few rows' worth, not the tile's."""
+        softmax's float32 temporaries are a few rows' worth, not the tile's, and on the CPU the heap they
+        were freed into is given back (``utils.memory.give_back_heap``) before the next forward."""
         x0, x1 = self._cols[j]
         done = head.shape[1]
         scores = None
@@ -452,6 +454,10 @@ class BandMerger:
         if scores is not None:
             self._spill.put(len(self._cols) + j, scores)
             self._scored[j] = done
+        if self.device.type == "cpu":
+            # The pieces' temporaries are below glibc's mmap threshold (a fraction of a MB each), so they were
+            # freed into the heap, where they would stay resident through the row's next forwards.
+            give_back_heap()
 
     def _weights(self, start: int, stop: int, x0: int, x1: int) -> torch.Tensor:
         """(stop - start, x1 - x0) float32: the summed weights of the patches over the canvas rows

@@ -23,7 +23,8 @@ Scenes (``--scenes``): for each of ``--sizes`` a tiled GeoTIFF of that side is w
 predicted in a fresh process exactly as ``train_deep_globe.py --input`` does (read window by window,
 GeoTIFF mask written band by band); ``--in_memory`` adds, for comparison, a run that reads the scene
 whole first. The figure is peak RSS minus the RSS before the scene (model loaded); ``--readers 0``
-reads without read-ahead threads, for memory comparisons that repeat:
+reads without read-ahead threads, for memory comparisons that repeat, and ``--repeat N`` runs each
+configuration N times, taking turns, and adds their medians (and the range of the memory figure):
 
     python -m tools.benchmark --scenes --sizes 4096 16384 32768 --backbone stand_in --mode 4 --no-tta \
         --size_p 508 --size_g 508 --threads 2 --channels_last

@@ -156,6 +156,33 @@ def test_spilled_score_channels_wait_on_disk_until_the_band_is_handed_out(output
     assert bands[True][0][1][1:].any() and not bands[True][-1][1][:, 70 - 64:].any()
 
 
+@pytest.mark.parametrize("output", ["mask", "confidence", "probabilities"])
+def test_the_scores_temporaries_go_back_to_the_system_before_the_next_patch(output, monkeypatch):
+    """The softmax of a finished tile works on a few rows at a time, and its temporaries are small enough
+    to come from glibc's heap: on the CPU the merger gives the heap back after every tile it scores, so
+    they are not resident through the next forward. The class map alone (``mask``) makes none."""
+    monkeypatch.setattr(merge, "SCORE_ROWS", 8)
+    given_back = []
+    monkeypatch.setattr(merge, "give_back_heap", lambda: given_back.append(True) or True)
+    scored = []
+    score = BandMerger._score
+    monkeypatch.setattr(BandMerger, "_score", lambda self, j, head: scored.append(j) or score(self, j, head))
+    gen = torch.Generator().manual_seed(2)
+    rows = [(30, 40, [(0, 0), (0, 60), (0, 120), (0, 190)]), (64, 70, [(30, 0), (30, 70), (30, 150), (30, 190)])]
+    merger = BandMerger(3, 100, 230, output=output, tile=64, spill=True)
+    seen = []
+
+    def after_patch(end):
+        seen.append((len(scored), len(given_back)))  # every tile scored so far was followed by a give-back
+
+    _stream({output: merger}, rows, lambda top, left: (torch.randn(3, 40, 40, generator=gen), None), after_patch)
+    assert all(done == back for done, back in seen)
+    if output == "mask":
+        assert not scored and not given_back
+    else:
+        assert len(scored) == len(given_back) >= 2 * 4  # every tile of both rows
+
+
 def test_a_spill_file_that_cannot_be_made_or_written_is_a_resource_error(tmp_path, monkeypatch):
     import errno
 
