@@ -8,7 +8,9 @@ pixel edges (``rasterio.features.shapes``); a region that reaches the band's las
 the regions of the next band that continue it (same class, an edge shared across the band border) join
 it. A region that no longer reaches the newest row is finished: its pieces are merged into one polygon
 (holes included) and it leaves memory. What is held is therefore the open regions only, whatever the
-scene's height.
+scene's height. Their pieces are held as WKB, the bytes they are written as: GEOS objects of the same
+polygons take several times that (a ring and its envelope are separate allocations), which a region
+spanning the scene, with a piece per band and its holes, would keep until the last band.
 
 ``VectorBandWriter`` turns finished regions into features: the polygon in the scene's CRS (pixel
 coordinates for a scene without a transform), ``class_index``, ``class_name``, ``area`` (CRS units
@@ -44,11 +46,11 @@ _FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
 
 @dataclass
 class Region:
-    """A connected region of one class: its polygon pieces in pixel coordinates (one per band it spans),
-    its pixel count and the sum of its confidence values (0..255 each)."""
+    """A connected region of one class: its polygon pieces in pixel coordinates (one per band chunk it
+    spans) as WKB, its pixel count and the sum of its confidence values (0..255 each)."""
 
     class_index: int
-    pieces: list = field(default_factory=list)
+    pieces: list[bytes] = field(default_factory=list)
     pixels: int = 0
     confidence_sum: int = 0
 
@@ -62,8 +64,8 @@ class Region:
         import shapely
 
         if len(self.pieces) == 1:
-            return self.pieces[0]
-        return shapely.union_all(self.pieces)
+            return shapely.from_wkb(self.pieces[0])
+        return shapely.union_all(shapely.from_wkb(self.pieces))
 
 
 class RegionTracker:
@@ -134,9 +136,11 @@ class RegionTracker:
             self._parent[label] = label
             self._open[label] = Region(int(label_classes[local]), [], int(pixels[local]), int(sums[local]))
         if count:
+            import shapely
+
             values, polygons = _polygonize(labels, y0)
-            for value, polygon in zip(values, polygons):
-                self._open[value + offset].pieces.append(polygon)
+            for value, piece in zip(values, shapely.to_wkb(polygons)):
+                self._open[value + offset].pieces.append(piece)
         # Regions that continue across the border with the previous band: same class, one edge shared.
         if self._bottom is not None:
             top = np.where(labels[0] > 0, labels[0] + offset, 0)
