@@ -136,10 +136,8 @@ class RegionTracker:
             self._parent[label] = label
             self._open[label] = Region(int(label_classes[local]), [], int(pixels[local]), int(sums[local]))
         if count:
-            import shapely
-
-            values, polygons = _polygonize(labels, y0)
-            for value, piece in zip(values, shapely.to_wkb(polygons)):
+            values, pieces = _polygonize(labels, y0)
+            for value, piece in zip(values, pieces):
                 self._open[value + offset].pieces.append(piece)
         # Regions that continue across the border with the previous band: same class, one edge shared.
         if self._bottom is not None:
@@ -176,9 +174,9 @@ class RegionTracker:
 
 
 def _polygonize(labels: np.ndarray, y0: int) -> tuple[list[int], np.ndarray]:
-    """(label of each polygon, shapely polygons in pixel coordinates shifted down by ``y0``): one polygon
+    """(label of each polygon, the polygons' WKB in pixel coordinates shifted down by ``y0``): one polygon
     per label of a band whose labels are 4-connected regions (GDAL's polygonize through rasterio); the
-    polygons are built in one vectorised call rather than one GeoJSON mapping at a time."""
+    polygons are built and encoded in vectorised calls rather than one GeoJSON mapping at a time."""
     import shapely
     from rasterio.features import shapes
     from rasterio.transform import Affine
@@ -193,7 +191,7 @@ def _polygonize(labels: np.ndarray, y0: int) -> tuple[list[int], np.ndarray]:
             points.extend(ring)
     rings = shapely.linearrings(np.asarray(points, dtype=np.float64),
                                 indices=np.repeat(np.arange(len(ring_sizes)), ring_sizes))
-    return values, shapely.polygons(rings, indices=np.repeat(np.arange(len(values)), rings_per_polygon))
+    return values, shapely.to_wkb(shapely.polygons(rings, indices=np.repeat(np.arange(len(values)), rings_per_polygon)))
 
 
 class VectorBandWriter:
