@@ -9,7 +9,7 @@ the regions of the next band that continue it (same class, an edge shared across
 it. A region that no longer reaches the newest row is finished: its pieces are merged into one polygon
 (holes included) and it leaves memory. What is held is therefore the open regions only, whatever the
 scene's height. Their pieces are held as WKB, the bytes they are written as: GEOS objects of the same
-polygons take several times that (a ring and its envelope are separate allocations), which a region
+polygons take several times that (every ring is an object with its own coordinate array), which a region
 spanning the scene, with a piece per band and its holes, would keep until the last band.
 
 ``VectorBandWriter`` turns finished regions into features: the polygon in the scene's CRS (pixel
