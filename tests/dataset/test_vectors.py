@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pyogrio
 import pytest
@@ -14,6 +12,7 @@ from rasterio.transform import from_origin
 from scipy import ndimage
 
 from dataset.vectors import FORMATS, RegionTracker, VectorBandWriter
+from tests.malloc_info import glibc_malloc, malloc_in_use
 from utils.errors import DataError
 
 FOUR = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
@@ -85,30 +84,7 @@ def test_regions_are_handed_back_as_soon_as_they_are_finished():
         tracker.add(20, classes[20:30], None, np.ones((10, 10), dtype=bool))
 
 
-def _malloc_in_use() -> int:
-    """Bytes glibc's malloc hands out from the main arena and its own mappings (mallinfo2)."""
-    import ctypes
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MallInfo2
-    info = libc.mallinfo2()
-    return info.uordblks + info.hblkhd
-
-
-def _has_mallinfo2() -> bool:
-    import ctypes
-
-    try:
-        return sys.platform.startswith("linux") and hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_mallinfo2(), reason="glibc's malloc (mallinfo2) only")
+@pytest.mark.skipif(not glibc_malloc(), reason="glibc's malloc (mallinfo2) only")
 def test_open_regions_hold_about_what_their_pieces_weigh_as_wkb():
     # A background spanning every band, with 3 x 3 holes of another class: it stays open to the end,
     # with one piece per band. Held as GEOS objects those pieces took about 3x what it is written as.
@@ -119,10 +95,10 @@ def test_open_regions_hold_about_what_their_pieces_weigh_as_wkb():
     keep = np.ones(classes.shape, dtype=bool)
     _regions(classes[:24, :60], keep[:24, :60], 12)  # the libraries' own first-use allocations
     tracker = RegionTracker(classes.shape[1])
-    before = _malloc_in_use()
+    before = malloc_in_use()
     for y0 in range(0, 600, 12):
         tracker.add(y0, classes[y0:y0 + 12], None, keep[y0:y0 + 12])
-    held = _malloc_in_use() - before
+    held = malloc_in_use() - before
     background = [r for r in tracker.finish() if r.class_index == 0]
     assert len(background) == 1 and len(background[0].pieces) == 50
     polygon = background[0].polygon()

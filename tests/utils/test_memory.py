@@ -4,24 +4,20 @@ Each case runs in a fresh interpreter: the setting is the process's, and pytest'
 blur the heap figures.
 """
 
-import ctypes
-import ctypes.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from tests.malloc_info import glibc_malloc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _PROBE = """
 import ctypes, ctypes.util, json, os
+from tests.malloc_info import MallInfo2
 from utils.memory import fix_mmap_threshold, reused_heap
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
 
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.mallinfo2.restype = MallInfo2
@@ -64,12 +60,7 @@ def _probe(pin: bool) -> dict:
     return json.loads(out.stdout)
 
 
-def _glibc() -> bool:
-    name = ctypes.util.find_library("c")
-    return sys.platform.startswith("linux") and name is not None and hasattr(ctypes.CDLL(name), "mallinfo2")
-
-
-pytestmark = pytest.mark.skipif(not _glibc(), reason="glibc's malloc (mallinfo2) only")
+pytestmark = pytest.mark.skipif(not glibc_malloc(), reason="glibc's malloc (mallinfo2) only")
 
 
 def test_a_lifted_block_serves_large_buffers_from_the_heap_and_gives_them_back():
